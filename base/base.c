@@ -58,10 +58,19 @@ duet_status_t duet_error_wrap(duet_status_t st, const char *fmt, ...)
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
     memcpy(old, error_detail, sizeof(old));
-    if (old[0])
-        snprintf(error_detail, sizeof(error_detail), "%s: %s", prefix, old);
-    else
-        snprintf(error_detail, sizeof(error_detail), "%s: %s", prefix, duet_status_str(st));
+    const char *tail = old[0] ? old : duet_status_str(st);
+    /* "<prefix>: <tail>", cut to the slot's size */
+    size_t n = strnlen(prefix, sizeof(prefix) - 1);
+    memcpy(error_detail, prefix, n);
+    size_t room = sizeof(error_detail) - n;
+    if (room > 2) {
+        memcpy(error_detail + n, ": ", 2);
+        size_t t = strnlen(tail, room - 3);
+        memcpy(error_detail + n + 2, tail, t);
+        error_detail[n + 2 + t] = '\0';
+    } else {
+        error_detail[n] = '\0';
+    }
     return st;
 }
 

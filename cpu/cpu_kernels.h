@@ -5,7 +5,13 @@
  * widened exactly to f32; accumulation is f32. This is the "exact" path
  * that matches Hugging Face's float32-from-bf16 reference within rounding.
  * Kernels are chosen at run time by CPU features (AVX-512 [+BF16], AVX2+FMA,
- * portable C); DUET_CPU_ISA=portable|avx2|avx512 forces one (for tests). */
+ * portable C); DUET_CPU_ISA=portable|avx2|avx512 forces one (for tests).
+ *
+ * Tuning knobs (environment, read once): DUET_CPU_SPIN_US — how long an idle
+ * pool worker spins before sleeping (default 200); DUET_CPU_GEMM_MIN_ROWS —
+ * rows from which the AVX-512 path packs weights into f32 panels instead of
+ * streaming them (default 16); DUET_CPU_PF_BLOCKS / DUET_CPU_PF_BYTES —
+ * weight prefetch distance of the streaming path (default 1 block, 0). */
 #ifndef DUET_CPU_KERNELS_H
 #define DUET_CPU_KERNELS_H
 
@@ -34,7 +40,44 @@ void duet_cpu_pool_run(duet_cpu_pool_t *pool, int n_tasks, duet_cpu_task_fn fn, 
 void duet_cpu_matmul(duet_cpu_pool_t *pool, const float *x, int64_t n, int64_t in, const void *w,
                      duet_dtype_t wdt, int64_t out, float *y, bool accumulate);
 
+/* One matmul of a batch, with duet_cpu_matmul's meaning. */
+typedef struct duet_cpu_mm {
+    const float *x;
+    int64_t n, in;
+    const void *w;
+    duet_dtype_t wdt;
+    int64_t out;
+    float *y;
+    bool accumulate;
+} duet_cpu_mm_t;
+
+/* Independent matmuls in one pool run: e.g. the gate and up projections of
+ * a token (same x, two W), or one layer of every active expert for a batch.
+ * Saves a fork/join per matmul and balances small ones across threads. The
+ * y of one must not overlap the x or y of another. Same numerics as
+ * duet_cpu_matmul (each result is bitwise what a lone call would give). */
+void duet_cpu_matmul_batch(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count);
+
 /* Name of the kernel family in use ("avx512-bf16", "avx2", "portable"). */
 const char *duet_cpu_isa_name(void);
+
+/* ---- kernel family selection (tests, benchmarks) ----------------------- */
+
+typedef enum duet_cpu_isa {
+    DUET_CPU_ISA_PORTABLE = 0,
+    DUET_CPU_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    DUET_CPU_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ (+BF16 when present) */
+    DUET_CPU_ISA_COUNT
+} duet_cpu_isa_t;
+
+/* Whether this CPU can run the family. */
+bool duet_cpu_isa_supported(duet_cpu_isa_t isa);
+/* The family in use: the best supported one, or DUET_CPU_ISA from the
+ * environment, or the last duet_cpu_isa_select(). */
+duet_cpu_isa_t duet_cpu_isa(void);
+/* Force a family for every later kernel call in the process (not safe to
+ * call while kernels run on other threads). DUET_ERR_UNSUPPORTED if the CPU
+ * lacks it. */
+duet_status_t duet_cpu_isa_select(duet_cpu_isa_t isa);
 
 #endif

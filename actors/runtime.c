@@ -1,0 +1,2560 @@
+/* runtime — nodes, loops, actors: spawn/stop/send by name, timers,
+ * request/reply, monitors and links, credit-based flow control, reply
+ * de-duplication, the ZeroMQ I/O thread and the simulated-network glue.
+ *
+ * Threads and ownership:
+ *  - node->lock guards the name table (name -> actor) and the remote-monitor
+ *    list. A message is resolved to its actor and pushed on the actor's loop
+ *    queue while node->lock is held, so an actor removed from the table
+ *    never receives a new entry.
+ *  - loop->lock guards the loop's queue only. Lock order: node, then loop.
+ *  - Everything else in an actor (timers, pending calls, credits, monitors)
+ *    belongs to its loop thread. Queue entries hold a reference on the actor.
+ *  - The I/O thread owns the ROUTER socket, the peer table and the send
+ *    backlog; other threads hand it frames through io_q.
+ * Under simulation there are no threads: loops, timers and the network are
+ * simnet events, and the same code runs in the simnet's thread. */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "actors/actors.h"
+
+#define MOD "actors"
+
+/* ---- system message types ----------------------------------------------- */
+
+typedef struct sys_monitor {
+    uint64_t ref;
+    bool link;
+} sys_monitor_t;
+
+typedef struct sys_credit {
+    uint64_t total; /* messages consumed so far from this sender (cumulative: loss-tolerant) */
+} sys_credit_t;
+
+typedef struct sys_heartbeat {
+    uint64_t t;
+} sys_heartbeat_t;
+
+typedef struct sys_stop {
+    char *reason;
+} sys_stop_t;
+
+typedef struct sys_registry {
+    char *actor;
+    char *node;
+    uint64_t epoch;
+} sys_registry_t;
+
+static const duet_field_t f_timer[] = {
+    DUET_FIELD(duet_sys_timer_t, id, DUET_F_U64),
+    DUET_FIELD(duet_sys_timer_t, tag, DUET_F_U64),
+};
+static const duet_field_t f_timeout[] = {
+    DUET_FIELD(duet_sys_timeout_t, seq, DUET_F_U64),
+    DUET_FIELD_MAX(duet_sys_timeout_t, to, DUET_F_STR, DUET_NAME_MAX - 1),
+    DUET_FIELD(duet_sys_timeout_t, type, DUET_F_U32),
+    DUET_FIELD(duet_sys_timeout_t, cookie, DUET_F_U64),
+};
+static const duet_field_t f_down[] = {
+    DUET_FIELD(duet_sys_down_t, ref, DUET_F_U64),
+    DUET_FIELD_MAX(duet_sys_down_t, actor, DUET_F_STR, DUET_NAME_MAX - 1),
+    DUET_FIELD_MAX(duet_sys_down_t, reason, DUET_F_STR, 1024),
+};
+static const duet_field_t f_noproc[] = {
+    DUET_FIELD_MAX(duet_sys_noproc_t, actor, DUET_F_STR, DUET_NAME_MAX - 1),
+    DUET_FIELD_MAX(duet_sys_noproc_t, reason, DUET_F_STR, 1024),
+};
+static const duet_field_t f_writable[] = {
+    DUET_FIELD_MAX(duet_sys_writable_t, to, DUET_F_STR, DUET_NAME_MAX - 1),
+};
+static const duet_field_t f_fd[] = {
+    DUET_FIELD(duet_sys_fd_t, fd, DUET_F_I32),
+    DUET_FIELD(duet_sys_fd_t, revents, DUET_F_U32),
+    DUET_FIELD(duet_sys_fd_t, tag, DUET_F_U64),
+};
+static const duet_field_t f_monitor[] = {
+    DUET_FIELD(sys_monitor_t, ref, DUET_F_U64),
+    DUET_FIELD(sys_monitor_t, link, DUET_F_BOOL),
+};
+static const duet_field_t f_credit[] = {DUET_FIELD(sys_credit_t, total, DUET_F_U64)};
+static const duet_field_t f_heartbeat[] = {DUET_FIELD(sys_heartbeat_t, t, DUET_F_U64)};
+static const duet_field_t f_stop[] = {DUET_FIELD_MAX(sys_stop_t, reason, DUET_F_STR, 1024)};
+static const duet_field_t f_registry[] = {
+    DUET_FIELD_MAX(sys_registry_t, actor, DUET_F_STR, DUET_NAME_MAX - 1),
+    DUET_FIELD_MAX(sys_registry_t, node, DUET_F_STR, DUET_NAME_MAX - 1),
+    DUET_FIELD(sys_registry_t, epoch, DUET_F_U64),
+};
+
+#define SYS_TYPE(var, id, nm, T, f) const duet_msg_type_t var = {id, nm, DUET_SCHEMA(nm, T, f)}
+SYS_TYPE(duet_msg_sys_timer, DUET_MSG_SYS_TIMER, "sys.timer", duet_sys_timer_t, f_timer);
+SYS_TYPE(duet_msg_sys_timeout, DUET_MSG_SYS_TIMEOUT, "sys.timeout", duet_sys_timeout_t, f_timeout);
+SYS_TYPE(duet_msg_sys_down, DUET_MSG_SYS_DOWN, "sys.down", duet_sys_down_t, f_down);
+SYS_TYPE(duet_msg_sys_exit, DUET_MSG_SYS_EXIT, "sys.exit", duet_sys_down_t, f_down);
+SYS_TYPE(duet_msg_sys_noproc, DUET_MSG_SYS_NOPROC, "sys.noproc", duet_sys_noproc_t, f_noproc);
+SYS_TYPE(duet_msg_sys_writable, DUET_MSG_SYS_WRITABLE, "sys.writable", duet_sys_writable_t,
+         f_writable);
+SYS_TYPE(duet_msg_sys_fd, DUET_MSG_SYS_FD, "sys.fd", duet_sys_fd_t, f_fd);
+static SYS_TYPE(sys_monitor_type, DUET_MSG_SYS_MONITOR, "sys.monitor", sys_monitor_t, f_monitor);
+static SYS_TYPE(sys_demonitor_type, DUET_MSG_SYS_DEMONITOR, "sys.demonitor", sys_monitor_t,
+                f_monitor);
+static SYS_TYPE(sys_credit_type, DUET_MSG_SYS_CREDIT, "sys.credit", sys_credit_t, f_credit);
+static SYS_TYPE(sys_heartbeat_type, DUET_MSG_SYS_HEARTBEAT, "sys.heartbeat", sys_heartbeat_t,
+                f_heartbeat);
+static SYS_TYPE(sys_stop_type, DUET_MSG_SYS_STOP, "sys.stop", sys_stop_t, f_stop);
+static SYS_TYPE(sys_registry_type, DUET_MSG_SYS_REGISTRY, "sys.registry", sys_registry_t,
+                f_registry);
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void register_sys(void)
+{
+    const duet_msg_type_t *all[] = {
+        &duet_msg_sys_timer, &duet_msg_sys_timeout, &duet_msg_sys_down, &duet_msg_sys_exit,
+        &duet_msg_sys_noproc, &duet_msg_sys_writable, &duet_msg_sys_fd, &sys_monitor_type,
+        &sys_demonitor_type, &sys_credit_type, &sys_heartbeat_type, &sys_stop_type,
+        &sys_registry_type};
+    for (size_t i = 0; i < DUET_ARRAY_LEN(all); i++)
+        if (duet_msg_type_register(all[i]))
+            DUET_LOG_E(MOD, "%s", duet_error());
+}
+
+void duet_actors_init(void)
+{
+    pthread_once(&g_once, register_sys);
+}
+
+/* ---- structures ----------------------------------------------------------- */
+
+enum { QE_MSG, QE_START, QE_STOP, QE_KILL, QE_STALL };
+
+typedef struct qent {
+    struct qent *next;
+    int kind;
+    duet_actor_t *actor;
+    uint64_t inc;
+    uint64_t arg;
+    size_t len;
+    uint8_t *ext;   /* wire frame taken over from the transport, or NULL */
+    uint8_t data[]; /* wire frame (QE_MSG) or reason text (QE_STOP/KILL) */
+} qent_t;
+
+#define QDATA(q) ((q)->ext ? (q)->ext : (q)->data)
+
+enum { T_USER, T_CALL, T_STALL_END, T_CREDIT };
+
+typedef struct atimer {
+    uint64_t at, period, id, tag, arg;
+    int kind;
+    duet_actor_t *actor;
+    size_t hidx;
+    uint64_t sim_ev;
+    struct atimer *next; /* in actor's list */
+} atimer_t;
+
+typedef struct fdwatch {
+    int fd;
+    short events;
+    uint64_t tag;
+    duet_actor_t *actor;
+} fdwatch_t;
+
+typedef struct loop {
+    duet_node_t *node;
+    pthread_mutex_t lock;
+    qent_t *head, *tail;
+    bool sleeping;
+    int efd;
+    pthread_t thread;
+    bool has_thread;
+    atomic_bool quit;
+    bool dedicated;
+    /* loop thread only */
+    atimer_t **heap;
+    size_t nheap, capheap;
+    fdwatch_t *fds;
+    size_t nfds, capfds;
+    /* sim */
+    bool sim_scheduled;
+    uint64_t sim_ev;
+    struct loop *next_all;
+} loop_t;
+
+typedef struct watcher {
+    char name[DUET_NAME_MAX];
+    uint64_t ref;
+    bool link;
+} watcher_t;
+
+typedef struct pending_call {
+    uint64_t seq, timer, cookie, timeout_ns;
+    uint32_t retries_left;
+    uint16_t type;
+    char to[DUET_NAME_MAX];
+    uint8_t *wire;
+    size_t len;
+} pending_call_t;
+
+/* Credits. Sender side: `sent` messages sent to peer, `acked` of them known
+ * consumed (from the receiver's cumulative sys.credit), so sent - acked are
+ * in flight and at most credit_window may be. Receiver side: `sent` counts
+ * messages consumed from peer, `acked` the total last reported. */
+typedef struct credit_ent {
+    char peer[DUET_NAME_MAX];
+    uint64_t sent, acked, epoch, blocked_since;
+    bool blocked;
+} credit_ent_t;
+
+#define DEDUP_N 256
+typedef struct dedup_ent {
+    bool used;
+    uint64_t seq, epoch;
+    char from[DUET_NAME_MAX];
+    uint8_t *reply;
+    size_t reply_len;
+} dedup_ent_t;
+
+enum { A_NEW, A_RUNNING, A_DEAD };
+
+struct duet_actor {
+    atomic_int refs;
+    duet_node_t *node;
+    loop_t *loop;
+    char name[DUET_NAME_MAX];
+    const duet_actor_ops_t *ops;
+    void *arg, *state;
+    duet_spawn_opts_t opts;
+    uint64_t inc;
+    int st;
+    bool stop_requested; /* a stop/kill is on its way: the name is about to be free */
+    char *exit_reason;
+    uint64_t seq, next_ref, next_timer;
+    atimer_t *timers;
+    watcher_t *watchers; /* who monitors/links me */
+    size_t nwatchers, capwatchers;
+    watcher_t *outgoing; /* whom I monitor/link (name = target) */
+    size_t nout, capout;
+    pending_call_t *calls;
+    size_t ncalls, capcalls;
+    credit_ent_t *credits, *consumed;
+    size_t ncredits, capcredits, nconsumed, capconsumed;
+    dedup_ent_t *dedup;
+    size_t dedup_next;
+    const duet_env_t *cur_req; /* request being handled, if F_DEDUP */
+    dedup_ent_t *cur_dedup;
+    uint64_t stalled_until;
+    qent_t *def_head, *def_tail;
+    duet_buf_t txbuf; /* encode scratch, loop thread only */
+};
+
+typedef struct tab_ent {
+    char *name;
+    duet_actor_t *actor;
+} tab_ent_t;
+
+typedef struct remote_mon {
+    char watcher[DUET_NAME_MAX];
+    char target[DUET_NAME_MAX];
+    char node[DUET_NAME_MAX];
+    uint64_t ref;
+    bool link;
+} remote_mon_t;
+
+typedef struct out_item {
+    struct out_item *next;
+    uint64_t due, deadline;
+    bool local;
+    char peer[DUET_NAME_MAX];
+    size_t len;
+    uint8_t data[];
+} out_item_t;
+
+typedef struct peer {
+    char name[DUET_NAME_MAX];
+    bool connected, up;
+    uint64_t last_seen;
+} peer_t;
+
+typedef struct sim_item {
+    duet_node_t *node;
+    uint64_t ev;
+    struct sim_item *next, *prev;
+    size_t len;
+    uint8_t data[];
+} sim_item_t;
+
+typedef struct fault_timer {
+    uint64_t at;
+    const duet_fault_rule_t *rule;
+    bool done;
+    uint64_t sim_ev;
+    duet_node_t *node;
+} fault_timer_t;
+
+struct duet_node {
+    char name[DUET_NAME_MAX];
+    duet_node_config_t cfg;
+    duet_registry_t *reg;
+    duet_codec_limits_t lim;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    tab_ent_t *tab;
+    size_t tabcap, tabcount;
+    remote_mon_t *rmons;
+    size_t nrmons, caprmons;
+    loop_t *shared;
+    loop_t *loops;
+    atomic_uint_fast64_t inc_counter;
+    uint64_t start_ns;
+    /* real transport */
+    duet_zep_t *zep;
+    pthread_t io;
+    bool has_io;
+    atomic_bool io_quit;
+    int io_efd;
+    pthread_mutex_t io_lock;
+    out_item_t *io_head, *io_tail;
+    bool io_sleeping; /* io_lock: the I/O thread is (about to be) in zmq_poll */
+    out_item_t *backlog, *backlog_tail; /* I/O thread only */
+    out_item_t *delayed;                /* I/O thread only, sorted by due */
+    peer_t *peers;                      /* I/O thread (or sim thread) only */
+    size_t npeers;
+    uint64_t next_hb;
+    /* sim */
+    duet_simnet_t *sim;
+    uint64_t hb_ev;
+    sim_item_t *sim_items;
+    bool destroying;
+    /* faults */
+    fault_timer_t *ftimers;
+    size_t nftimers;
+    /* stats */
+    atomic_uint_fast64_t st_sent, st_delivered, st_decode, st_undeliv, st_unroutable, st_dup,
+        st_peers_down;
+};
+
+static void loop_wake(loop_t *l);
+static void dispatch(loop_t *l, qent_t *q);
+static void terminate(duet_actor_t *a, const char *reason);
+static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t *wire, size_t len);
+static void timer_free_all(duet_actor_t *a);
+static void sim_loop_step(void *arg);
+
+uint64_t duet_node_now_ns(const duet_node_t *n)
+{
+    return n->sim ? duet_simnet_now(n->sim) : duet_now_ns();
+}
+
+static uint64_t plan_now(const duet_node_t *n)
+{
+    return n->sim ? duet_simnet_now(n->sim) : duet_now_ns() - n->start_ns;
+}
+
+/* ---- name table (open addressing, backward-shift delete; node->lock) ---- */
+
+static size_t tab_slot(const duet_node_t *n, const char *name)
+{
+    return (size_t)duet_hash_bytes(name, strlen(name)) & (n->tabcap - 1);
+}
+
+static duet_actor_t *tab_get(duet_node_t *n, const char *name)
+{
+    if (!n->tabcap)
+        return NULL;
+    for (size_t i = tab_slot(n, name); n->tab[i].name; i = (i + 1) & (n->tabcap - 1))
+        if (strcmp(n->tab[i].name, name) == 0)
+            return n->tab[i].actor;
+    return NULL;
+}
+
+static duet_status_t tab_put(duet_node_t *n, duet_actor_t *a)
+{
+    if ((n->tabcount + 1) * 2 > n->tabcap) {
+        size_t ncap = n->tabcap ? n->tabcap * 2 : 64;
+        tab_ent_t *nt = duet_calloc(ncap, sizeof(*nt));
+        if (!nt)
+            return duet_errorf(DUET_ERR_NOMEM, "actor table");
+        tab_ent_t *old = n->tab;
+        size_t oldcap = n->tabcap;
+        n->tab = nt;
+        n->tabcap = ncap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].name) {
+                size_t j = tab_slot(n, old[i].name);
+                while (nt[j].name)
+                    j = (j + 1) & (ncap - 1);
+                nt[j] = old[i];
+            }
+        duet_free(old);
+    }
+    size_t j = tab_slot(n, a->name);
+    while (n->tab[j].name)
+        j = (j + 1) & (n->tabcap - 1);
+    n->tab[j].name = a->name;
+    n->tab[j].actor = a;
+    n->tabcount++;
+    return DUET_OK;
+}
+
+static void tab_del(duet_node_t *n, duet_actor_t *a)
+{
+    if (!n->tabcap)
+        return;
+    size_t i = tab_slot(n, a->name);
+    while (n->tab[i].name && n->tab[i].actor != a)
+        i = (i + 1) & (n->tabcap - 1);
+    if (!n->tab[i].name)
+        return;
+    n->tab[i].name = NULL;
+    n->tab[i].actor = NULL;
+    n->tabcount--;
+    for (size_t k = (i + 1) & (n->tabcap - 1); n->tab[k].name; k = (k + 1) & (n->tabcap - 1)) {
+        tab_ent_t e = n->tab[k];
+        n->tab[k].name = NULL;
+        n->tab[k].actor = NULL;
+        size_t j = tab_slot(n, e.name);
+        while (n->tab[j].name)
+            j = (j + 1) & (n->tabcap - 1);
+        n->tab[j] = e;
+    }
+}
+
+/* ---- actor refcount ------------------------------------------------------- */
+
+static void actor_ref(duet_actor_t *a)
+{
+    atomic_fetch_add(&a->refs, 1);
+}
+
+static void actor_unref(duet_actor_t *a)
+{
+    if (atomic_fetch_sub(&a->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < a->ncalls; i++)
+        duet_free(a->calls[i].wire);
+    if (a->dedup)
+        for (size_t i = 0; i < DEDUP_N; i++)
+            duet_free(a->dedup[i].reply);
+    duet_free(a->dedup);
+    duet_free(a->calls);
+    duet_free(a->credits);
+    duet_free(a->consumed);
+    duet_free(a->watchers);
+    duet_free(a->outgoing);
+    duet_free(a->exit_reason);
+    duet_buf_cleanup(&a->txbuf);
+    duet_free(a);
+}
+
+/* ---- loops ---------------------------------------------------------------- */
+
+static qent_t *qent_new(int kind, duet_actor_t *a, const void *data, size_t len)
+{
+    qent_t *q = duet_malloc(sizeof(*q) + len + 1);
+    if (!q)
+        return NULL;
+    q->next = NULL;
+    q->kind = kind;
+    q->actor = a;
+    q->inc = a->inc;
+    q->arg = 0;
+    q->len = len;
+    q->ext = NULL;
+    if (len)
+        memcpy(q->data, data, len);
+    q->data[len] = 0;
+    actor_ref(a);
+    return q;
+}
+
+static void qent_free(qent_t *q)
+{
+    duet_actor_t *a = q->actor;
+    duet_free(q->ext);
+    duet_free(q);
+    actor_unref(a);
+}
+
+/* Push under the loop lock; the caller wakes the loop. */
+static bool loop_push(loop_t *l, qent_t *q, bool front)
+{
+    pthread_mutex_lock(&l->lock);
+    if (front) {
+        q->next = l->head;
+        l->head = q;
+        if (!l->tail)
+            l->tail = q;
+    } else {
+        if (l->tail)
+            l->tail->next = q;
+        else
+            l->head = q;
+        l->tail = q;
+    }
+    bool wake = l->sleeping;
+    l->sleeping = false;
+    pthread_mutex_unlock(&l->lock);
+    return wake;
+}
+
+static void loop_wake_if(loop_t *l, bool need)
+{
+    if (l->node->sim) {
+        loop_wake(l);
+        return;
+    }
+    if (need) {
+        uint64_t one = 1;
+        ssize_t r = write(l->efd, &one, sizeof(one));
+        (void)r;
+    }
+}
+
+static void loop_wake(loop_t *l)
+{
+    duet_node_t *n = l->node;
+    if (n->sim) {
+        if (!l->sim_scheduled && !n->destroying) {
+            l->sim_scheduled = true;
+            l->sim_ev = duet_simnet_at(n->sim, duet_simnet_now(n->sim), sim_loop_step, l);
+        }
+        return;
+    }
+    uint64_t one = 1;
+    ssize_t r = write(l->efd, &one, sizeof(one));
+    (void)r;
+}
+
+static bool th_less(const atimer_t *a, const atimer_t *b)
+{
+    return a->at < b->at || (a->at == b->at && a->id < b->id);
+}
+
+static void th_swap(loop_t *l, size_t i, size_t j)
+{
+    atimer_t *t = l->heap[i];
+    l->heap[i] = l->heap[j];
+    l->heap[j] = t;
+    l->heap[i]->hidx = i;
+    l->heap[j]->hidx = j;
+}
+
+static void th_up(loop_t *l, size_t i)
+{
+    while (i && th_less(l->heap[i], l->heap[(i - 1) / 2])) {
+        th_swap(l, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void th_down(loop_t *l, size_t i)
+{
+    for (;;) {
+        size_t a = 2 * i + 1, b = a + 1, m = i;
+        if (a < l->nheap && th_less(l->heap[a], l->heap[m]))
+            m = a;
+        if (b < l->nheap && th_less(l->heap[b], l->heap[m]))
+            m = b;
+        if (m == i)
+            return;
+        th_swap(l, i, m);
+        i = m;
+    }
+}
+
+static void th_remove(loop_t *l, atimer_t *t)
+{
+    size_t i = t->hidx;
+    l->nheap--;
+    if (i != l->nheap) {
+        l->heap[i] = l->heap[l->nheap];
+        l->heap[i]->hidx = i;
+        th_down(l, i);
+        th_up(l, i);
+    }
+}
+
+/* ---- timers --------------------------------------------------------------- */
+
+static void timer_fire(atimer_t *t);
+
+static void sim_timer_cb(void *arg)
+{
+    atimer_t *t = arg;
+    t->sim_ev = 0;
+    timer_fire(t);
+}
+
+static void timer_arm(atimer_t *t)
+{
+    duet_node_t *n = t->actor->node;
+    if (n->sim) {
+        t->sim_ev = duet_simnet_at(n->sim, t->at, sim_timer_cb, t);
+        return;
+    }
+    loop_t *l = t->actor->loop;
+    void *p = l->heap;
+    if (duet_vec_reserve(&p, &l->capheap, l->nheap + 1, sizeof(*l->heap))) {
+        DUET_LOG_E(MOD, "timer heap: out of memory");
+        return;
+    }
+    l->heap = p;
+    t->hidx = l->nheap;
+    l->heap[l->nheap++] = t;
+    th_up(l, t->hidx);
+}
+
+static void timer_disarm(atimer_t *t)
+{
+    duet_node_t *n = t->actor->node;
+    if (n->sim) {
+        if (t->sim_ev)
+            duet_simnet_cancel(n->sim, t->sim_ev);
+        t->sim_ev = 0;
+        return;
+    }
+    th_remove(t->actor->loop, t);
+}
+
+static void timer_unlink(atimer_t *t)
+{
+    for (atimer_t **pp = &t->actor->timers; *pp; pp = &(*pp)->next)
+        if (*pp == t) {
+            *pp = t->next;
+            return;
+        }
+}
+
+static duet_status_t timer_add(duet_actor_t *a, int kind, uint64_t delay_ns, uint64_t period_ns,
+                               uint64_t tag, uint64_t arg, uint64_t *id_out)
+{
+    atimer_t *t = duet_calloc(1, sizeof(*t));
+    if (!t)
+        return duet_errorf(DUET_ERR_NOMEM, "timer");
+    t->at = duet_node_now_ns(a->node) + delay_ns;
+    t->period = period_ns;
+    t->id = ++a->next_timer;
+    t->tag = tag;
+    t->arg = arg;
+    t->kind = kind;
+    t->actor = a;
+    t->next = a->timers;
+    a->timers = t;
+    timer_arm(t);
+    if (id_out)
+        *id_out = t->id;
+    return DUET_OK;
+}
+
+static void timer_del(duet_actor_t *a, uint64_t id)
+{
+    for (atimer_t *t = a->timers; t; t = t->next)
+        if (t->id == id) {
+            timer_disarm(t);
+            timer_unlink(t);
+            duet_free(t);
+            return;
+        }
+}
+
+static void timer_free_all(duet_actor_t *a)
+{
+    while (a->timers) {
+        atimer_t *t = a->timers;
+        timer_disarm(t);
+        a->timers = t->next;
+        duet_free(t);
+    }
+}
+
+/* ---- encode helpers ------------------------------------------------------- */
+
+static duet_status_t encode(duet_node_t *n, const duet_env_t *env, const void *body, duet_buf_t *b)
+{
+    return duet_msg_encode(env, body, &n->lim, b);
+}
+
+static void env_init(duet_env_t *e, uint16_t type, const char *from, const char *to)
+{
+    e->type = type;
+    e->seq = e->epoch = e->trace = e->reply_to = 0;
+    e->flags = 0;
+    size_t nf = strnlen(from, DUET_NAME_MAX - 1), nt = strnlen(to, DUET_NAME_MAX - 1);
+    memcpy(e->from, from, nf);
+    e->from[nf] = 0;
+    memcpy(e->to, to, nt);
+    e->to[nt] = 0;
+}
+
+/* Send a runtime message (no credits). */
+static duet_status_t sys_send(duet_node_t *n, const char *from, const char *to,
+                              const duet_msg_type_t *t, const void *body, uint64_t reply_to)
+{
+    duet_env_t env;
+    env_init(&env, t->id, from, to);
+    if (reply_to) {
+        env.reply_to = reply_to;
+        env.flags |= DUET_ENV_F_REPLY;
+    }
+    duet_buf_t b = {0};
+    duet_status_t st = encode(n, &env, body, &b);
+    if (!st)
+        st = route(n, &env, b.data, b.len);
+    duet_buf_cleanup(&b);
+    return st;
+}
+
+/* ---- local delivery ------------------------------------------------------- */
+
+/* Queue a frame for the local actor `to`. With `take`, *take is heap
+ * memory the queue adopts (set to NULL when adopted) instead of copying. */
+static duet_status_t post_local_take(duet_node_t *n, const char *to, const uint8_t *wire,
+                                     size_t len, uint8_t **take)
+{
+    pthread_mutex_lock(&n->lock);
+    duet_actor_t *a = tab_get(n, to);
+    if (!a) {
+        pthread_mutex_unlock(&n->lock);
+        return DUET_ERR_NOT_FOUND;
+    }
+    qent_t *q = qent_new(QE_MSG, a, wire, take ? 0 : len);
+    if (q && take) {
+        q->ext = *take;
+        q->len = len;
+        *take = NULL;
+    }
+    if (!q) {
+        pthread_mutex_unlock(&n->lock);
+        return duet_errorf(DUET_ERR_NOMEM, "mailbox of %s", to);
+    }
+    loop_t *l = a->loop;
+    bool wake = loop_push(l, q, false);
+    pthread_mutex_unlock(&n->lock);
+    loop_wake_if(l, wake);
+    return DUET_OK;
+}
+
+static duet_status_t post_local(duet_node_t *n, const char *to, const uint8_t *wire, size_t len)
+{
+    return post_local_take(n, to, wire, len, NULL);
+}
+
+/* A message whose receiver is gone: answer requests with sys.noproc and
+ * monitors with DOWN "noproc" so that nobody waits forever. */
+static void undeliverable(duet_node_t *n, const uint8_t *wire, size_t len, const char *why)
+{
+    duet_env_t env;
+    size_t off;
+    if (duet_env_decode(wire, len, &env, &off))
+        return;
+    atomic_fetch_add(&n->st_undeliv, 1);
+    if (env.type == DUET_MSG_SYS_MONITOR) {
+        duet_msg_t *m = NULL;
+        if (duet_msg_decode(wire, len, &n->lim, n->name, &m) == DUET_OK) {
+            const sys_monitor_t *mon = m->body;
+            duet_sys_down_t d = {mon->ref, env.to, (char *)"noproc"};
+            sys_send(n, env.to, env.from, mon->link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
+            duet_msg_destroy(&m);
+        }
+        return;
+    }
+    if (env.flags & DUET_ENV_F_REQUEST) {
+        duet_sys_noproc_t np = {env.to, (char *)why};
+        sys_send(n, env.to, env.from, &duet_msg_sys_noproc, &np, env.seq);
+        return;
+    }
+    if (env.type > 0xff)
+        DUET_LOG_D(MOD, "node %s: %s -> %s (type 0x%x) undeliverable: %s", n->name, env.from,
+                   env.to, env.type, why);
+}
+
+/* ---- I/O thread (real transport) ----------------------------------------- */
+
+static peer_t *peer_get(duet_node_t *n, const char *name)
+{
+    for (size_t i = 0; i < n->npeers; i++)
+        if (strcmp(n->peers[i].name, name) == 0)
+            return &n->peers[i];
+    peer_t *np = duet_realloc_array(n->peers, n->npeers + 1, sizeof(*np));
+    if (!np)
+        return NULL;
+    n->peers = np;
+    peer_t *p = &np[n->npeers++];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    return p;
+}
+
+/* The lower-named node of a pair connects (ROUTER to ROUTER); the link then
+ * carries both directions. */
+static void peer_connect(duet_node_t *n, peer_t *p)
+{
+    if (p->connected || n->sim || strcmp(n->name, p->name) >= 0)
+        return;
+    char addr[256], key[41];
+    if (duet_registry_node_addr(n->reg, p->name, addr, key) || !addr[0])
+        return;
+    duet_status_t st = duet_zep_connect(n->zep, p->name, addr, n->cfg.curve && key[0] ? key : NULL);
+    if (st)
+        DUET_LOG_W(MOD, "%s", duet_error());
+    else
+        p->connected = true;
+}
+
+static void io_enqueue(duet_node_t *n, out_item_t *it)
+{
+    pthread_mutex_lock(&n->io_lock);
+    if (n->io_tail)
+        n->io_tail->next = it;
+    else
+        n->io_head = it;
+    n->io_tail = it;
+    bool wake = n->io_sleeping;
+    n->io_sleeping = false;
+    pthread_mutex_unlock(&n->io_lock);
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t r = write(n->io_efd, &one, sizeof(one));
+        (void)r;
+    }
+}
+
+static out_item_t *item_new(bool local, const char *peer, const void *data, size_t len)
+{
+    out_item_t *it = duet_malloc(sizeof(*it) + len);
+    if (!it)
+        return NULL;
+    memset(it, 0, sizeof(*it));
+    it->local = local;
+    snprintf(it->peer, sizeof(it->peer), "%s", peer);
+    it->len = len;
+    memcpy(it->data, data, len);
+    return it;
+}
+
+static void sim_deliver(void *ctx, const char *from, const uint8_t *data, size_t len);
+static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len,
+                     uint8_t **take);
+
+static void sim_item_unlink(duet_node_t *n, sim_item_t *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        n->sim_items = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+}
+
+static void sim_local_cb(void *arg)
+{
+    sim_item_t *s = arg;
+    duet_node_t *n = s->node;
+    sim_item_unlink(n, s);
+    duet_env_t env;
+    size_t off;
+    if (!duet_env_decode(s->data, s->len, &env, &off) &&
+        post_local(n, env.to, s->data, s->len) == DUET_ERR_NOT_FOUND)
+        undeliverable(n, s->data, s->len, "no such actor");
+    duet_free(s);
+}
+
+/* Hand a frame to the transport, now or after `delay`. */
+static duet_status_t xmit(duet_node_t *n, bool local, const char *peer, const uint8_t *wire,
+                          size_t len, uint64_t delay)
+{
+    if (n->sim) {
+        if (!local)
+            return duet_simnet_send(n->sim, n->name, peer, wire, len, delay);
+        sim_item_t *s = duet_malloc(sizeof(*s) + len);
+        if (!s)
+            return duet_errorf(DUET_ERR_NOMEM, "sim item");
+        s->node = n;
+        s->len = len;
+        memcpy(s->data, wire, len);
+        s->prev = NULL;
+        s->next = n->sim_items;
+        if (n->sim_items)
+            n->sim_items->prev = s;
+        n->sim_items = s;
+        s->ev = duet_simnet_at(n->sim, duet_simnet_now(n->sim) + delay, sim_local_cb, s);
+        return DUET_OK;
+    }
+    if (!n->has_io)
+        return duet_errorf(DUET_ERR_UNSUPPORTED, "node %s has no transport", n->name);
+    out_item_t *it = item_new(local, peer, wire, len);
+    if (!it)
+        return duet_errorf(DUET_ERR_NOMEM, "send queue");
+    it->due = delay ? duet_now_ns() + delay : 0;
+    io_enqueue(n, it);
+    return DUET_OK;
+}
+
+static void backlog_push(duet_node_t *n, out_item_t *it)
+{
+    it->next = NULL;
+    if (n->backlog_tail)
+        n->backlog_tail->next = it;
+    else
+        n->backlog = it;
+    n->backlog_tail = it;
+}
+
+static void unroutable(duet_node_t *n, out_item_t *it)
+{
+    atomic_fetch_add(&n->st_unroutable, 1);
+    duet_env_t env;
+    size_t off;
+    if (duet_env_decode(it->data, it->len, &env, &off) == DUET_OK) {
+        if (env.type != DUET_MSG_SYS_HEARTBEAT && env.type != DUET_MSG_SYS_REGISTRY)
+            DUET_LOG_W(MOD, "node %s: %s -> %s (type 0x%x): node %s unreachable after %u ms",
+                       n->name, env.from, env.to, env.type, it->peer, n->cfg.connect_timeout_ms);
+        undeliverable(n, it->data, it->len, "node unreachable");
+    }
+}
+
+/* Send what the backlog holds, in order per peer. */
+static void io_flush(duet_node_t *n, uint64_t now)
+{
+    const char *blocked[16];
+    size_t nblocked = 0;
+    out_item_t *keep = NULL, *keep_tail = NULL;
+    for (out_item_t *it = n->backlog, *nx; it; it = nx) {
+        nx = it->next;
+        bool skip = false;
+        for (size_t i = 0; i < nblocked; i++)
+            if (strcmp(blocked[i], it->peer) == 0)
+                skip = true;
+        duet_status_t st = DUET_ERR_AGAIN;
+        if (!skip) {
+            if (it->local) {
+                duet_env_t env;
+                size_t off;
+                st = DUET_OK;
+                if (!duet_env_decode(it->data, it->len, &env, &off) &&
+                    post_local(n, env.to, it->data, it->len) == DUET_ERR_NOT_FOUND)
+                    undeliverable(n, it->data, it->len, "no such actor");
+            } else {
+                peer_connect(n, peer_get(n, it->peer));
+                st = duet_zep_send(n->zep, it->peer, it->data, it->len);
+                if (st != DUET_OK && st != DUET_ERR_AGAIN) {
+                    DUET_LOG_W(MOD, "%s", duet_error());
+                    st = DUET_ERR_AGAIN;
+                }
+            }
+        }
+        if (st == DUET_OK) {
+            duet_free(it);
+            continue;
+        }
+        if (!it->deadline)
+            it->deadline = now + (uint64_t)n->cfg.connect_timeout_ms * 1000000ull;
+        if (now >= it->deadline) {
+            unroutable(n, it);
+            duet_free(it);
+            continue;
+        }
+        if (!skip && nblocked < DUET_ARRAY_LEN(blocked))
+            blocked[nblocked++] = it->peer;
+        it->next = NULL;
+        if (keep_tail)
+            keep_tail->next = it;
+        else
+            keep = it;
+        keep_tail = it;
+    }
+    n->backlog = keep;
+    n->backlog_tail = keep_tail;
+}
+
+
+static void node_peer_down(duet_node_t *n, const char *peer);
+
+static void heartbeat_tick(duet_node_t *n)
+{
+    uint64_t now = duet_node_now_ns(n);
+    char names[64][DUET_NAME_MAX];
+    size_t nn = duet_registry_nodes(n->reg, names, 64);
+    if (nn > 64)
+        nn = 64;
+    duet_env_t env;
+    env_init(&env, DUET_MSG_SYS_HEARTBEAT, n->name, "");
+    sys_heartbeat_t hb = {now};
+    duet_buf_t b = {0};
+    if (encode(n, &env, &hb, &b))
+        return;
+    for (size_t i = 0; i < nn; i++) {
+        if (strcmp(names[i], n->name) == 0)
+            continue;
+        peer_t *p = peer_get(n, names[i]);
+        if (!p)
+            continue;
+        if (n->cfg.faults && duet_fault_partitioned(n->cfg.faults, plan_now(n), n->name, p->name))
+            continue;
+        if (n->sim) {
+            duet_simnet_send(n->sim, n->name, p->name, b.data, b.len, 0);
+        } else {
+            peer_connect(n, p);
+            duet_zep_send(n->zep, p->name, b.data, b.len); /* AGAIN: not up yet, fine */
+        }
+    }
+    duet_buf_cleanup(&b);
+    uint64_t limit = (uint64_t)n->cfg.heartbeat_ms * n->cfg.heartbeat_misses * 1000000ull;
+    for (size_t i = 0; i < n->npeers; i++) {
+        peer_t *p = &n->peers[i];
+        if (p->up && now - p->last_seen > limit) {
+            p->up = false;
+            atomic_fetch_add(&n->st_peers_down, 1);
+            DUET_LOG_W(MOD, "node %s: peer %s missed %u heartbeats: down", n->name, p->name,
+                       n->cfg.heartbeat_misses);
+            node_peer_down(n, p->name);
+        }
+    }
+}
+
+/* Every watcher of an actor on `peer` gets DOWN/EXIT "noconnection". */
+static void node_peer_down(duet_node_t *n, const char *peer)
+{
+    for (;;) {
+        remote_mon_t rm;
+        bool found = false;
+        pthread_mutex_lock(&n->lock);
+        for (size_t i = 0; i < n->nrmons; i++)
+            if (strcmp(n->rmons[i].node, peer) == 0) {
+                rm = n->rmons[i];
+                n->rmons[i] = n->rmons[--n->nrmons];
+                found = true;
+                break;
+            }
+        pthread_mutex_unlock(&n->lock);
+        if (!found)
+            return;
+        duet_sys_down_t d = {rm.ref, rm.target, (char *)"noconnection"};
+        sys_send(n, rm.target, rm.watcher, rm.link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
+    }
+}
+
+/* Tell `peer` (or every node, peer == NULL) that `actor` runs here. */
+static void announce(duet_node_t *n, const char *peer, const char *actor, uint64_t epoch)
+{
+    duet_env_t env;
+    env_init(&env, DUET_MSG_SYS_REGISTRY, "", "");
+    sys_registry_t r = {(char *)actor, n->name, epoch};
+    duet_buf_t b = {0};
+    if (encode(n, &env, &r, &b))
+        return;
+    char names[64][DUET_NAME_MAX];
+    size_t nn = peer ? 1 : duet_registry_nodes(n->reg, names, 64);
+    if (peer)
+        snprintf(names[0], DUET_NAME_MAX, "%s", peer);
+    for (size_t i = 0; i < nn && i < 64; i++)
+        if (strcmp(names[i], n->name) != 0)
+            xmit(n, false, names[i], b.data, b.len, 0); /* not yet attached: it learns on "up" */
+    duet_buf_cleanup(&b);
+}
+
+static void announce_all(duet_node_t *n, const char *peer)
+{
+    /* copy names out under the lock; send without it */
+    pthread_mutex_lock(&n->lock);
+    size_t total = n->tabcount, m = 0;
+    char (*names)[DUET_NAME_MAX] = total ? duet_calloc(total, DUET_NAME_MAX) : NULL;
+    uint64_t *epochs = total ? duet_calloc(total, sizeof(uint64_t)) : NULL;
+    for (size_t i = 0; names && epochs && i < n->tabcap && m < total; i++)
+        if (n->tab[i].name) {
+            snprintf(names[m], DUET_NAME_MAX, "%s", n->tab[i].name);
+            epochs[m++] = n->tab[i].actor->inc;
+        }
+    pthread_mutex_unlock(&n->lock);
+    for (size_t i = 0; i < m; i++)
+        announce(n, peer, names[i], epochs[i]);
+    duet_free(names);
+    duet_free(epochs);
+}
+
+static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len,
+                     uint8_t **take)
+{
+    peer_t *p = peer_get(n, peer);
+    if (p) {
+        bool was_up = p->up;
+        p->up = true;
+        p->last_seen = duet_node_now_ns(n);
+        if (!was_up) {
+            DUET_LOG_I(MOD, "node %s: peer %s up", n->name, peer);
+            announce_all(n, peer);
+        }
+    }
+    if (len > n->lim.max_size) {
+        atomic_fetch_add(&n->st_decode, 1);
+        DUET_LOG_W(MOD, "node %s: %zu-byte frame from node %s exceeds the %zu-byte cap", n->name,
+                   len, peer, n->lim.max_size);
+        return;
+    }
+    duet_env_t env;
+    size_t off;
+    if (duet_env_decode(data, len, &env, &off)) {
+        atomic_fetch_add(&n->st_decode, 1);
+        DUET_LOG_W(MOD, "node %s: from node %s: %s", n->name, peer, duet_error());
+        return;
+    }
+    if (env.type == DUET_MSG_SYS_HEARTBEAT)
+        return;
+    if (env.type == DUET_MSG_SYS_REGISTRY) {
+        duet_msg_t *m = NULL;
+        if (duet_msg_decode(data, len, &n->lim, peer, &m)) {
+            atomic_fetch_add(&n->st_decode, 1);
+            DUET_LOG_W(MOD, "node %s: %s", n->name, duet_error());
+            return;
+        }
+        const sys_registry_t *r = m->body;
+        if (strcmp(r->node, peer) == 0) /* a node speaks only for its own actors */
+            duet_registry_update(n->reg, r->actor, r->node, r->epoch);
+        else
+            atomic_fetch_add(&n->st_decode, 1);
+        duet_msg_destroy(&m);
+        return;
+    }
+    /* a peer may only speak for its own actors: if the registry places the
+     * sender on another node, the frame is forged or misrouted */
+    char home[DUET_NAME_MAX];
+    if (env.from[0] && duet_registry_find(n->reg, env.from, home, NULL) &&
+        strcmp(home, peer) != 0) {
+        atomic_fetch_add(&n->st_decode, 1);
+        DUET_LOG_W(MOD, "node %s: frame from node %s claims sender '%s', which lives on %s: dropped",
+                   n->name, peer, env.from, home);
+        return;
+    }
+    if (post_local_take(n, env.to, data, len, take) == DUET_ERR_NOT_FOUND)
+        undeliverable(n, data, len, "no such actor");
+}
+
+static void sim_deliver(void *ctx, const char *from, const uint8_t *data, size_t len)
+{
+    duet_node_t *n = ctx;
+    if (n->cfg.faults && duet_fault_partitioned(n->cfg.faults, plan_now(n), from, n->name))
+        return; /* cut while in flight */
+    on_frame(n, from, data, len, NULL);
+}
+
+static void sim_hb_cb(void *arg)
+{
+    duet_node_t *n = arg;
+    n->hb_ev = 0;
+    heartbeat_tick(n);
+    n->hb_ev = duet_simnet_at(n->sim, duet_simnet_now(n->sim) + n->cfg.heartbeat_ms * 1000000ull,
+                              sim_hb_cb, n);
+}
+
+/* ---- fault timers (crash / stall) -------------------------------------- */
+
+static void fault_fire(fault_timer_t *ft)
+{
+    duet_node_t *n = ft->node;
+    ft->done = true;
+    const duet_fault_rule_t *r = ft->rule;
+    /* act only on the actors this node runs */
+    pthread_mutex_lock(&n->lock);
+    char names[256][DUET_NAME_MAX];
+    size_t nn = 0;
+    for (size_t i = 0; i < n->tabcap && nn < 256; i++)
+        if (n->tab[i].name && duet_glob_match(r->actor, n->tab[i].name))
+            snprintf(names[nn++], DUET_NAME_MAX, "%s", n->tab[i].name);
+    pthread_mutex_unlock(&n->lock);
+    for (size_t i = 0; i < nn; i++) {
+        char what[300];
+        snprintf(what, sizeof(what), "%.127s on node %.127s", names[i], n->name);
+        duet_fault_note(n->cfg.faults, r->kind, plan_now(n), what);
+        if (r->kind == DUET_FAULT_CRASH)
+            duet_kill(n, names[i], "crash (fault injected)");
+        else
+            duet_stall(n, names[i], r->for_ns ? r->for_ns : 1000000000ull);
+    }
+}
+
+static void sim_fault_cb(void *arg)
+{
+    fault_timer_t *ft = arg;
+    ft->sim_ev = 0;
+    fault_fire(ft);
+}
+
+static uint64_t io_timeout_ms(duet_node_t *n, uint64_t now)
+{
+    uint64_t next = n->next_hb;
+    if (n->delayed && n->delayed->due < next)
+        next = n->delayed->due;
+    for (size_t i = 0; i < n->nftimers; i++)
+        if (!n->ftimers[i].done && n->start_ns + n->ftimers[i].at < next)
+            next = n->start_ns + n->ftimers[i].at;
+    if (n->backlog && now + 5000000 < next)
+        next = now + 5000000; /* retry unroutable sends every 5 ms */
+    if (next <= now)
+        return 0;
+    return (next - now + 999999) / 1000000;
+}
+
+static void *io_main(void *arg)
+{
+    duet_node_t *n = arg;
+    n->next_hb = duet_now_ns();
+    while (!atomic_load(&n->io_quit)) {
+        uint64_t now = duet_now_ns();
+        zmq_pollitem_t items[2] = {{duet_zep_socket(n->zep), 0, ZMQ_POLLIN, 0},
+                                   {NULL, n->io_efd, ZMQ_POLLIN, 0}};
+        long to = (long)io_timeout_ms(n, now);
+        if (to > 50)
+            to = 50;
+        pthread_mutex_lock(&n->io_lock);
+        if (n->io_head)
+            to = 0;
+        n->io_sleeping = to != 0;
+        pthread_mutex_unlock(&n->io_lock);
+        zmq_poll(items, 2, to);
+        pthread_mutex_lock(&n->io_lock);
+        n->io_sleeping = false;
+        pthread_mutex_unlock(&n->io_lock);
+        if (items[1].revents & ZMQ_POLLIN) {
+            uint64_t v;
+            ssize_t r = read(n->io_efd, &v, sizeof(v));
+            (void)r;
+        }
+        now = duet_now_ns();
+        pthread_mutex_lock(&n->io_lock);
+        out_item_t *in = n->io_head;
+        n->io_head = n->io_tail = NULL;
+        pthread_mutex_unlock(&n->io_lock);
+        for (out_item_t *it = in, *nx; it; it = nx) {
+            nx = it->next;
+            if (it->due > now) { /* fault-delayed: keep sorted by due */
+                out_item_t **pp = &n->delayed;
+                while (*pp && (*pp)->due <= it->due)
+                    pp = &(*pp)->next;
+                it->next = *pp;
+                *pp = it;
+            } else {
+                backlog_push(n, it);
+            }
+        }
+        while (n->delayed && n->delayed->due <= now) {
+            out_item_t *it = n->delayed;
+            n->delayed = it->next;
+            backlog_push(n, it);
+        }
+        for (int k = 0; k < 4096; k++) {
+            char peer[DUET_NAME_MAX];
+            uint8_t *data;
+            size_t len;
+            duet_status_t st = duet_zep_recv(n->zep, peer, &data, &len);
+            if (st == DUET_ERR_AGAIN)
+                break;
+            if (st) {
+                DUET_LOG_W(MOD, "%s", duet_error());
+                continue;
+            }
+            on_frame(n, peer, data, len, &data);
+            duet_free(data); /* NULL if the mailbox adopted it */
+        }
+        io_flush(n, now);
+        if (now >= n->next_hb) {
+            heartbeat_tick(n);
+            n->next_hb = now + (uint64_t)n->cfg.heartbeat_ms * 1000000ull;
+        }
+        for (size_t i = 0; i < n->nftimers; i++)
+            if (!n->ftimers[i].done && now >= n->start_ns + n->ftimers[i].at)
+                fault_fire(&n->ftimers[i]);
+    }
+    return NULL;
+}
+
+/* ---- routing -------------------------------------------------------------- */
+
+/* Resolve `env->to`, apply the fault plan, hand the frame to the local
+ * loop or the transport. Synchronous errors: DUET_ERR_NOT_FOUND. */
+static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t *wire, size_t len)
+{
+    char tnode[DUET_NAME_MAX];
+    bool local;
+    pthread_mutex_lock(&n->lock);
+    local = tab_get(n, env->to) != NULL;
+    pthread_mutex_unlock(&n->lock);
+    if (local) {
+        snprintf(tnode, sizeof(tnode), "%s", n->name);
+    } else {
+        if (duet_registry_lookup(n->reg, env->to, tnode, NULL))
+            return DUET_ERR_NOT_FOUND;
+        if (strcmp(tnode, n->name) == 0)
+            return duet_errorf(DUET_ERR_NOT_FOUND, "actor '%s' is not running on node %s", env->to,
+                               n->name);
+    }
+    atomic_fetch_add(&n->st_sent, 1);
+    duet_fault_verdict_t v = {1, {0}};
+    if (n->cfg.faults && env->type != DUET_MSG_SYS_HEARTBEAT) {
+        const duet_msg_type_t *t = duet_msg_type_lookup(env->type);
+        duet_fault_decide(n->cfg.faults, plan_now(n), n->name, env->from, tnode, env->to,
+                          t ? t->name : NULL, &v);
+    }
+    for (unsigned c = 0; c < v.copies; c++) {
+        duet_status_t st;
+        if (local && v.delay_ns[c] == 0 && !n->sim) {
+            st = post_local(n, env->to, wire, len);
+            if (st == DUET_ERR_NOT_FOUND) {
+                undeliverable(n, wire, len, "no such actor");
+                st = DUET_OK;
+            }
+        } else {
+            st = xmit(n, local, tnode, wire, len, v.delay_ns[c]);
+        }
+        if (st)
+            return st;
+    }
+    return DUET_OK;
+}
+
+/* ---- dispatch ------------------------------------------------------------- */
+
+static void call_handler(duet_actor_t *a, const duet_msg_t *m)
+{
+    if (a->st != A_RUNNING)
+        return;
+    duet_status_t st = a->ops->handle ? a->ops->handle(a, a->state, m) : DUET_OK;
+    if (st && !a->exit_reason) {
+        char reason[1100];
+        snprintf(reason, sizeof(reason), "error: %s: %s", duet_status_str(st), duet_error());
+        a->exit_reason = duet_strdup(reason);
+    }
+}
+
+static void deliver_local_sys(duet_actor_t *a, const duet_msg_type_t *t, const char *from,
+                              const void *body, uint64_t reply_to)
+{
+    duet_msg_t m;
+    memset(&m, 0, sizeof(m));
+    env_init(&m.env, t->id, from, a->name);
+    m.env.reply_to = reply_to;
+    m.type = t;
+    m.body = (void *)body;
+    call_handler(a, &m);
+}
+
+static credit_ent_t *cred_find(credit_ent_t **arr, size_t *n, size_t *cap, const char *peer)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*arr)[i].peer, peer) == 0)
+            return &(*arr)[i];
+    void *p = *arr;
+    if (duet_vec_reserve(&p, cap, *n + 1, sizeof(credit_ent_t)))
+        return NULL;
+    *arr = p;
+    credit_ent_t *e = &(*arr)[(*n)++];
+    memset(e, 0, sizeof(*e));
+    snprintf(e->peer, sizeof(e->peer), "%s", peer);
+    return e;
+}
+
+static void return_credit(duet_actor_t *a, const char *from)
+{
+    duet_node_t *n = a->node;
+    credit_ent_t *e = cred_find(&a->consumed, &a->nconsumed, &a->capconsumed, from);
+    if (!e)
+        return;
+    e->sent++;
+    uint64_t batch = n->cfg.credit_window / 4 ? n->cfg.credit_window / 4 : 1;
+    if (e->sent - e->acked >= batch) {
+        e->acked = e->sent;
+        sys_credit_t c = {e->sent};
+        duet_env_t env;
+        env_init(&env, DUET_MSG_SYS_CREDIT, a->name, from);
+        env.epoch = a->inc; /* a new incarnation resets the sender's account */
+        duet_buf_t b = {0};
+        if (!encode(n, &env, &c, &b))
+            route(n, &env, b.data, b.len);
+        duet_buf_cleanup(&b);
+    }
+}
+
+static watcher_t *wlist_add(watcher_t **arr, size_t *n, size_t *cap, const char *name,
+                            uint64_t ref, bool link)
+{
+    void *p = *arr;
+    if (duet_vec_reserve(&p, cap, *n + 1, sizeof(watcher_t)))
+        return NULL;
+    *arr = p;
+    watcher_t *w = &(*arr)[(*n)++];
+    snprintf(w->name, sizeof(w->name), "%s", name);
+    w->ref = ref;
+    w->link = link;
+    return w;
+}
+
+static bool wlist_del(watcher_t *arr, size_t *n, const char *name, uint64_t ref, bool *link)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (arr[i].ref == ref && (!name || strcmp(arr[i].name, name) == 0)) {
+            if (link)
+                *link = arr[i].link;
+            arr[i] = arr[--*n];
+            return true;
+        }
+    return false;
+}
+
+static void rmon_del(duet_node_t *n, const char *watcher, uint64_t ref)
+{
+    pthread_mutex_lock(&n->lock);
+    for (size_t i = 0; i < n->nrmons; i++)
+        if (n->rmons[i].ref == ref && strcmp(n->rmons[i].watcher, watcher) == 0) {
+            n->rmons[i] = n->rmons[--n->nrmons];
+            break;
+        }
+    pthread_mutex_unlock(&n->lock);
+}
+
+static pending_call_t *call_find(duet_actor_t *a, uint64_t seq, size_t *idx)
+{
+    for (size_t i = 0; i < a->ncalls; i++)
+        if (a->calls[i].seq == seq) {
+            *idx = i;
+            return &a->calls[i];
+        }
+    return NULL;
+}
+
+static void call_remove(duet_actor_t *a, size_t i)
+{
+    duet_free(a->calls[i].wire);
+    a->calls[i] = a->calls[--a->ncalls];
+}
+
+static void handle_msg(duet_actor_t *a, duet_msg_t *m)
+{
+    duet_node_t *n = a->node;
+    const duet_env_t *e = &m->env;
+    switch (e->type) {
+    case DUET_MSG_SYS_CREDIT: {
+        const sys_credit_t *c = m->body;
+        credit_ent_t *ce = cred_find(&a->credits, &a->ncredits, &a->capcredits, e->from);
+        if (!ce)
+            return;
+        if (ce->epoch && e->epoch != ce->epoch) {
+            ce->acked = ce->sent; /* the receiver restarted: what was in flight is gone */
+        } else {
+            uint64_t t = c->total < ce->sent ? c->total : ce->sent; /* dups count once */
+            if (t > ce->acked)
+                ce->acked = t;
+        }
+        ce->epoch = e->epoch;
+        if (ce->blocked && ce->sent - ce->acked < n->cfg.credit_window) {
+            ce->blocked = false;
+            duet_sys_writable_t w = {(char *)e->from};
+            deliver_local_sys(a, &duet_msg_sys_writable, e->from, &w, 0);
+        }
+        return;
+    }
+    case DUET_MSG_SYS_MONITOR: {
+        const sys_monitor_t *mon = m->body;
+        wlist_add(&a->watchers, &a->nwatchers, &a->capwatchers, e->from, mon->ref, mon->link);
+        if (mon->link) /* two-way: I also watch the requester */
+            wlist_add(&a->outgoing, &a->nout, &a->capout, e->from, mon->ref, true);
+        return;
+    }
+    case DUET_MSG_SYS_DEMONITOR: {
+        const sys_monitor_t *mon = m->body;
+        wlist_del(a->watchers, &a->nwatchers, e->from, mon->ref, NULL);
+        return;
+    }
+    case DUET_MSG_SYS_STOP: {
+        const sys_stop_t *s = m->body;
+        if (!a->exit_reason)
+            a->exit_reason = duet_strdup(s->reason && s->reason[0] ? s->reason : "normal");
+        return;
+    }
+    case DUET_MSG_SYS_DOWN:
+    case DUET_MSG_SYS_EXIT: {
+        const duet_sys_down_t *d = m->body;
+        bool link = false;
+        if (!wlist_del(a->outgoing, &a->nout, d->actor, d->ref, &link))
+            return; /* stale: demonitored, or already reported */
+        wlist_del(a->watchers, &a->nwatchers, d->actor, d->ref, NULL);
+        rmon_del(n, a->name, d->ref);
+        if (link && !a->opts.trap_exit) {
+            if (d->reason && strcmp(d->reason, "normal") != 0 && !a->exit_reason) {
+                char reason[1200];
+                snprintf(reason, sizeof(reason), "linked: %s: %s", d->actor, d->reason);
+                a->exit_reason = duet_strdup(reason);
+            }
+            return;
+        }
+        if (link && e->type == DUET_MSG_SYS_DOWN) {
+            /* a link broken by noproc arrives as DOWN from undeliverable(): show it as EXIT */
+            m->type = &duet_msg_sys_exit;
+            m->env.type = DUET_MSG_SYS_EXIT;
+        }
+        call_handler(a, m);
+        return;
+    }
+    default: break;
+    }
+    if (e->flags & DUET_ENV_F_REPLY) {
+        size_t idx;
+        pending_call_t *pc = call_find(a, e->reply_to, &idx);
+        if (!pc) {
+            atomic_fetch_add(&n->st_dup, 1);
+            return; /* late or duplicate reply */
+        }
+        timer_del(a, pc->timer);
+        call_remove(a, idx);
+        call_handler(a, m);
+        return;
+    }
+    dedup_ent_t *dd = NULL;
+    if (e->flags & DUET_ENV_F_DEDUP) {
+        if (!a->dedup && !(a->dedup = duet_calloc(DEDUP_N, sizeof(*a->dedup)))) {
+            call_handler(a, m);
+            return;
+        }
+        for (size_t i = 0; i < DEDUP_N; i++) {
+            dedup_ent_t *d = &a->dedup[i];
+            if (d->used && d->seq == e->seq && d->epoch == e->epoch &&
+                strcmp(d->from, e->from) == 0) {
+                atomic_fetch_add(&n->st_dup, 1);
+                if (d->reply) { /* the reply may have been lost: send it again */
+                    duet_env_t re;
+                    size_t off;
+                    if (!duet_env_decode(d->reply, d->reply_len, &re, &off))
+                        route(n, &re, d->reply, d->reply_len);
+                }
+                if (e->flags & DUET_ENV_F_CREDIT)
+                    return_credit(a, e->from);
+                return;
+            }
+        }
+        dd = &a->dedup[a->dedup_next];
+        a->dedup_next = (a->dedup_next + 1) % DEDUP_N;
+        duet_free(dd->reply);
+        memset(dd, 0, sizeof(*dd));
+        dd->used = true;
+        dd->seq = e->seq;
+        dd->epoch = e->epoch;
+        snprintf(dd->from, sizeof(dd->from), "%s", e->from);
+    }
+    a->cur_req = dd ? e : NULL;
+    a->cur_dedup = dd;
+    call_handler(a, m);
+    a->cur_req = NULL;
+    a->cur_dedup = NULL;
+    if (e->flags & DUET_ENV_F_CREDIT)
+        return_credit(a, e->from);
+}
+
+static void defer(duet_actor_t *a, qent_t *q)
+{
+    q->next = NULL;
+    if (a->def_tail)
+        a->def_tail->next = q;
+    else
+        a->def_head = q;
+    a->def_tail = q;
+}
+
+static void start_actor(duet_actor_t *a)
+{
+    void *state = NULL;
+    duet_status_t st = a->ops->start ? a->ops->start(a, a->arg, &state) : DUET_OK;
+    a->state = state;
+    a->st = A_RUNNING;
+    if (st) {
+        char reason[1100];
+        snprintf(reason, sizeof(reason), "start: %s: %s", duet_status_str(st), duet_error());
+        terminate(a, reason); /* stop() gets whatever state start() left */
+    }
+}
+
+static void dispatch(loop_t *l, qent_t *q)
+{
+    duet_actor_t *a = q->actor;
+    duet_node_t *n = l->node;
+    if (a->inc != q->inc || a->st == A_DEAD) {
+        if (q->kind == QE_MSG)
+            undeliverable(n, QDATA(q), q->len, "actor stopped");
+        qent_free(q);
+        return;
+    }
+    switch (q->kind) {
+    case QE_START:
+        start_actor(a);
+        break;
+    case QE_STOP:
+    case QE_KILL:
+        terminate(a, (const char *)q->data);
+        break;
+    case QE_STALL: {
+        uint64_t until = duet_node_now_ns(n) + q->arg;
+        if (until > a->stalled_until) {
+            a->stalled_until = until;
+            timer_add(a, T_STALL_END, q->arg, 0, 0, 0, NULL);
+        }
+        break;
+    }
+    case QE_MSG: {
+        if (a->stalled_until > duet_node_now_ns(n)) {
+            defer(a, q); /* put back in order when the stall ends */
+            return;
+        }
+        duet_msg_t *m = NULL;
+        if (duet_msg_decode(QDATA(q), q->len, &n->lim, n->name, &m)) {
+            atomic_fetch_add(&n->st_decode, 1);
+            DUET_LOG_W(MOD, "node %s: to %s: rejected: %s", n->name, a->name, duet_error());
+            break;
+        }
+        atomic_fetch_add(&n->st_delivered, 1);
+        handle_msg(a, m);
+        duet_msg_destroy(&m);
+        break;
+    }
+    }
+    if (a->st == A_RUNNING && a->exit_reason) {
+        char *r = a->exit_reason;
+        a->exit_reason = NULL;
+        terminate(a, r);
+        duet_free(r);
+    }
+    qent_free(q);
+}
+
+static void stall_end(duet_actor_t *a)
+{
+    a->stalled_until = 0;
+    if (!a->def_head)
+        return;
+    loop_t *l = a->loop;
+    pthread_mutex_lock(&l->lock);
+    a->def_tail->next = l->head;
+    l->head = a->def_head;
+    if (!l->tail)
+        l->tail = a->def_tail;
+    pthread_mutex_unlock(&l->lock);
+    a->def_head = a->def_tail = NULL;
+    loop_wake(l);
+}
+
+static void timer_fire(atimer_t *t)
+{
+    duet_actor_t *a = t->actor;
+    int kind = t->kind;
+    uint64_t id = t->id, tag = t->tag, arg = t->arg;
+    if (t->period) {
+        t->at += t->period;
+        uint64_t now = duet_node_now_ns(a->node);
+        if (t->at < now)
+            t->at = now;
+        timer_arm(t);
+    } else {
+        timer_unlink(t);
+        duet_free(t);
+    }
+    if (a->st != A_RUNNING)
+        return;
+    if (kind == T_USER) {
+        duet_sys_timer_t tm = {id, tag};
+        deliver_local_sys(a, &duet_msg_sys_timer, a->name, &tm, 0);
+    } else if (kind == T_STALL_END) {
+        stall_end(a);
+    } else if (kind == T_CREDIT) {
+        uint64_t now = duet_node_now_ns(a->node);
+        uint64_t limit = (uint64_t)a->node->cfg.credit_timeout_ms * 1000000ull;
+        for (size_t i = 0; i < a->ncredits && a->st == A_RUNNING; i++) {
+            credit_ent_t *ce = &a->credits[i];
+            if (!ce->blocked || now - ce->blocked_since < limit)
+                continue;
+            DUET_LOG_W(MOD, "%s: no credit from %s for %u ms: resetting its window", a->name,
+                       ce->peer, a->node->cfg.credit_timeout_ms);
+            ce->acked = ce->sent;
+            ce->blocked = false;
+            char peer[DUET_NAME_MAX];
+            snprintf(peer, sizeof(peer), "%s", ce->peer);
+            duet_sys_writable_t w = {peer};
+            deliver_local_sys(a, &duet_msg_sys_writable, peer, &w, 0);
+        }
+    } else if (kind == T_CALL) {
+        size_t idx;
+        pending_call_t *pc = call_find(a, arg, &idx);
+        if (pc) {
+            if (pc->retries_left) {
+                pc->retries_left--;
+                duet_env_t env;
+                size_t off;
+                if (!duet_env_decode(pc->wire, pc->len, &env, &off))
+                    route(a->node, &env, pc->wire, pc->len);
+                timer_add(a, T_CALL, pc->timeout_ns, 0, 0, pc->seq, &pc->timer);
+            } else {
+                duet_sys_timeout_t to = {pc->seq, pc->to, pc->type, pc->cookie};
+                char tocopy[DUET_NAME_MAX];
+                snprintf(tocopy, sizeof(tocopy), "%s", pc->to);
+                to.to = tocopy;
+                call_remove(a, idx);
+                deliver_local_sys(a, &duet_msg_sys_timeout, a->name, &to, 0);
+            }
+        }
+    }
+    if (a->st == A_RUNNING && a->exit_reason) {
+        char *r = a->exit_reason;
+        a->exit_reason = NULL;
+        terminate(a, r);
+        duet_free(r);
+    }
+}
+
+/* Stop an actor on its own loop: stop callback, timers, table, then tell
+ * the watchers (after the name is free, so a supervisor may respawn). */
+static void terminate(duet_actor_t *a, const char *reason)
+{
+    if (a->st == A_DEAD)
+        return;
+    duet_node_t *n = a->node;
+    bool started = a->st == A_RUNNING;
+    a->st = A_DEAD;
+    if (started && a->ops->stop)
+        a->ops->stop(a, a->state, reason);
+    a->state = NULL;
+    timer_free_all(a);
+    loop_t *l = a->loop;
+    for (size_t i = 0; i < l->nfds;)
+        if (l->fds[i].actor == a)
+            l->fds[i] = l->fds[--l->nfds];
+        else
+            i++;
+    for (qent_t *q = a->def_head, *nx; q; q = nx) {
+        nx = q->next;
+        undeliverable(n, QDATA(q), q->len, "actor stopped");
+        duet_free(q->ext);
+        duet_free(q);
+        actor_unref(a);
+    }
+    a->def_head = a->def_tail = NULL;
+    if (l->dedicated && !n->sim)
+        atomic_store(&l->quit, true); /* its thread ends after this callback */
+    pthread_mutex_lock(&n->lock);
+    tab_del(n, a);
+    for (size_t i = 0; i < n->nrmons;)
+        if (strcmp(n->rmons[i].watcher, a->name) == 0)
+            n->rmons[i] = n->rmons[--n->nrmons];
+        else
+            i++;
+    pthread_cond_broadcast(&n->cond);
+    pthread_mutex_unlock(&n->lock);
+    DUET_LOG_D(MOD, "node %s: %s stopped: %s", n->name, a->name, reason);
+    for (size_t i = 0; i < a->nwatchers; i++) {
+        watcher_t *w = &a->watchers[i];
+        duet_sys_down_t d = {w->ref, a->name, (char *)reason};
+        sys_send(n, a->name, w->name, w->link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
+    }
+    a->nwatchers = 0;
+    actor_unref(a); /* the table's reference */
+}
+
+/* ---- loop threads --------------------------------------------------------- */
+
+static void loop_run_queue(loop_t *l)
+{
+    pthread_mutex_lock(&l->lock);
+    qent_t *q = l->head;
+    l->head = l->tail = NULL;
+    pthread_mutex_unlock(&l->lock);
+    while (q) {
+        qent_t *nx = q->next;
+        dispatch(l, q);
+        q = nx;
+    }
+}
+
+static void loop_fire_timers(loop_t *l)
+{
+    uint64_t now = duet_now_ns();
+    while (l->nheap && l->heap[0]->at <= now) {
+        atimer_t *t = l->heap[0];
+        th_remove(l, t);
+        timer_fire(t);
+    }
+}
+
+static bool loop_done(loop_t *l)
+{
+    if (atomic_load(&l->quit))
+        return true;
+    return false;
+}
+
+static void *loop_main(void *arg)
+{
+    loop_t *l = arg;
+    struct pollfd pf[64];
+    while (!loop_done(l)) {
+        loop_run_queue(l);
+        loop_fire_timers(l);
+        int timeout = -1;
+        if (l->nheap) {
+            uint64_t now = duet_now_ns(), at = l->heap[0]->at;
+            timeout = at <= now ? 0 : (int)DUET_MIN((at - now + 999999) / 1000000, 1000);
+        }
+        pf[0].fd = l->efd;
+        pf[0].events = POLLIN;
+        size_t nf = 1;
+        for (size_t i = 0; i < l->nfds && nf < DUET_ARRAY_LEN(pf); i++, nf++) {
+            pf[nf].fd = l->fds[i].fd;
+            pf[nf].events = l->fds[i].events;
+        }
+        pthread_mutex_lock(&l->lock);
+        bool empty = l->head == NULL;
+        l->sleeping = empty;
+        pthread_mutex_unlock(&l->lock);
+        if (!empty)
+            timeout = 0;
+        int r = poll(pf, nf, timeout);
+        pthread_mutex_lock(&l->lock);
+        l->sleeping = false;
+        pthread_mutex_unlock(&l->lock);
+        if (r <= 0)
+            continue;
+        if (pf[0].revents & POLLIN) {
+            uint64_t v;
+            ssize_t rr = read(l->efd, &v, sizeof(v));
+            (void)rr;
+        }
+        for (size_t i = 1; i < nf; i++) {
+            if (!pf[i].revents)
+                continue;
+            /* find the watch again: a handler may have removed it */
+            for (size_t k = 0; k < l->nfds; k++)
+                if (l->fds[k].fd == pf[i].fd) {
+                    fdwatch_t w = l->fds[k];
+                    duet_sys_fd_t f = {w.fd, (uint32_t)pf[i].revents, w.tag};
+                    deliver_local_sys(w.actor, &duet_msg_sys_fd, w.actor->name, &f, 0);
+                    if (w.actor->st == A_RUNNING && w.actor->exit_reason) {
+                        char *rs = w.actor->exit_reason;
+                        w.actor->exit_reason = NULL;
+                        terminate(w.actor, rs);
+                        duet_free(rs);
+                    }
+                    break;
+                }
+        }
+    }
+    return NULL;
+}
+
+static void sim_loop_step(void *arg)
+{
+    loop_t *l = arg;
+    l->sim_scheduled = false;
+    l->sim_ev = 0;
+    pthread_mutex_lock(&l->lock);
+    qent_t *q = l->head;
+    if (q) {
+        l->head = q->next;
+        if (!l->head)
+            l->tail = NULL;
+    }
+    bool more = l->head != NULL;
+    pthread_mutex_unlock(&l->lock);
+    if (q)
+        dispatch(l, q);
+    if (more || l->head)
+        loop_wake(l);
+}
+
+static loop_t *loop_new(duet_node_t *n, bool dedicated)
+{
+    loop_t *l = duet_calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->node = n;
+    l->dedicated = dedicated;
+    l->efd = -1;
+    pthread_mutex_init(&l->lock, NULL);
+    if (!n->sim) {
+        l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (l->efd < 0)
+            goto err;
+        if (pthread_create(&l->thread, NULL, loop_main, l))
+            goto err_efd;
+        l->has_thread = true;
+    }
+    pthread_mutex_lock(&n->lock);
+    l->next_all = n->loops;
+    n->loops = l;
+    pthread_mutex_unlock(&n->lock);
+    return l;
+err_efd:
+    close(l->efd);
+err:
+    pthread_mutex_destroy(&l->lock);
+    duet_free(l);
+    return NULL;
+}
+
+static void loop_free(loop_t *l)
+{
+    for (qent_t *q = l->head, *nx; q; q = nx) {
+        nx = q->next;
+        qent_free(q);
+    }
+    if (l->sim_ev && l->node->sim)
+        duet_simnet_cancel(l->node->sim, l->sim_ev);
+    if (l->efd >= 0)
+        close(l->efd);
+    duet_free(l->heap);
+    duet_free(l->fds);
+    pthread_mutex_destroy(&l->lock);
+    duet_free(l);
+}
+
+/* ---- public: actors --------------------------------------------------------- */
+
+const char *duet_actor_name(const duet_actor_t *a)
+{
+    return a->name;
+}
+
+duet_node_t *duet_actor_node(const duet_actor_t *a)
+{
+    return a->node;
+}
+
+uint64_t duet_actor_epoch(const duet_actor_t *a)
+{
+    return a->inc;
+}
+
+uint64_t duet_actor_now_ns(const duet_actor_t *a)
+{
+    return duet_node_now_ns(a->node);
+}
+
+void duet_actor_exit(duet_actor_t *a, const char *reason)
+{
+    if (!a->exit_reason)
+        a->exit_reason = duet_strdup(reason ? reason : "normal");
+}
+
+static bool valid_name(const char *s)
+{
+    return s && s[0] && strlen(s) < DUET_NAME_MAX;
+}
+
+duet_status_t duet_spawn(duet_node_t *n, const char *name, const duet_actor_ops_t *ops, void *arg,
+                         const duet_spawn_opts_t *opts)
+{
+    if (!valid_name(name) || !ops)
+        return duet_errorf(DUET_ERR_INVALID, "spawn on node %s: bad actor name or ops", n->name);
+    duet_actor_t *a = duet_calloc(1, sizeof(*a));
+    if (!a)
+        return duet_errorf(DUET_ERR_NOMEM, "spawn %s", name);
+    atomic_init(&a->refs, 1);
+    a->node = n;
+    snprintf(a->name, sizeof(a->name), "%s", name);
+    a->ops = ops;
+    a->arg = arg;
+    if (opts)
+        a->opts = *opts;
+    uint64_t k = atomic_fetch_add(&n->inc_counter, 1) + 1;
+    a->inc = n->sim ? k : duet_wall_ms() * 1000000ull + k % 1000000ull;
+    loop_t *l = n->shared;
+    if (a->opts.mode == DUET_RUN_THREAD) {
+        l = loop_new(n, true);
+        if (!l) {
+            duet_free(a);
+            return duet_errorf(DUET_ERR_IO, "spawn %s: cannot start its thread", name);
+        }
+    }
+    a->loop = l;
+    pthread_mutex_lock(&n->lock);
+    duet_actor_t *old = tab_get(n, name);
+    if (old || n->destroying) {
+        bool busy = old && old->stop_requested;
+        pthread_mutex_unlock(&n->lock);
+        if (l != n->shared)
+            atomic_store(&l->quit, true), loop_wake(l);
+        duet_free(a);
+        return busy ? DUET_ERR_AGAIN
+                    : duet_errorf(DUET_ERR_INVALID, "spawn: actor '%s' already runs on node %s", name,
+                                  n->name);
+    }
+    duet_status_t st = tab_put(n, a);
+    if (st) {
+        pthread_mutex_unlock(&n->lock);
+        duet_free(a);
+        return st;
+    }
+    qent_t *q = qent_new(QE_START, a, NULL, 0);
+    if (!q) {
+        tab_del(n, a);
+        pthread_mutex_unlock(&n->lock);
+        duet_free(a);
+        return duet_errorf(DUET_ERR_NOMEM, "spawn %s", name);
+    }
+    bool wake = loop_push(l, q, false);
+    pthread_mutex_unlock(&n->lock);
+    duet_registry_update(n->reg, name, n->name, a->inc);
+    announce(n, NULL, name, a->inc);
+    loop_wake_if(l, wake);
+    return DUET_OK;
+}
+
+static duet_status_t post_ctl(duet_node_t *n, const char *name, int kind, const char *reason,
+                              uint64_t arg, bool front)
+{
+    pthread_mutex_lock(&n->lock);
+    duet_actor_t *a = tab_get(n, name);
+    if (!a) {
+        pthread_mutex_unlock(&n->lock);
+        return duet_errorf(DUET_ERR_NOT_FOUND, "no actor '%s' on node %s", name, n->name);
+    }
+    qent_t *q = qent_new(kind, a, reason, reason ? strlen(reason) : 0);
+    if (!q) {
+        pthread_mutex_unlock(&n->lock);
+        return duet_errorf(DUET_ERR_NOMEM, "stop %s", name);
+    }
+    q->arg = arg;
+    if (kind == QE_STOP || kind == QE_KILL)
+        a->stop_requested = true;
+    loop_t *l = a->loop;
+    bool wake = loop_push(l, q, front);
+    pthread_mutex_unlock(&n->lock);
+    loop_wake_if(l, wake);
+    return DUET_OK;
+}
+
+duet_status_t duet_stop(duet_node_t *n, const char *name, const char *reason)
+{
+    return post_ctl(n, name, QE_STOP, reason ? reason : "normal", 0, false);
+}
+
+duet_status_t duet_kill(duet_node_t *n, const char *name, const char *reason)
+{
+    return post_ctl(n, name, QE_KILL, reason ? reason : "killed", 0, true);
+}
+
+duet_status_t duet_stall(duet_node_t *n, const char *name, uint64_t ns)
+{
+    return post_ctl(n, name, QE_STALL, NULL, ns, true);
+}
+
+bool duet_node_has_actor(duet_node_t *n, const char *name)
+{
+    pthread_mutex_lock(&n->lock);
+    bool r = tab_get(n, name) != NULL;
+    pthread_mutex_unlock(&n->lock);
+    return r;
+}
+
+static duet_status_t send_common(duet_node_t *n, duet_env_t *env, const duet_msg_type_t *t,
+                                 const void *body, duet_buf_t *b)
+{
+    if (!t || duet_msg_type_lookup(t->id) != t)
+        return duet_errorf(DUET_ERR_INVALID, "send %s -> %s: message type %s is not registered",
+                           env->from, env->to, t ? t->name : "(null)");
+    duet_status_t st = encode(n, env, body, b);
+    if (st)
+        return st;
+    st = route(n, env, b->data, b->len);
+    if (st == DUET_ERR_NOT_FOUND && !duet_error()[0])
+        duet_errorf(st, "send %s -> %s: no such actor", env->from, env->to);
+    return st;
+}
+
+duet_status_t duet_node_send(duet_node_t *n, const char *from, const char *to,
+                             const duet_msg_type_t *t, const void *body)
+{
+    if (!valid_name(to) || (from && strlen(from) >= DUET_NAME_MAX))
+        return duet_errorf(DUET_ERR_INVALID, "send: bad actor name");
+    duet_env_t env;
+    env_init(&env, t ? t->id : 0, from ? from : "", to);
+    duet_buf_t b = {0};
+    duet_error_clear();
+    duet_status_t st = send_common(n, &env, t, body, &b);
+    duet_buf_cleanup(&b);
+    return st;
+}
+
+static credit_ent_t *take_credit(duet_actor_t *a, const char *to, duet_status_t *st)
+{
+    duet_node_t *n = a->node;
+    credit_ent_t *ce = cred_find(&a->credits, &a->ncredits, &a->capcredits, to);
+    if (!ce) {
+        *st = duet_errorf(DUET_ERR_NOMEM, "credits");
+        return NULL;
+    }
+    if (ce->sent - ce->acked >= n->cfg.credit_window) {
+        if (!ce->blocked) {
+            /* if no credit comes back (receiver restarted, credit lost to a
+             * fault) the account is reset after credit_timeout_ms */
+            ce->blocked = true;
+            ce->blocked_since = duet_node_now_ns(n);
+            timer_add(a, T_CREDIT, (uint64_t)n->cfg.credit_timeout_ms * 1000000ull, 0, 0, 0, NULL);
+        }
+        *st = DUET_ERR_AGAIN;
+        return NULL;
+    }
+    *st = DUET_OK;
+    return ce;
+}
+
+duet_status_t duet_send(duet_actor_t *a, const char *to, const duet_msg_type_t *t, const void *body)
+{
+    if (!valid_name(to))
+        return duet_errorf(DUET_ERR_INVALID, "%s: send to a bad actor name", a->name);
+    duet_status_t st;
+    bool credited = t && t->id > 0xff;
+    credit_ent_t *ce = NULL;
+    if (credited && !(ce = take_credit(a, to, &st)))
+        return st;
+    duet_env_t env;
+    env_init(&env, t ? t->id : 0, a->name, to);
+    env.seq = ++a->seq;
+    env.epoch = a->inc;
+    if (credited)
+        env.flags |= DUET_ENV_F_CREDIT;
+    if (a->cur_req)
+        env.trace = a->cur_req->trace;
+    a->txbuf.len = 0;
+    duet_error_clear();
+    st = send_common(a->node, &env, t, body, &a->txbuf);
+    if (a->txbuf.cap > 65536)
+        duet_buf_cleanup(&a->txbuf); /* do not keep a large message's buffer */
+    if (!st && ce)
+        ce->sent++;
+    return st;
+}
+
+duet_status_t duet_call(duet_actor_t *a, const char *to, const duet_msg_type_t *t, const void *body,
+                        const duet_call_opts_t *opts, uint64_t *seq_out)
+{
+    if (!valid_name(to))
+        return duet_errorf(DUET_ERR_INVALID, "%s: call to a bad actor name", a->name);
+    duet_call_opts_t o = opts ? *opts : (duet_call_opts_t){0};
+    if (!o.timeout_ms)
+        o.timeout_ms = 1000;
+    duet_status_t st;
+    bool credited = t && t->id > 0xff;
+    credit_ent_t *ce = NULL;
+    if (credited && !(ce = take_credit(a, to, &st)))
+        return st;
+    void *p = a->calls;
+    if (duet_vec_reserve(&p, &a->capcalls, a->ncalls + 1, sizeof(*a->calls)))
+        return duet_errorf(DUET_ERR_NOMEM, "call");
+    a->calls = p;
+    duet_env_t env;
+    env_init(&env, t ? t->id : 0, a->name, to);
+    env.seq = ++a->seq;
+    env.epoch = a->inc;
+    env.trace = a->cur_req ? a->cur_req->trace : (a->inc << 20) ^ env.seq;
+    env.flags = DUET_ENV_F_REQUEST | DUET_ENV_F_DEDUP | (credited ? DUET_ENV_F_CREDIT : 0);
+    duet_buf_t b = {0};
+    duet_error_clear();
+    st = send_common(a->node, &env, t, body, &b);
+    if (st) {
+        duet_buf_cleanup(&b);
+        return st;
+    }
+    if (ce)
+        ce->sent++;
+    pending_call_t *pc = &a->calls[a->ncalls++];
+    memset(pc, 0, sizeof(*pc));
+    pc->seq = env.seq;
+    pc->cookie = o.cookie;
+    pc->timeout_ns = (uint64_t)o.timeout_ms * 1000000ull;
+    pc->retries_left = o.retries;
+    pc->type = t->id;
+    snprintf(pc->to, sizeof(pc->to), "%s", to);
+    pc->wire = b.data; /* kept for retries */
+    pc->len = b.len;
+    uint64_t seq = env.seq;
+    st = timer_add(a, T_CALL, pc->timeout_ns, 0, 0, seq, &pc->timer);
+    if (st) {
+        call_remove(a, a->ncalls - 1);
+        return st;
+    }
+    if (seq_out)
+        *seq_out = seq;
+    return DUET_OK;
+}
+
+duet_status_t duet_reply(duet_actor_t *a, const duet_env_t *req, const duet_msg_type_t *t,
+                         const void *body)
+{
+    duet_env_t env;
+    env_init(&env, t ? t->id : 0, a->name, req->from);
+    env.seq = ++a->seq;
+    env.epoch = a->inc;
+    env.trace = req->trace;
+    env.reply_to = req->seq;
+    env.flags = DUET_ENV_F_REPLY;
+    duet_buf_t b = {0};
+    duet_error_clear();
+    duet_status_t st = send_common(a->node, &env, t, body, &b);
+    if (st == DUET_OK && a->cur_dedup && a->cur_req && a->cur_req->seq == req->seq &&
+        strcmp(a->cur_req->from, req->from) == 0 && !a->cur_dedup->reply) {
+        a->cur_dedup->reply = b.data; /* answer retransmissions from here */
+        a->cur_dedup->reply_len = b.len;
+        b.data = NULL;
+    }
+    duet_buf_cleanup(&b);
+    return st;
+}
+
+duet_status_t duet_timer_start_ns(duet_actor_t *a, uint64_t delay_ns, uint64_t period_ns,
+                                  uint64_t tag, uint64_t *id_out)
+{
+    return timer_add(a, T_USER, delay_ns, period_ns, tag, 0, id_out);
+}
+
+duet_status_t duet_timer_start(duet_actor_t *a, uint64_t delay_ms, uint64_t period_ms, uint64_t tag,
+                               uint64_t *id_out)
+{
+    return timer_add(a, T_USER, delay_ms * 1000000ull, period_ms * 1000000ull, tag, 0, id_out);
+}
+
+duet_status_t duet_timer_cancel(duet_actor_t *a, uint64_t id)
+{
+    for (atimer_t *t = a->timers; t; t = t->next)
+        if (t->id == id && t->kind == T_USER) {
+            timer_del(a, id);
+            return DUET_OK;
+        }
+    return duet_errorf(DUET_ERR_NOT_FOUND, "%s: no timer %llu", a->name, (unsigned long long)id);
+}
+
+static duet_status_t monitor_common(duet_actor_t *a, const char *target, bool link, uint64_t *ref_out)
+{
+    duet_node_t *n = a->node;
+    if (!valid_name(target))
+        return duet_errorf(DUET_ERR_INVALID, "%s: monitor of a bad actor name", a->name);
+    uint64_t ref = ++a->next_ref;
+    if (!wlist_add(&a->outgoing, &a->nout, &a->capout, target, ref, link))
+        return duet_errorf(DUET_ERR_NOMEM, "monitor");
+    if (link && !wlist_add(&a->watchers, &a->nwatchers, &a->capwatchers, target, ref, true)) {
+        a->nout--;
+        return duet_errorf(DUET_ERR_NOMEM, "link");
+    }
+    char tnode[DUET_NAME_MAX];
+    bool remote = false;
+    if (!duet_node_has_actor(n, target) && !duet_registry_lookup(n->reg, target, tnode, NULL) &&
+        strcmp(tnode, n->name) != 0) {
+        remote = true;
+        pthread_mutex_lock(&n->lock);
+        void *p = n->rmons;
+        if (!duet_vec_reserve(&p, &n->caprmons, n->nrmons + 1, sizeof(*n->rmons))) {
+            n->rmons = p;
+            remote_mon_t *rm = &n->rmons[n->nrmons++];
+            snprintf(rm->watcher, sizeof(rm->watcher), "%s", a->name);
+            snprintf(rm->target, sizeof(rm->target), "%s", target);
+            snprintf(rm->node, sizeof(rm->node), "%s", tnode);
+            rm->ref = ref;
+            rm->link = link;
+        }
+        pthread_mutex_unlock(&n->lock);
+    }
+    (void)remote;
+    sys_monitor_t mon = {ref, link};
+    duet_status_t st = sys_send(n, a->name, target, &sys_monitor_type, &mon, 0);
+    if (st == DUET_ERR_NOT_FOUND) {
+        /* no such actor: DOWN "noproc" arrives like any other */
+        duet_sys_down_t d = {ref, (char *)target, (char *)"noproc"};
+        st = sys_send(n, target, a->name, link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
+        if (st == DUET_ERR_NOT_FOUND) { /* we are not in the table yet (start): post directly */
+            duet_env_t env;
+            env_init(&env, link ? DUET_MSG_SYS_EXIT : DUET_MSG_SYS_DOWN, target, a->name);
+            duet_buf_t b = {0};
+            if (!(st = encode(n, &env, &d, &b)))
+                st = post_local(n, a->name, b.data, b.len);
+            duet_buf_cleanup(&b);
+        }
+    }
+    if (st)
+        return st;
+    if (ref_out)
+        *ref_out = ref;
+    return DUET_OK;
+}
+
+duet_status_t duet_monitor(duet_actor_t *a, const char *target, uint64_t *ref_out)
+{
+    return monitor_common(a, target, false, ref_out);
+}
+
+duet_status_t duet_link(duet_actor_t *a, const char *target)
+{
+    return monitor_common(a, target, true, NULL);
+}
+
+duet_status_t duet_demonitor(duet_actor_t *a, uint64_t ref)
+{
+    for (size_t i = 0; i < a->nout; i++)
+        if (a->outgoing[i].ref == ref && !a->outgoing[i].link) {
+            char target[DUET_NAME_MAX];
+            snprintf(target, sizeof(target), "%s", a->outgoing[i].name);
+            a->outgoing[i] = a->outgoing[--a->nout];
+            rmon_del(a->node, a->name, ref);
+            sys_monitor_t mon = {ref, false};
+            sys_send(a->node, a->name, target, &sys_demonitor_type, &mon, 0);
+            return DUET_OK;
+        }
+    return duet_errorf(DUET_ERR_NOT_FOUND, "%s: no monitor %llu", a->name, (unsigned long long)ref);
+}
+
+duet_status_t duet_actor_watch_fd(duet_actor_t *a, int fd, short events, uint64_t tag)
+{
+    if (a->node->sim)
+        return duet_errorf(DUET_ERR_UNSUPPORTED, "%s: fds cannot be watched under simulation", a->name);
+    loop_t *l = a->loop;
+    if (l->nfds >= 63)
+        return duet_errorf(DUET_ERR_CAPACITY, "%s: too many fds on one loop", a->name);
+    void *p = l->fds;
+    if (duet_vec_reserve(&p, &l->capfds, l->nfds + 1, sizeof(*l->fds)))
+        return duet_errorf(DUET_ERR_NOMEM, "watch fd");
+    l->fds = p;
+    l->fds[l->nfds++] = (fdwatch_t){fd, events, tag, a};
+    return DUET_OK;
+}
+
+duet_status_t duet_actor_unwatch_fd(duet_actor_t *a, int fd)
+{
+    loop_t *l = a->loop;
+    for (size_t i = 0; i < l->nfds; i++)
+        if (l->fds[i].fd == fd && l->fds[i].actor == a) {
+            l->fds[i] = l->fds[--l->nfds];
+            return DUET_OK;
+        }
+    return duet_errorf(DUET_ERR_NOT_FOUND, "%s: fd %d not watched", a->name, fd);
+}
+
+/* ---- public: nodes ---------------------------------------------------------- */
+
+const char *duet_node_name(const duet_node_t *n)
+{
+    return n->name;
+}
+
+void duet_node_stats(duet_node_t *n, duet_node_stats_t *o)
+{
+    o->sent = atomic_load(&n->st_sent);
+    o->delivered = atomic_load(&n->st_delivered);
+    o->decode_errors = atomic_load(&n->st_decode);
+    o->undeliverable = atomic_load(&n->st_undeliv);
+    o->unroutable = atomic_load(&n->st_unroutable);
+    o->dup_dropped = atomic_load(&n->st_dup);
+    o->peers_down = atomic_load(&n->st_peers_down);
+    o->refused = n->zep ? duet_zep_refused(n->zep) : 0;
+}
+
+duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node_out)
+{
+    duet_actors_init();
+    if (!valid_name(cfg->name) || !cfg->registry)
+        return duet_errorf(DUET_ERR_INVALID, "node: name and registry are required");
+    duet_status_t st;
+    duet_node_t *n = duet_calloc(1, sizeof(*n));
+    if (!n)
+        return duet_errorf(DUET_ERR_NOMEM, "node %s", cfg->name);
+    snprintf(n->name, sizeof(n->name), "%s", cfg->name);
+    n->cfg = *cfg;
+    n->cfg.name = n->name;
+    if (!n->cfg.heartbeat_ms)
+        n->cfg.heartbeat_ms = 100;
+    if (!n->cfg.heartbeat_misses)
+        n->cfg.heartbeat_misses = 5;
+    if (!n->cfg.credit_window)
+        n->cfg.credit_window = 256;
+    if (!n->cfg.credit_timeout_ms)
+        n->cfg.credit_timeout_ms = 1000;
+    if (!n->cfg.connect_timeout_ms)
+        n->cfg.connect_timeout_ms = 3000;
+    n->lim.max_size = cfg->max_msg_size ? cfg->max_msg_size : DUET_MSG_SIZE_DEFAULT;
+    n->reg = cfg->registry;
+    n->sim = cfg->sim;
+    n->io_efd = -1;
+    n->start_ns = duet_now_ns();
+    pthread_mutex_init(&n->lock, NULL);
+    pthread_cond_init(&n->cond, NULL);
+    pthread_mutex_init(&n->io_lock, NULL);
+    if (cfg->faults) {
+        size_t nr = duet_fault_plan_count(cfg->faults);
+        n->ftimers = duet_calloc(nr ? nr : 1, sizeof(*n->ftimers));
+        if (!n->ftimers) {
+            st = duet_errorf(DUET_ERR_NOMEM, "node %s", n->name);
+            goto err_free;
+        }
+        for (size_t i = 0; i < nr; i++) {
+            const duet_fault_rule_t *r = duet_fault_plan_rule(cfg->faults, i);
+            if (r->kind != DUET_FAULT_CRASH && r->kind != DUET_FAULT_STALL)
+                continue;
+            fault_timer_t *ft = &n->ftimers[n->nftimers++];
+            ft->at = r->at_ns;
+            ft->rule = r;
+            ft->node = n;
+        }
+    }
+    n->shared = loop_new(n, false);
+    if (!n->shared) {
+        st = duet_errorf(DUET_ERR_IO, "node %s: loop thread", n->name);
+        goto err_free;
+    }
+    if (n->sim) {
+        if ((st = duet_simnet_attach(n->sim, n->name, sim_deliver, n)))
+            goto err_loop;
+        n->hb_ev = duet_simnet_at(n->sim, duet_simnet_now(n->sim), sim_hb_cb, n);
+        for (size_t i = 0; i < n->nftimers; i++)
+            n->ftimers[i].sim_ev = duet_simnet_at(n->sim, n->ftimers[i].at, sim_fault_cb, &n->ftimers[i]);
+    } else {
+        duet_zep_config_t zc = {.node = n->name,
+                                .bind = cfg->bind,
+                                .zmq_ctx = cfg->zmq_ctx,
+                                .max_msg_size = n->lim.max_size,
+                                .curve = cfg->curve,
+                                .allow_keys = cfg->allow_keys};
+        if ((st = duet_zep_create(&zc, &n->zep)))
+            goto err_loop;
+        /* the registry names the address really bound (port chosen by the OS for ":*") */
+        duet_registry_add_node(n->reg, n->name, cfg->bind ? duet_zep_endpoint(n->zep) : NULL,
+                               cfg->curve ? cfg->curve->public_z85 : NULL);
+        n->io_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (n->io_efd < 0 || pthread_create(&n->io, NULL, io_main, n)) {
+            st = duet_errorf(DUET_ERR_IO, "node %s: I/O thread", n->name);
+            goto err_zep;
+        }
+        n->has_io = true;
+    }
+    *node_out = n;
+    return DUET_OK;
+err_zep:
+    if (n->io_efd >= 0)
+        close(n->io_efd);
+    duet_zep_destroy(&n->zep);
+err_loop:
+    atomic_store(&n->shared->quit, true);
+    loop_wake(n->shared);
+    if (n->shared->has_thread)
+        pthread_join(n->shared->thread, NULL);
+    loop_free(n->shared);
+err_free:
+    duet_free(n->ftimers);
+    pthread_mutex_destroy(&n->io_lock);
+    pthread_cond_destroy(&n->cond);
+    pthread_mutex_destroy(&n->lock);
+    duet_free(n);
+    return st;
+}
+
+void duet_node_destroy(duet_node_t **node_p)
+{
+    if (!node_p || !*node_p)
+        return;
+    duet_node_t *n = *node_p;
+    /* stop every actor: kill entries go ahead of their queues */
+    char (*names)[DUET_NAME_MAX] = NULL;
+    size_t nn = 0;
+    pthread_mutex_lock(&n->lock);
+    if (n->tabcount)
+        names = duet_calloc(n->tabcount, DUET_NAME_MAX);
+    for (size_t i = 0; names && i < n->tabcap; i++)
+        if (n->tab[i].name)
+            snprintf(names[nn++], DUET_NAME_MAX, "%s", n->tab[i].name);
+    pthread_mutex_unlock(&n->lock);
+    for (size_t i = 0; i < nn; i++)
+        duet_kill(n, names[i], "shutdown");
+    duet_free(names);
+    if (n->sim) {
+        /* run this node's loops until they have stopped their actors */
+        for (int guard = 0; guard < 1000000; guard++) {
+            pthread_mutex_lock(&n->lock);
+            size_t left = n->tabcount;
+            pthread_mutex_unlock(&n->lock);
+            if (!left)
+                break;
+            bool any = false;
+            for (loop_t *l = n->loops; l; l = l->next_all)
+                if (l->head) {
+                    if (l->sim_ev)
+                        duet_simnet_cancel(n->sim, l->sim_ev);
+                    sim_loop_step(l);
+                    any = true;
+                }
+            if (!any)
+                break;
+        }
+        n->destroying = true;
+        if (n->hb_ev)
+            duet_simnet_cancel(n->sim, n->hb_ev);
+        for (size_t i = 0; i < n->nftimers; i++)
+            if (n->ftimers[i].sim_ev)
+                duet_simnet_cancel(n->sim, n->ftimers[i].sim_ev);
+        while (n->sim_items) {
+            sim_item_t *s = n->sim_items;
+            duet_simnet_cancel(n->sim, s->ev);
+            sim_item_unlink(n, s);
+            duet_free(s);
+        }
+        duet_simnet_detach(n->sim, n->name);
+    } else {
+        uint64_t deadline = duet_now_ns() + 3000000000ull;
+        pthread_mutex_lock(&n->lock);
+        while (n->tabcount && duet_now_ns() < deadline) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 10000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&n->cond, &n->lock, &ts);
+        }
+        if (n->tabcount)
+            DUET_LOG_E(MOD, "node %s: %zu actors did not stop within 3 s", n->name, n->tabcount);
+        n->destroying = true;
+        pthread_mutex_unlock(&n->lock);
+        for (loop_t *l = n->loops; l; l = l->next_all) {
+            atomic_store(&l->quit, true);
+            loop_wake(l);
+        }
+        for (loop_t *l = n->loops; l; l = l->next_all)
+            if (l->has_thread)
+                pthread_join(l->thread, NULL);
+        if (n->has_io) {
+            atomic_store(&n->io_quit, true);
+            uint64_t one = 1;
+            ssize_t r = write(n->io_efd, &one, sizeof(one));
+            (void)r;
+            pthread_join(n->io, NULL);
+        }
+    }
+    for (loop_t *l = n->loops, *nx; l; l = nx) {
+        nx = l->next_all;
+        /* timers left by actors that never stopped (timeout above) */
+        loop_free(l);
+    }
+    for (out_item_t *lists[] = {n->io_head, n->backlog, n->delayed}, **pl = lists;
+         pl < lists + 3; pl++)
+        for (out_item_t *it = *pl, *nx; it; it = nx) {
+            nx = it->next;
+            duet_free(it);
+        }
+    duet_zep_destroy(&n->zep);
+    if (n->io_efd >= 0)
+        close(n->io_efd);
+    duet_free(n->tab);
+    duet_free(n->rmons);
+    duet_free(n->peers);
+    duet_free(n->ftimers);
+    pthread_mutex_destroy(&n->io_lock);
+    pthread_cond_destroy(&n->cond);
+    pthread_mutex_destroy(&n->lock);
+    duet_free(n);
+    *node_p = NULL;
+}

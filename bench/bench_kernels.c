@@ -1,0 +1,293 @@
+/* bench_kernels — numbers for the CPU kernels on the `bench` model shape
+ * (Mixtral-like, hidden 1024, expert width 2816, vocab 32000, bf16).
+ *
+ * Prints, all from one run so they can be compared:
+ *  - memory read bandwidth: a streaming-read kernel over a buffer far larger
+ *    than L3, on the same number of threads as the kernels;
+ *  - GEMV (decode) GB/s of bf16 weights for n = 1 and 8 rows, and its ratio
+ *    to that bandwidth; weights rotate over copies totalling > 8× L3 so each
+ *    call streams them from DRAM as a real decode step does; the same for
+ *    n = 16/32/64 (an expert's rows in batched decode), with GFLOP/s;
+ *  - GEMM (prefill) GFLOP/s for n = 64/128/512 rows: duet's kernel on bf16
+ *    weights, OpenBLAS sgemm on pre-converted f32 weights (baseline), and
+ *    "convert to f32 per call (on the pool) + sgemm"; weights stay in cache
+ *    here (prefill is compute-bound);
+ *  - duet_cpu_pool_run overhead, with workers spinning and asleep.
+ * Every figure is the median of several repetitions.
+ *
+ * usage: bench_kernels [--threads N] [--quick] */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cpu/cpu_kernels.h"
+
+void openblas_set_num_threads(int num_threads); /* not in every cblas.h */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 - 0.5);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = duet_aligned_alloc(64, n);
+    if (!p) {
+        fprintf(stderr, "bench_kernels: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* ---- memory read bandwidth ------------------------------------------------ */
+
+typedef struct read_job {
+    const uint64_t *buf;
+    size_t words;
+    uint64_t sink[64];
+} read_job_t;
+
+__attribute__((target("avx2"))) static uint64_t read_range_avx2(const uint64_t *p, size_t n)
+{
+    typedef long long v4 __attribute__((vector_size(32)));
+    v4 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    const v4 *v = (const v4 *)p;
+    size_t nv = n / 4, i = 0;
+    for (; i + 8 <= nv; i += 8) {
+        a0 ^= v[i] ^ v[i + 4];
+        a1 ^= v[i + 1] ^ v[i + 5];
+        a2 ^= v[i + 2] ^ v[i + 6];
+        a3 ^= v[i + 3] ^ v[i + 7];
+    }
+    v4 s = a0 ^ a1 ^ a2 ^ a3;
+    return (uint64_t)(s[0] ^ s[1] ^ s[2] ^ s[3]);
+}
+
+static void read_task(void *ctx, int t, int nt)
+{
+    read_job_t *j = ctx;
+    size_t per = j->words / (size_t)nt / 32 * 32;
+    j->sink[t % 64] ^= read_range_avx2(j->buf + per * (size_t)t, per);
+}
+
+static double bench_read_bw(duet_cpu_pool_t *pool, size_t bytes, int reps)
+{
+    uint64_t *buf = xmalloc(bytes);
+    memset(buf, 1, bytes);
+    read_job_t j = {.buf = buf, .words = bytes / 8};
+    int nt = duet_cpu_pool_size(pool);
+    double gbs[16];
+    for (int r = 0; r < reps; r++) {
+        uint64_t t0 = duet_now_ns();
+        duet_cpu_pool_run(pool, nt, read_task, &j);
+        uint64_t t1 = duet_now_ns();
+        gbs[r] = (double)(j.words / (size_t)nt / 32 * 32 * (size_t)nt * 8) / (double)(t1 - t0);
+    }
+    duet_free(buf);
+    return median(gbs, reps);
+}
+
+/* ---- GEMV --------------------------------------------------------------------- */
+
+static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *name, int64_t in, int64_t out,
+                       int64_t n, int reps)
+{
+    size_t wbytes = (size_t)(in * out) * 2;
+    size_t copies = (size_t)(320u << 20) / wbytes + 2; /* > 8x L3 worth of weights */
+    uint16_t *w = xmalloc(wbytes * copies);
+    for (size_t i = 0; i < wbytes * copies / 2; i++)
+        w[i] = duet_f32_to_bf16(frand());
+    float *x = xmalloc((size_t)(n * in) * sizeof(float));
+    float *y = xmalloc((size_t)(n * out) * sizeof(float));
+    for (int64_t i = 0; i < n * in; i++)
+        x[i] = frand();
+    int calls = (int)copies;
+    double *gbs = malloc(sizeof(double) * (size_t)reps);
+    for (int r = 0; r < reps + 1; r++) {
+        uint64_t t0 = duet_now_ns();
+        for (int c = 0; c < calls; c++)
+            duet_cpu_matmul(pool, x, n, in, (const char *)w + wbytes * (size_t)c, DUET_DTYPE_BF16,
+                            out, y, false);
+        uint64_t t1 = duet_now_ns();
+        if (r > 0) /* first pass warms page tables */
+            gbs[r - 1] = (double)(wbytes * (size_t)calls) / (double)(t1 - t0);
+    }
+    double m = median(gbs, reps);
+    printf("gemv  %-22s n=%-3lld %7.2f GB/s  %5.2f of read bw  %7.1f us/call  %6.1f GFLOP/s\n",
+           name, (long long)n, m, m / bw, (double)wbytes / m / 1e3, m * (double)n);
+    free(gbs);
+    duet_free(w);
+    duet_free(x);
+    duet_free(y);
+}
+
+/* ---- GEMM --------------------------------------------------------------------- */
+
+typedef struct conv_job {
+    const uint16_t *src;
+    float *dst;
+    size_t count;
+} conv_job_t;
+
+static void conv_task(void *ctx, int t, int nt)
+{
+    const conv_job_t *j = ctx;
+    size_t per = (j->count + (size_t)nt - 1) / (size_t)nt;
+    size_t a = per * (size_t)t, b = a + per < j->count ? a + per : j->count;
+    for (size_t i = a; i < b; i++)
+        j->dst[i] = duet_bf16_to_f32(j->src[i]);
+}
+
+static void bench_gemm(duet_cpu_pool_t *pool, const char *name, int64_t in, int64_t out, int64_t n,
+                       int reps)
+{
+    size_t nw = (size_t)(in * out);
+    uint16_t *wb = xmalloc(nw * 2);
+    float *wf = xmalloc(nw * 4);
+    float *wtmp = xmalloc(nw * 4);
+    for (size_t i = 0; i < nw; i++) {
+        wb[i] = duet_f32_to_bf16(frand());
+        wf[i] = duet_bf16_to_f32(wb[i]);
+    }
+    float *x = xmalloc((size_t)(n * in) * sizeof(float));
+    float *y = xmalloc((size_t)(n * out) * sizeof(float));
+    float *y2 = xmalloc((size_t)(n * out) * sizeof(float));
+    for (int64_t i = 0; i < n * in; i++)
+        x[i] = frand();
+    double flop = 2.0 * (double)n * (double)in * (double)out;
+    double t_duet[16], t_blas[16], t_conv[16];
+    for (int r = 0; r < reps + 1; r++) {
+        uint64_t t0 = duet_now_ns();
+        duet_cpu_matmul(pool, x, n, in, wb, DUET_DTYPE_BF16, out, y, false);
+        uint64_t t1 = duet_now_ns();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
+                    (int)in, wf, (int)in, 0.0f, y2, (int)out);
+        uint64_t t2 = duet_now_ns();
+        conv_job_t cj = {.src = wb, .dst = wtmp, .count = nw};
+        duet_cpu_pool_run(pool, duet_cpu_pool_size(pool), conv_task, &cj);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
+                    (int)in, wtmp, (int)in, 0.0f, y2, (int)out);
+        uint64_t t3 = duet_now_ns();
+        if (r > 0) {
+            t_duet[r - 1] = flop / (double)(t1 - t0);
+            t_blas[r - 1] = flop / (double)(t2 - t1);
+            t_conv[r - 1] = flop / (double)(t3 - t2);
+        }
+    }
+    double maxdiff = 0;
+    for (int64_t i = 0; i < n * out; i++)
+        maxdiff = fmax(maxdiff, fabs((double)y[i] - (double)y2[i]));
+    printf("gemm  %-22s n=%-3lld duet %6.1f  sgemm(f32 W) %6.1f  convert+sgemm %6.1f GFLOP/s"
+           "  (max |diff| %.1e)\n",
+           name, (long long)n, median(t_duet, reps), median(t_blas, reps), median(t_conv, reps),
+           maxdiff);
+    duet_free(wb);
+    duet_free(wf);
+    duet_free(wtmp);
+    duet_free(x);
+    duet_free(y);
+    duet_free(y2);
+}
+
+/* ---- pool ---------------------------------------------------------------------- */
+
+static void empty_task(void *ctx, int t, int nt)
+{
+    (void)ctx;
+    (void)t;
+    (void)nt;
+}
+
+static void bench_pool(duet_cpu_pool_t *pool)
+{
+    enum { RUNS = 20000, SAMPLES = 9 };
+    double hot[SAMPLES], cold[SAMPLES];
+    int nt = duet_cpu_pool_size(pool);
+    for (int s = 0; s < SAMPLES; s++) {
+        uint64_t t0 = duet_now_ns();
+        for (int i = 0; i < RUNS; i++)
+            duet_cpu_pool_run(pool, nt, empty_task, NULL);
+        hot[s] = (double)(duet_now_ns() - t0) / RUNS / 1e3;
+    }
+    for (int s = 0; s < SAMPLES; s++) {
+        struct timespec ts = {0, 5 * 1000 * 1000}; /* past the spin window: workers sleep */
+        nanosleep(&ts, NULL);
+        uint64_t t0 = duet_now_ns();
+        duet_cpu_pool_run(pool, nt, empty_task, NULL);
+        cold[s] = (double)(duet_now_ns() - t0) / 1e3;
+    }
+    printf("pool  run(%d tasks) overhead: %.2f us with workers spinning, %.1f us waking "
+           "sleeping workers\n",
+           nt, median(hot, SAMPLES), median(cold, SAMPLES));
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 2;
+    bool quick = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--quick") == 0)
+            quick = true;
+        else {
+            fprintf(stderr, "usage: %s [--threads N] [--quick]\n", argv[0]);
+            return 2;
+        }
+    }
+    duet_cpu_pool_t *pool = duet_cpu_pool_create(threads);
+    if (!pool) {
+        fprintf(stderr, "bench_kernels: cannot create a pool of %d threads\n", threads);
+        return 1;
+    }
+    openblas_set_num_threads(threads);
+    printf("duet bench_kernels: %d threads, kernels %s\n", duet_cpu_pool_size(pool),
+           duet_cpu_isa_name());
+    int reps = quick ? 3 : 7;
+
+    double bw = bench_read_bw(pool, (size_t)1 << 30, reps);
+    printf("mem   read bandwidth %.2f GB/s (1 GiB buffer, median of %d)\n", bw, reps);
+
+    static const struct {
+        const char *name;
+        int64_t in, out;
+    } shapes[] = {
+        {"w1/w3 1024->2816", 1024, 2816},
+        {"w2 2816->1024", 2816, 1024},
+        {"lm_head 1024->32000", 1024, 32000},
+    };
+    for (size_t s = 0; s < 3; s++)
+        for (int64_t n = 1; n <= 8; n += 7)
+            bench_gemv(pool, bw, shapes[s].name, shapes[s].in, shapes[s].out, n, reps);
+    /* batched decode: per-expert row counts of batch 8..64, weights cold */
+    for (int64_t n = 16; n <= 64; n *= 2)
+        bench_gemv(pool, bw, shapes[0].name, shapes[0].in, shapes[0].out, n, reps);
+    for (size_t s = 0; s < 2; s++)
+        for (int64_t n = 64; n <= 512; n *= 2)
+            if (n != 256)
+                bench_gemm(pool, shapes[s].name, shapes[s].in, shapes[s].out, n, reps);
+    bench_gemm(pool, shapes[2].name, shapes[2].in, shapes[2].out, 64, quick ? 1 : 3);
+
+    bench_pool(pool);
+    duet_cpu_pool_destroy(&pool);
+    return 0;
+}

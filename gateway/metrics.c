@@ -1,0 +1,200 @@
+/* metrics — Prometheus text exposition (format 0.0.4) of the gateway's
+ * counters and the engine's stats. Histogram buckets are vLLM's, so
+ * dashboards built for vLLM read duet unchanged. */
+#include "gateway/metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const double ttft_bounds[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                     0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
+                                     20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+static const double itl_bounds[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                    0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+static const double e2e_bounds[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                    5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+
+void duet__gw_metrics_init(duet__gw_metrics_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    pthread_mutex_init(&m->mu, NULL);
+    m->ttft.bounds = ttft_bounds;
+    m->ttft.n_bounds = DUET_ARRAY_LEN(ttft_bounds);
+    m->itl.bounds = itl_bounds;
+    m->itl.n_bounds = DUET_ARRAY_LEN(itl_bounds);
+    m->e2e.bounds = e2e_bounds;
+    m->e2e.n_bounds = DUET_ARRAY_LEN(e2e_bounds);
+}
+
+void duet__gw_metrics_cleanup(duet__gw_metrics_t *m)
+{
+    pthread_mutex_destroy(&m->mu);
+}
+
+void duet__gw_hist_observe(duet__gw_hist_t *h, double v)
+{
+    if (!(v >= 0.0)) /* NaN or a clock going backwards */
+        v = 0.0;
+    h->count++;
+    h->sum += v;
+    for (size_t i = 0; i < h->n_bounds; i++) {
+        if (v <= h->bounds[i]) {
+            h->counts[i]++;
+            return;
+        }
+    }
+    /* above every bound: counted only in +Inf (h->count) */
+}
+
+/* A label value with \, " and newline escaped, as the format asks. */
+static duet_status_t put_label(duet_buf_t *out, const char *s)
+{
+    for (; *s; s++) {
+        const char *esc = NULL;
+        if (*s == '\\')
+            esc = "\\\\";
+        else if (*s == '"')
+            esc = "\\\"";
+        else if (*s == '\n')
+            esc = "\\n";
+        duet_status_t st = esc ? duet_buf_append(out, esc, 2) : duet_buf_append(out, s, 1);
+        if (st)
+            return st;
+    }
+    return DUET_OK;
+}
+
+/* HELP text: \ and newline escaped. */
+static duet_status_t put_help(duet_buf_t *out, const char *s)
+{
+    for (; s && *s; s++) {
+        duet_status_t st = *s == '\n'   ? duet_buf_append(out, "\\n", 2)
+                           : *s == '\\' ? duet_buf_append(out, "\\\\", 2)
+                                        : duet_buf_append(out, s, 1);
+        if (st)
+            return st;
+    }
+    return duet_buf_append(out, "\n", 1);
+}
+
+static duet_status_t head(duet_buf_t *out, const char *name, const char *type, const char *help)
+{
+    if (duet_buf_printf(out, "# HELP %s ", name) || put_help(out, help))
+        return DUET_ERR_NOMEM;
+    return duet_buf_printf(out, "# TYPE %s %s\n", name, type);
+}
+
+static duet_status_t sample(duet_buf_t *out, const char *name, const char *model,
+                            const char *extra_label, double v)
+{
+    if (duet_buf_printf(out, "%s{model_name=\"", name) || put_label(out, model))
+        return DUET_ERR_NOMEM;
+    if (extra_label && duet_buf_printf(out, "\",%s", extra_label))
+        return DUET_ERR_NOMEM;
+    return duet_buf_printf(out, "%s} %.17g\n", extra_label ? "" : "\"", v);
+}
+
+static duet_status_t hist(duet_buf_t *out, const char *name, const char *help, const char *model,
+                          const duet__gw_hist_t *h)
+{
+    char n[128], le[64];
+    if (head(out, name, "histogram", help))
+        return DUET_ERR_NOMEM;
+    uint64_t cum = 0;
+    snprintf(n, sizeof(n), "%s_bucket", name);
+    for (size_t i = 0; i < h->n_bounds; i++) {
+        cum += h->counts[i];
+        snprintf(le, sizeof(le), "le=\"%.17g\"", h->bounds[i]);
+        if (sample(out, n, model, le, (double)cum))
+            return DUET_ERR_NOMEM;
+    }
+    if (sample(out, n, model, "le=\"+Inf\"", (double)h->count))
+        return DUET_ERR_NOMEM;
+    snprintf(n, sizeof(n), "%s_sum", name);
+    if (sample(out, n, model, NULL, h->sum))
+        return DUET_ERR_NOMEM;
+    snprintf(n, sizeof(n), "%s_count", name);
+    return sample(out, n, model, NULL, (double)h->count);
+}
+
+duet_status_t duet__gw_metrics_render(duet__gw_metrics_t *m, const char *model,
+                                      const duet_gw_engine_stats_t *es, duet_buf_t *out)
+{
+    static const char *const fin_names[DUET__GW_FIN_COUNT] = {"stop", "length", "abort", "error"};
+    duet_status_t st = DUET_ERR_NOMEM;
+    pthread_mutex_lock(&m->mu);
+    duet__gw_metrics_t c = *m; /* snapshot; the mutex member is not used */
+    pthread_mutex_unlock(&m->mu);
+
+    if (head(out, "vllm:num_requests_running", "gauge",
+             "Number of requests in model execution batches.") ||
+        sample(out, "vllm:num_requests_running", model, NULL, es->running) ||
+        head(out, "vllm:num_requests_waiting", "gauge",
+             "Number of requests waiting to be processed.") ||
+        sample(out, "vllm:num_requests_waiting", model, NULL, es->waiting) ||
+        head(out, "vllm:kv_cache_usage_perc", "gauge",
+             "KV-cache usage. 1 means 100 percent usage.") ||
+        sample(out, "vllm:kv_cache_usage_perc", model, NULL, es->kv_usage) ||
+        head(out, "vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.") ||
+        sample(out, "vllm:prompt_tokens_total", model, NULL, (double)c.prompt_tokens) ||
+        head(out, "vllm:generation_tokens_total", "counter",
+             "Number of generation tokens processed.") ||
+        sample(out, "vllm:generation_tokens_total", model, NULL, (double)c.generation_tokens) ||
+        head(out, "vllm:request_success_total", "counter",
+             "Count of finished requests, by finish reason."))
+        goto out;
+    for (int i = 0; i < DUET__GW_FIN_COUNT; i++) {
+        char lbl[64];
+        snprintf(lbl, sizeof(lbl), "finished_reason=\"%s\"", fin_names[i]);
+        if (sample(out, "vllm:request_success_total", model, lbl, (double)c.request_finished[i]))
+            goto out;
+    }
+    if (hist(out, "vllm:time_to_first_token_seconds",
+             "Histogram of time to first token in seconds.", model, &c.ttft) ||
+        hist(out, "vllm:inter_token_latency_seconds",
+             "Histogram of inter-token latency in seconds.", model, &c.itl) ||
+        hist(out, "vllm:e2e_request_latency_seconds",
+             "Histogram of end to end request latency in seconds.", model, &c.e2e))
+        goto out;
+
+    /* duet's own */
+    if (head(out, "duet_gw_engine_ready", "gauge", "1 when the pipeline can serve.") ||
+        sample(out, "duet_gw_engine_ready", model, NULL, es->ready ? 1 : 0) ||
+        head(out, "duet_kv_blocks_used", "gauge", "KV-cache blocks in use.") ||
+        sample(out, "duet_kv_blocks_used", model, NULL, (double)es->kv_blocks_used) ||
+        head(out, "duet_kv_blocks_total", "gauge", "KV-cache blocks in all.") ||
+        sample(out, "duet_kv_blocks_total", model, NULL, (double)es->kv_blocks_total) ||
+        head(out, "duet_gateway_http_responses_total", "counter",
+             "HTTP responses by status class."))
+        goto out;
+    for (int i = 1; i < 6; i++) {
+        char lbl[32];
+        snprintf(lbl, sizeof(lbl), "code=\"%dxx\"", i);
+        if (sample(out, "duet_gateway_http_responses_total", model, lbl,
+                   (double)c.http_by_class[i]))
+            goto out;
+    }
+    if (head(out, "duet_gateway_stop_string_hits_total", "counter",
+             "Choices ended by a stop string.") ||
+        sample(out, "duet_gateway_stop_string_hits_total", model, NULL,
+               (double)c.stop_string_hits) ||
+        head(out, "duet_gateway_disconnect_cancels_total", "counter",
+             "Requests canceled because the client went away.") ||
+        sample(out, "duet_gateway_disconnect_cancels_total", model, NULL,
+               (double)c.cancels_on_disconnect) ||
+        head(out, "duet_gateway_active_streams", "gauge", "Requests being generated right now.") ||
+        sample(out, "duet_gateway_active_streams", model, NULL, (double)c.active_streams))
+        goto out;
+    for (uint32_t i = 0; i < es->n_extra && i < DUET_GW_ENGINE_MAX_EXTRA; i++) {
+        const duet_gw_engine_metric_t *x = &es->extra[i];
+        if (!x->name)
+            continue;
+        if (head(out, x->name, x->counter ? "counter" : "gauge", x->help ? x->help : x->name) ||
+            sample(out, x->name, model, NULL, x->value))
+            goto out;
+    }
+    st = DUET_OK;
+out:
+    return st;
+}
