@@ -170,19 +170,23 @@ typedef struct duet_node_config {
      * records the bound address in the registry; it connects to peers named
      * in the registry whose names sort after its own. */
     const char *bind;
-    void *zmq_ctx; /* share one between in-process nodes for inproc:// */
+    bool allow_wildcard; /* permit an all-interfaces bind (refused by default) */
+    void *zmq_ctx;       /* share one between in-process nodes for inproc:// */
     const duet_curve_keys_t *curve;
     const char *const *allow_keys; /* CURVE public keys allowed to connect */
     /* Simulated transport: no threads; everything runs on the simnet. */
     duet_simnet_t *sim;
-    /* Optional fault plan (not owned), applied to every message this node sends. */
+    /* Optional fault plan (not owned), applied to every message this node
+     * sends. Rule times count from the node's creation (real transports) or
+     * from virtual time 0 (simulation). */
     duet_fault_plan_t *faults;
     uint32_t heartbeat_ms;     /* default 100 */
     uint32_t heartbeat_misses; /* peer is down after this many silent intervals; default 5 */
-    uint32_t credit_window;    /* messages a sender may have unprocessed at one receiver; default 256 */
+    uint32_t
+        credit_window; /* messages a sender may have unprocessed at one receiver; default 256 */
     uint32_t credit_timeout_ms; /* a sender blocked this long without credit resets; default 1000 */
     uint32_t connect_timeout_ms; /* unroutable after this long; default 3000 */
-    size_t max_msg_size;       /* default DUET_MSG_SIZE_DEFAULT */
+    size_t max_msg_size;         /* default DUET_MSG_SIZE_DEFAULT */
 } duet_node_config_t;
 
 DUET_API duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node_out);
@@ -193,7 +197,8 @@ DUET_API uint64_t duet_node_now_ns(const duet_node_t *node); /* virtual under si
 
 DUET_API duet_status_t duet_spawn(duet_node_t *node, const char *name, const duet_actor_ops_t *ops,
                                   void *arg, const duet_spawn_opts_t *opts);
-/* Ask an actor to stop after the messages already queued (async). */
+/* Ask an actor to stop after the messages already queued (async). The
+ * actor may run on another node: the request then travels as sys.stop. */
 DUET_API duet_status_t duet_stop(duet_node_t *node, const char *name, const char *reason);
 /* Stop it now, ahead of its queue (crash injection uses this). */
 DUET_API duet_status_t duet_kill(duet_node_t *node, const char *name, const char *reason);

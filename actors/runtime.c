@@ -116,9 +116,9 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void register_sys(void)
 {
     const duet_msg_type_t *all[] = {
-        &duet_msg_sys_timer, &duet_msg_sys_timeout, &duet_msg_sys_down, &duet_msg_sys_exit,
-        &duet_msg_sys_noproc, &duet_msg_sys_writable, &duet_msg_sys_fd, &sys_monitor_type,
-        &sys_demonitor_type, &sys_credit_type, &sys_heartbeat_type, &sys_stop_type,
+        &duet_msg_sys_timer,  &duet_msg_sys_timeout,  &duet_msg_sys_down,  &duet_msg_sys_exit,
+        &duet_msg_sys_noproc, &duet_msg_sys_writable, &duet_msg_sys_fd,    &sys_monitor_type,
+        &sys_demonitor_type,  &sys_credit_type,       &sys_heartbeat_type, &sys_stop_type,
         &sys_registry_type};
     for (size_t i = 0; i < DUET_ARRAY_LEN(all); i++)
         if (duet_msg_type_register(all[i]))
@@ -141,11 +141,9 @@ typedef struct qent {
     uint64_t inc;
     uint64_t arg;
     size_t len;
-    uint8_t *ext;   /* wire frame taken over from the transport, or NULL */
-    uint8_t data[]; /* wire frame (QE_MSG) or reason text (QE_STOP/KILL) */
+    duet_msg_t *msg; /* QE_MSG decoded already (frames from other nodes), or NULL */
+    uint8_t data[];  /* wire frame (QE_MSG) or reason text (QE_STOP/KILL) */
 } qent_t;
-
-#define QDATA(q) ((q)->ext ? (q)->ext : (q)->data)
 
 enum { T_USER, T_CALL, T_STALL_END, T_CREDIT };
 
@@ -250,7 +248,9 @@ struct duet_actor {
     dedup_ent_t *cur_dedup;
     uint64_t stalled_until;
     qent_t *def_head, *def_tail;
-    duet_buf_t txbuf; /* encode scratch, loop thread only */
+    duet_buf_t txbuf;   /* encode scratch, loop thread only */
+    bool credit_timer;  /* a T_CREDIT timer is armed */
+    uint64_t cur_trace; /* trace id of the message being handled: sends inherit it */
 };
 
 typedef struct tab_ent {
@@ -320,7 +320,7 @@ struct duet_node {
     int io_efd;
     pthread_mutex_t io_lock;
     out_item_t *io_head, *io_tail;
-    bool io_sleeping; /* io_lock: the I/O thread is (about to be) in zmq_poll */
+    bool io_sleeping;                   /* io_lock: the I/O thread is (about to be) in zmq_poll */
     out_item_t *backlog, *backlog_tail; /* I/O thread only */
     out_item_t *delayed;                /* I/O thread only, sorted by due */
     peer_t *peers;                      /* I/O thread (or sim thread) only */
@@ -465,7 +465,7 @@ static qent_t *qent_new(int kind, duet_actor_t *a, const void *data, size_t len)
     q->inc = a->inc;
     q->arg = 0;
     q->len = len;
-    q->ext = NULL;
+    q->msg = NULL;
     if (len)
         memcpy(q->data, data, len);
     q->data[len] = 0;
@@ -476,7 +476,7 @@ static qent_t *qent_new(int kind, duet_actor_t *a, const void *data, size_t len)
 static void qent_free(qent_t *q)
 {
     duet_actor_t *a = q->actor;
-    duet_free(q->ext);
+    duet_msg_destroy(&q->msg);
     duet_free(q);
     actor_unref(a);
 }
@@ -712,10 +712,10 @@ static duet_status_t sys_send(duet_node_t *n, const char *from, const char *to,
 
 /* ---- local delivery ------------------------------------------------------- */
 
-/* Queue a frame for the local actor `to`. With `take`, *take is heap
- * memory the queue adopts (set to NULL when adopted) instead of copying. */
+/* Queue a frame (or, with msgp, a decoded message the queue adopts: *msgp
+ * is set to NULL) for the local actor `to`. */
 static duet_status_t post_local_take(duet_node_t *n, const char *to, const uint8_t *wire,
-                                     size_t len, uint8_t **take)
+                                     size_t len, duet_msg_t **msgp)
 {
     pthread_mutex_lock(&n->lock);
     duet_actor_t *a = tab_get(n, to);
@@ -723,11 +723,10 @@ static duet_status_t post_local_take(duet_node_t *n, const char *to, const uint8
         pthread_mutex_unlock(&n->lock);
         return DUET_ERR_NOT_FOUND;
     }
-    qent_t *q = qent_new(QE_MSG, a, wire, take ? 0 : len);
-    if (q && take) {
-        q->ext = *take;
-        q->len = len;
-        *take = NULL;
+    qent_t *q = qent_new(QE_MSG, a, wire, msgp ? 0 : len);
+    if (q && msgp) {
+        q->msg = *msgp;
+        *msgp = NULL;
     }
     if (!q) {
         pthread_mutex_unlock(&n->lock);
@@ -747,31 +746,33 @@ static duet_status_t post_local(duet_node_t *n, const char *to, const uint8_t *w
 
 /* A message whose receiver is gone: answer requests with sys.noproc and
  * monitors with DOWN "noproc" so that nobody waits forever. */
+static void undeliverable_msg(duet_node_t *n, const duet_msg_t *m, const char *why)
+{
+    const duet_env_t *env = &m->env;
+    atomic_fetch_add(&n->st_undeliv, 1);
+    if (env->type == DUET_MSG_SYS_MONITOR) {
+        const sys_monitor_t *mon = m->body;
+        duet_sys_down_t d = {mon->ref, (char *)env->to, (char *)"noproc"};
+        sys_send(n, env->to, env->from, mon->link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
+        return;
+    }
+    if (env->flags & DUET_ENV_F_REQUEST) {
+        duet_sys_noproc_t np = {(char *)env->to, (char *)why};
+        sys_send(n, env->to, env->from, &duet_msg_sys_noproc, &np, env->seq);
+        return;
+    }
+    if (env->type > 0xff)
+        DUET_LOG_D(MOD, "node %s: %s -> %s (type 0x%x) undeliverable: %s", n->name, env->from,
+                   env->to, env->type, why);
+}
+
 static void undeliverable(duet_node_t *n, const uint8_t *wire, size_t len, const char *why)
 {
-    duet_env_t env;
-    size_t off;
-    if (duet_env_decode(wire, len, &env, &off))
-        return;
-    atomic_fetch_add(&n->st_undeliv, 1);
-    if (env.type == DUET_MSG_SYS_MONITOR) {
-        duet_msg_t *m = NULL;
-        if (duet_msg_decode(wire, len, &n->lim, n->name, &m) == DUET_OK) {
-            const sys_monitor_t *mon = m->body;
-            duet_sys_down_t d = {mon->ref, env.to, (char *)"noproc"};
-            sys_send(n, env.to, env.from, mon->link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
-            duet_msg_destroy(&m);
-        }
-        return;
+    duet_msg_t *m = NULL;
+    if (duet_msg_decode(wire, len, &n->lim, n->name, &m) == DUET_OK) {
+        undeliverable_msg(n, m, why);
+        duet_msg_destroy(&m);
     }
-    if (env.flags & DUET_ENV_F_REQUEST) {
-        duet_sys_noproc_t np = {env.to, (char *)why};
-        sys_send(n, env.to, env.from, &duet_msg_sys_noproc, &np, env.seq);
-        return;
-    }
-    if (env.type > 0xff)
-        DUET_LOG_D(MOD, "node %s: %s -> %s (type 0x%x) undeliverable: %s", n->name, env.from,
-                   env.to, env.type, why);
 }
 
 /* ---- I/O thread (real transport) ----------------------------------------- */
@@ -839,8 +840,7 @@ static out_item_t *item_new(bool local, const char *peer, const void *data, size
 }
 
 static void sim_deliver(void *ctx, const char *from, const uint8_t *data, size_t len);
-static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len,
-                     uint8_t **take);
+static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len);
 
 static void sim_item_unlink(duet_node_t *n, sim_item_t *s)
 {
@@ -973,7 +973,6 @@ static void io_flush(duet_node_t *n, uint64_t now)
     n->backlog_tail = keep_tail;
 }
 
-
 static void node_peer_down(duet_node_t *n, const char *peer);
 
 static void heartbeat_tick(duet_node_t *n)
@@ -1036,7 +1035,8 @@ static void node_peer_down(duet_node_t *n, const char *peer)
         if (!found)
             return;
         duet_sys_down_t d = {rm.ref, rm.target, (char *)"noconnection"};
-        sys_send(n, rm.target, rm.watcher, rm.link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d, 0);
+        sys_send(n, rm.target, rm.watcher, rm.link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d,
+                 0);
     }
 }
 
@@ -1064,7 +1064,7 @@ static void announce_all(duet_node_t *n, const char *peer)
     /* copy names out under the lock; send without it */
     pthread_mutex_lock(&n->lock);
     size_t total = n->tabcount, m = 0;
-    char (*names)[DUET_NAME_MAX] = total ? duet_calloc(total, DUET_NAME_MAX) : NULL;
+    char(*names)[DUET_NAME_MAX] = total ? duet_calloc(total, DUET_NAME_MAX) : NULL;
     uint64_t *epochs = total ? duet_calloc(total, sizeof(uint64_t)) : NULL;
     for (size_t i = 0; names && epochs && i < n->tabcap && m < total; i++)
         if (n->tab[i].name) {
@@ -1078,8 +1078,7 @@ static void announce_all(duet_node_t *n, const char *peer)
     duet_free(epochs);
 }
 
-static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len,
-                     uint8_t **take)
+static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len)
 {
     peer_t *p = peer_get(n, peer);
     if (p) {
@@ -1127,12 +1126,22 @@ static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size
     if (env.from[0] && duet_registry_find(n->reg, env.from, home, NULL) &&
         strcmp(home, peer) != 0) {
         atomic_fetch_add(&n->st_decode, 1);
-        DUET_LOG_W(MOD, "node %s: frame from node %s claims sender '%s', which lives on %s: dropped",
+        DUET_LOG_W(MOD,
+                   "node %s: frame from node %s claims sender '%s', which lives on %s: dropped",
                    n->name, peer, env.from, home);
         return;
     }
-    if (post_local_take(n, env.to, data, len, take) == DUET_ERR_NOT_FOUND)
-        undeliverable(n, data, len, "no such actor");
+    /* decode here, where the sending node is known, so that a bad frame is
+     * reported against it; the actor's loop gets the decoded message */
+    duet_msg_t *m = NULL;
+    if (duet_msg_decode(data, len, &n->lim, peer, &m)) {
+        atomic_fetch_add(&n->st_decode, 1);
+        DUET_LOG_W(MOD, "node %s: rejected: %s", n->name, duet_error());
+        return;
+    }
+    if (post_local_take(n, env.to, NULL, 0, &m) == DUET_ERR_NOT_FOUND)
+        undeliverable_msg(n, m, "no such actor");
+    duet_msg_destroy(&m);
 }
 
 static void sim_deliver(void *ctx, const char *from, const uint8_t *data, size_t len)
@@ -1140,7 +1149,7 @@ static void sim_deliver(void *ctx, const char *from, const uint8_t *data, size_t
     duet_node_t *n = ctx;
     if (n->cfg.faults && duet_fault_partitioned(n->cfg.faults, plan_now(n), from, n->name))
         return; /* cut while in flight */
-    on_frame(n, from, data, len, NULL);
+    on_frame(n, from, data, len);
 }
 
 static void sim_hb_cb(void *arg)
@@ -1258,8 +1267,8 @@ static void *io_main(void *arg)
                 DUET_LOG_W(MOD, "%s", duet_error());
                 continue;
             }
-            on_frame(n, peer, data, len, &data);
-            duet_free(data); /* NULL if the mailbox adopted it */
+            on_frame(n, peer, data, len);
+            duet_free(data);
         }
         io_flush(n, now);
         if (now >= n->next_hb) {
@@ -1323,7 +1332,11 @@ static void call_handler(duet_actor_t *a, const duet_msg_t *m)
 {
     if (a->st != A_RUNNING)
         return;
+    uint64_t saved = a->cur_trace;
+    if (m->env.trace)
+        a->cur_trace = m->env.trace;
     duet_status_t st = a->ops->handle ? a->ops->handle(a, a->state, m) : DUET_OK;
+    a->cur_trace = saved;
     if (st && !a->exit_reason) {
         char reason[1100];
         snprintf(reason, sizeof(reason), "error: %s: %s", duet_status_str(st), duet_error());
@@ -1379,8 +1392,8 @@ static void return_credit(duet_actor_t *a, const char *from)
     }
 }
 
-static watcher_t *wlist_add(watcher_t **arr, size_t *n, size_t *cap, const char *name,
-                            uint64_t ref, bool link)
+static watcher_t *wlist_add(watcher_t **arr, size_t *n, size_t *cap, const char *name, uint64_t ref,
+                            bool link)
 {
     void *p = *arr;
     if (duet_vec_reserve(&p, cap, *n + 1, sizeof(watcher_t)))
@@ -1581,19 +1594,17 @@ static void dispatch(loop_t *l, qent_t *q)
     duet_actor_t *a = q->actor;
     duet_node_t *n = l->node;
     if (a->inc != q->inc || a->st == A_DEAD) {
-        if (q->kind == QE_MSG)
-            undeliverable(n, QDATA(q), q->len, "actor stopped");
+        if (q->kind == QE_MSG && q->msg)
+            undeliverable_msg(n, q->msg, "actor stopped");
+        else if (q->kind == QE_MSG)
+            undeliverable(n, q->data, q->len, "actor stopped");
         qent_free(q);
         return;
     }
     switch (q->kind) {
-    case QE_START:
-        start_actor(a);
-        break;
+    case QE_START: start_actor(a); break;
     case QE_STOP:
-    case QE_KILL:
-        terminate(a, (const char *)q->data);
-        break;
+    case QE_KILL: terminate(a, (const char *)q->data); break;
     case QE_STALL: {
         uint64_t until = duet_node_now_ns(n) + q->arg;
         if (until > a->stalled_until) {
@@ -1607,8 +1618,9 @@ static void dispatch(loop_t *l, qent_t *q)
             defer(a, q); /* put back in order when the stall ends */
             return;
         }
-        duet_msg_t *m = NULL;
-        if (duet_msg_decode(QDATA(q), q->len, &n->lim, n->name, &m)) {
+        duet_msg_t *m = q->msg;
+        q->msg = NULL;
+        if (!m && duet_msg_decode(q->data, q->len, &n->lim, n->name, &m)) {
             atomic_fetch_add(&n->st_decode, 1);
             DUET_LOG_W(MOD, "node %s: to %s: rejected: %s", n->name, a->name, duet_error());
             break;
@@ -1669,8 +1681,14 @@ static void timer_fire(atimer_t *t)
     } else if (kind == T_CREDIT) {
         uint64_t now = duet_node_now_ns(a->node);
         uint64_t limit = (uint64_t)a->node->cfg.credit_timeout_ms * 1000000ull;
+        uint64_t next = 0; /* earliest deadline of a sender still blocked */
+        a->credit_timer = false;
         for (size_t i = 0; i < a->ncredits && a->st == A_RUNNING; i++) {
             credit_ent_t *ce = &a->credits[i];
+            if (ce->blocked && now - ce->blocked_since < limit) {
+                uint64_t left = limit - (now - ce->blocked_since);
+                next = next && next < left ? next : left;
+            }
             if (!ce->blocked || now - ce->blocked_since < limit)
                 continue;
             DUET_LOG_W(MOD, "%s: no credit from %s for %u ms: resetting its window", a->name,
@@ -1682,6 +1700,9 @@ static void timer_fire(atimer_t *t)
             duet_sys_writable_t w = {peer};
             deliver_local_sys(a, &duet_msg_sys_writable, peer, &w, 0);
         }
+        if (next && a->st == A_RUNNING && !a->credit_timer &&
+            timer_add(a, T_CREDIT, next, 0, 0, 0, NULL) == DUET_OK)
+            a->credit_timer = true;
     } else if (kind == T_CALL) {
         size_t idx;
         pending_call_t *pc = call_find(a, arg, &idx);
@@ -1732,8 +1753,11 @@ static void terminate(duet_actor_t *a, const char *reason)
             i++;
     for (qent_t *q = a->def_head, *nx; q; q = nx) {
         nx = q->next;
-        undeliverable(n, QDATA(q), q->len, "actor stopped");
-        duet_free(q->ext);
+        if (q->msg)
+            undeliverable_msg(n, q->msg, "actor stopped");
+        else
+            undeliverable(n, q->data, q->len, "actor stopped");
+        duet_msg_destroy(&q->msg);
         duet_free(q);
         actor_unref(a);
     }
@@ -1983,8 +2007,8 @@ duet_status_t duet_spawn(duet_node_t *n, const char *name, const duet_actor_ops_
             atomic_store(&l->quit, true), loop_wake(l);
         duet_free(a);
         return busy ? DUET_ERR_AGAIN
-                    : duet_errorf(DUET_ERR_INVALID, "spawn: actor '%s' already runs on node %s", name,
-                                  n->name);
+                    : duet_errorf(DUET_ERR_INVALID, "spawn: actor '%s' already runs on node %s",
+                                  name, n->name);
     }
     duet_status_t st = tab_put(n, a);
     if (st) {
@@ -2033,7 +2057,20 @@ static duet_status_t post_ctl(duet_node_t *n, const char *name, int kind, const 
 
 duet_status_t duet_stop(duet_node_t *n, const char *name, const char *reason)
 {
-    return post_ctl(n, name, QE_STOP, reason ? reason : "normal", 0, false);
+    if (!valid_name(name))
+        return duet_errorf(DUET_ERR_INVALID, "stop: bad actor name");
+    if (duet_node_has_actor(n, name)) {
+        duet_status_t st = post_ctl(n, name, QE_STOP, reason ? reason : "normal", 0, false);
+        if (st != DUET_ERR_NOT_FOUND)
+            return st;
+    }
+    /* elsewhere: ask its node, behind the messages already sent to it */
+    sys_stop_t s = {(char *)(reason ? reason : "normal")};
+    duet_error_clear();
+    duet_status_t st = sys_send(n, "", name, &sys_stop_type, &s, 0);
+    if (st == DUET_ERR_NOT_FOUND && !duet_error()[0])
+        duet_errorf(st, "stop: no actor named '%s'", name);
+    return st;
 }
 
 duet_status_t duet_kill(duet_node_t *n, const char *name, const char *reason)
@@ -2097,7 +2134,10 @@ static credit_ent_t *take_credit(duet_actor_t *a, const char *to, duet_status_t 
              * fault) the account is reset after credit_timeout_ms */
             ce->blocked = true;
             ce->blocked_since = duet_node_now_ns(n);
-            timer_add(a, T_CREDIT, (uint64_t)n->cfg.credit_timeout_ms * 1000000ull, 0, 0, 0, NULL);
+            if (!a->credit_timer &&
+                timer_add(a, T_CREDIT, (uint64_t)n->cfg.credit_timeout_ms * 1000000ull, 0, 0, 0,
+                          NULL) == DUET_OK)
+                a->credit_timer = true;
         }
         *st = DUET_ERR_AGAIN;
         return NULL;
@@ -2121,8 +2161,7 @@ duet_status_t duet_send(duet_actor_t *a, const char *to, const duet_msg_type_t *
     env.epoch = a->inc;
     if (credited)
         env.flags |= DUET_ENV_F_CREDIT;
-    if (a->cur_req)
-        env.trace = a->cur_req->trace;
+    env.trace = a->cur_trace;
     a->txbuf.len = 0;
     duet_error_clear();
     st = send_common(a->node, &env, t, body, &a->txbuf);
@@ -2154,7 +2193,8 @@ duet_status_t duet_call(duet_actor_t *a, const char *to, const duet_msg_type_t *
     env_init(&env, t ? t->id : 0, a->name, to);
     env.seq = ++a->seq;
     env.epoch = a->inc;
-    env.trace = a->cur_req ? a->cur_req->trace : (a->inc << 20) ^ env.seq;
+    /* a call starts a trace unless it is made while handling a traced message */
+    env.trace = a->cur_trace ? a->cur_trace : duet_hash_bytes(&env.seq, 8) ^ a->inc;
     env.flags = DUET_ENV_F_REQUEST | DUET_ENV_F_DEDUP | (credited ? DUET_ENV_F_CREDIT : 0);
     duet_buf_t b = {0};
     duet_error_clear();
@@ -2199,10 +2239,20 @@ duet_status_t duet_reply(duet_actor_t *a, const duet_env_t *req, const duet_msg_
     duet_buf_t b = {0};
     duet_error_clear();
     duet_status_t st = send_common(a->node, &env, t, body, &b);
+    dedup_ent_t *dd = NULL;
     if (st == DUET_OK && a->cur_dedup && a->cur_req && a->cur_req->seq == req->seq &&
-        strcmp(a->cur_req->from, req->from) == 0 && !a->cur_dedup->reply) {
-        a->cur_dedup->reply = b.data; /* answer retransmissions from here */
-        a->cur_dedup->reply_len = b.len;
+        strcmp(a->cur_req->from, req->from) == 0) {
+        dd = a->cur_dedup;
+    } else if (st == DUET_OK && (req->flags & DUET_ENV_F_DEDUP) && a->dedup) {
+        /* a reply sent later, from a kept copy of the request's envelope */
+        for (size_t i = 0; i < DEDUP_N && !dd; i++)
+            if (a->dedup[i].used && a->dedup[i].seq == req->seq &&
+                a->dedup[i].epoch == req->epoch && strcmp(a->dedup[i].from, req->from) == 0)
+                dd = &a->dedup[i];
+    }
+    if (dd && !dd->reply) {
+        dd->reply = b.data; /* answer retransmissions from here */
+        dd->reply_len = b.len;
         b.data = NULL;
     }
     duet_buf_cleanup(&b);
@@ -2231,7 +2281,8 @@ duet_status_t duet_timer_cancel(duet_actor_t *a, uint64_t id)
     return duet_errorf(DUET_ERR_NOT_FOUND, "%s: no timer %llu", a->name, (unsigned long long)id);
 }
 
-static duet_status_t monitor_common(duet_actor_t *a, const char *target, bool link, uint64_t *ref_out)
+static duet_status_t monitor_common(duet_actor_t *a, const char *target, bool link,
+                                    uint64_t *ref_out)
 {
     duet_node_t *n = a->node;
     if (!valid_name(target))
@@ -2244,10 +2295,9 @@ static duet_status_t monitor_common(duet_actor_t *a, const char *target, bool li
         return duet_errorf(DUET_ERR_NOMEM, "link");
     }
     char tnode[DUET_NAME_MAX];
-    bool remote = false;
-    if (!duet_node_has_actor(n, target) && !duet_registry_lookup(n->reg, target, tnode, NULL) &&
+    if (!duet_node_has_actor(n, target) && duet_registry_find(n->reg, target, tnode, NULL) &&
         strcmp(tnode, n->name) != 0) {
-        remote = true;
+        /* remember it: if that node goes silent, DOWN "noconnection" comes from here */
         pthread_mutex_lock(&n->lock);
         void *p = n->rmons;
         if (!duet_vec_reserve(&p, &n->caprmons, n->nrmons + 1, sizeof(*n->rmons))) {
@@ -2261,7 +2311,6 @@ static duet_status_t monitor_common(duet_actor_t *a, const char *target, bool li
         }
         pthread_mutex_unlock(&n->lock);
     }
-    (void)remote;
     sys_monitor_t mon = {ref, link};
     duet_status_t st = sys_send(n, a->name, target, &sys_monitor_type, &mon, 0);
     if (st == DUET_ERR_NOT_FOUND) {
@@ -2312,7 +2361,8 @@ duet_status_t duet_demonitor(duet_actor_t *a, uint64_t ref)
 duet_status_t duet_actor_watch_fd(duet_actor_t *a, int fd, short events, uint64_t tag)
 {
     if (a->node->sim)
-        return duet_errorf(DUET_ERR_UNSUPPORTED, "%s: fds cannot be watched under simulation", a->name);
+        return duet_errorf(DUET_ERR_UNSUPPORTED, "%s: fds cannot be watched under simulation",
+                           a->name);
     loop_t *l = a->loop;
     if (l->nfds >= 63)
         return duet_errorf(DUET_ERR_CAPACITY, "%s: too many fds on one loop", a->name);
@@ -2411,12 +2461,14 @@ duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node
             goto err_loop;
         n->hb_ev = duet_simnet_at(n->sim, duet_simnet_now(n->sim), sim_hb_cb, n);
         for (size_t i = 0; i < n->nftimers; i++)
-            n->ftimers[i].sim_ev = duet_simnet_at(n->sim, n->ftimers[i].at, sim_fault_cb, &n->ftimers[i]);
+            n->ftimers[i].sim_ev =
+                duet_simnet_at(n->sim, n->ftimers[i].at, sim_fault_cb, &n->ftimers[i]);
     } else {
         duet_zep_config_t zc = {.node = n->name,
                                 .bind = cfg->bind,
                                 .zmq_ctx = cfg->zmq_ctx,
                                 .max_msg_size = n->lim.max_size,
+                                .allow_wildcard = cfg->allow_wildcard,
                                 .curve = cfg->curve,
                                 .allow_keys = cfg->allow_keys};
         if ((st = duet_zep_create(&zc, &n->zep)))
@@ -2425,11 +2477,12 @@ duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node
         duet_registry_add_node(n->reg, n->name, cfg->bind ? duet_zep_endpoint(n->zep) : NULL,
                                cfg->curve ? cfg->curve->public_z85 : NULL);
         n->io_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        n->has_io = true; /* before the thread exists: it reads this */
         if (n->io_efd < 0 || pthread_create(&n->io, NULL, io_main, n)) {
+            n->has_io = false;
             st = duet_errorf(DUET_ERR_IO, "node %s: I/O thread", n->name);
             goto err_zep;
         }
-        n->has_io = true;
     }
     *node_out = n;
     return DUET_OK;
@@ -2458,7 +2511,7 @@ void duet_node_destroy(duet_node_t **node_p)
         return;
     duet_node_t *n = *node_p;
     /* stop every actor: kill entries go ahead of their queues */
-    char (*names)[DUET_NAME_MAX] = NULL;
+    char(*names)[DUET_NAME_MAX] = NULL;
     size_t nn = 0;
     pthread_mutex_lock(&n->lock);
     if (n->tabcount)
@@ -2539,8 +2592,8 @@ void duet_node_destroy(duet_node_t **node_p)
         /* timers left by actors that never stopped (timeout above) */
         loop_free(l);
     }
-    for (out_item_t *lists[] = {n->io_head, n->backlog, n->delayed}, **pl = lists;
-         pl < lists + 3; pl++)
+    for (out_item_t *lists[] = {n->io_head, n->backlog, n->delayed}, **pl = lists; pl < lists + 3;
+         pl++)
         for (out_item_t *it = *pl, *nx; it; it = nx) {
             nx = it->next;
             duet_free(it);

@@ -138,7 +138,8 @@ static duet_status_t sup_handle(duet_actor_t *self, void *state, const duet_msg_
     if (!note_restart(self, s)) {
         if (spec->stats)
             atomic_fetch_add(&spec->stats->escalations, 1);
-        DUET_LOG_W("actors", "supervisor %s: more than %u restarts in %u ms (last: %s: %s): escalating",
+        DUET_LOG_W("actors",
+                   "supervisor %s: more than %u restarts in %u ms (last: %s: %s): escalating",
                    duet_actor_name(self), spec->intensity, spec->period_ms, d->actor, d->reason);
         duet_actor_exit(self, "shutdown: restart intensity");
         return DUET_OK;

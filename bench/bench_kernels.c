@@ -15,12 +15,17 @@
  *  - duet_cpu_pool_run overhead, with workers spinning and asleep.
  * Every figure is the median of several repetitions.
  *
- * usage: bench_kernels [--threads N] [--quick] */
+ * usage: bench_kernels [--threads N] [--quick] [--huge] [--cpu-time]
+ *   --huge: weights and the bandwidth buffer in transparent huge pages
+ *   (madvise); fewer TLB misses make streaming faster.
+ *   --cpu-time: time kernels by the calling thread's CPU time; only with
+ *   --threads 1, for per-core numbers on a machine others are using. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "cpu/cpu_kernels.h"
@@ -48,13 +53,31 @@ static float frand(void)
     return (float)((double)(rng >> 11) / 9007199254740992.0 - 0.5);
 }
 
+static bool use_huge;     /* --huge: transparent huge pages for big buffers */
+static bool use_cpu_time; /* --cpu-time: the caller's CPU time (with --threads 1) */
+
+/* Kernel timings: wall clock, or with --cpu-time the calling thread's CPU
+ * time, which a busy machine does not inflate by descheduling us. */
+static uint64_t bench_clock(void)
+{
+    if (!use_cpu_time)
+        return duet_now_ns();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void *xmalloc(size_t n)
 {
-    void *p = duet_aligned_alloc(64, n);
+    size_t align = use_huge && n >= ((size_t)2 << 20) ? (size_t)2 << 20 : 64;
+    n = (n + align - 1) / align * align;
+    void *p = duet_aligned_alloc(align, n);
     if (!p) {
         fprintf(stderr, "bench_kernels: out of memory (%zu bytes)\n", n);
         exit(1);
     }
+    if (align > 64)
+        madvise(p, n, MADV_HUGEPAGE);
     return p;
 }
 
@@ -82,11 +105,25 @@ __attribute__((target("avx2"))) static uint64_t read_range_avx2(const uint64_t *
     return (uint64_t)(s[0] ^ s[1] ^ s[2] ^ s[3]);
 }
 
+static uint64_t read_range_scalar(const uint64_t *p, size_t n)
+{
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        a0 ^= p[i];
+        a1 ^= p[i + 1];
+        a2 ^= p[i + 2];
+        a3 ^= p[i + 3];
+    }
+    return a0 ^ a1 ^ a2 ^ a3;
+}
+
 static void read_task(void *ctx, int t, int nt)
 {
     read_job_t *j = ctx;
     size_t per = j->words / (size_t)nt / 32 * 32;
-    j->sink[t % 64] ^= read_range_avx2(j->buf + per * (size_t)t, per);
+    const uint64_t *p = j->buf + per * (size_t)t;
+    j->sink[t % 64] ^=
+        __builtin_cpu_supports("avx2") ? read_range_avx2(p, per) : read_range_scalar(p, per);
 }
 
 static double bench_read_bw(duet_cpu_pool_t *pool, size_t bytes, int reps)
@@ -97,9 +134,9 @@ static double bench_read_bw(duet_cpu_pool_t *pool, size_t bytes, int reps)
     int nt = duet_cpu_pool_size(pool);
     double gbs[16];
     for (int r = 0; r < reps; r++) {
-        uint64_t t0 = duet_now_ns();
+        uint64_t t0 = bench_clock();
         duet_cpu_pool_run(pool, nt, read_task, &j);
-        uint64_t t1 = duet_now_ns();
+        uint64_t t1 = bench_clock();
         gbs[r] = (double)(j.words / (size_t)nt / 32 * 32 * (size_t)nt * 8) / (double)(t1 - t0);
     }
     duet_free(buf);
@@ -108,8 +145,8 @@ static double bench_read_bw(duet_cpu_pool_t *pool, size_t bytes, int reps)
 
 /* ---- GEMV --------------------------------------------------------------------- */
 
-static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *name, int64_t in, int64_t out,
-                       int64_t n, int reps)
+static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *kind, const char *name,
+                       int64_t in, int64_t out, int64_t n, int reps)
 {
     size_t wbytes = (size_t)(in * out) * 2;
     size_t copies = (size_t)(320u << 20) / wbytes + 2; /* > 8x L3 worth of weights */
@@ -123,16 +160,16 @@ static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *name, int64
     int calls = (int)copies;
     double *gbs = malloc(sizeof(double) * (size_t)reps);
     for (int r = 0; r < reps + 1; r++) {
-        uint64_t t0 = duet_now_ns();
+        uint64_t t0 = bench_clock();
         for (int c = 0; c < calls; c++)
             duet_cpu_matmul(pool, x, n, in, (const char *)w + wbytes * (size_t)c, DUET_DTYPE_BF16,
                             out, y, false);
-        uint64_t t1 = duet_now_ns();
+        uint64_t t1 = bench_clock();
         if (r > 0) /* first pass warms page tables */
             gbs[r - 1] = (double)(wbytes * (size_t)calls) / (double)(t1 - t0);
     }
     double m = median(gbs, reps);
-    printf("gemv  %-22s n=%-3lld %7.2f GB/s  %5.2f of read bw  %7.1f us/call  %6.1f GFLOP/s\n",
+    printf("%-5s %-22s n=%-3lld %7.2f GB/s  %5.2f of read bw  %7.1f us/call  %6.1f GFLOP/s\n", kind,
            name, (long long)n, m, m / bw, (double)wbytes / m / 1e3, m * (double)n);
     free(gbs);
     duet_free(w);
@@ -176,17 +213,17 @@ static void bench_gemm(duet_cpu_pool_t *pool, const char *name, int64_t in, int6
     double flop = 2.0 * (double)n * (double)in * (double)out;
     double t_duet[16], t_blas[16], t_conv[16];
     for (int r = 0; r < reps + 1; r++) {
-        uint64_t t0 = duet_now_ns();
+        uint64_t t0 = bench_clock();
         duet_cpu_matmul(pool, x, n, in, wb, DUET_DTYPE_BF16, out, y, false);
-        uint64_t t1 = duet_now_ns();
+        uint64_t t1 = bench_clock();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
                     (int)in, wf, (int)in, 0.0f, y2, (int)out);
-        uint64_t t2 = duet_now_ns();
+        uint64_t t2 = bench_clock();
         conv_job_t cj = {.src = wb, .dst = wtmp, .count = nw};
         duet_cpu_pool_run(pool, duet_cpu_pool_size(pool), conv_task, &cj);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
                     (int)in, wtmp, (int)in, 0.0f, y2, (int)out);
-        uint64_t t3 = duet_now_ns();
+        uint64_t t3 = bench_clock();
         if (r > 0) {
             t_duet[r - 1] = flop / (double)(t1 - t0);
             t_blas[r - 1] = flop / (double)(t2 - t1);
@@ -217,27 +254,60 @@ static void empty_task(void *ctx, int t, int nt)
     (void)nt;
 }
 
+/* Busy for *ctx nanoseconds: with one such task per thread, a run takes that
+ * long plus the fork/join cost only if every thread joins in. */
+static void busy_task(void *ctx, int t, int nt)
+{
+    (void)t;
+    (void)nt;
+    uint64_t end = duet_now_ns() + *(const uint64_t *)ctx;
+    while (duet_now_ns() < end)
+        ;
+}
+
 static void bench_pool(duet_cpu_pool_t *pool)
 {
-    enum { RUNS = 20000, SAMPLES = 9 };
-    double hot[SAMPLES], cold[SAMPLES];
+    enum { RUNS = 2000, SAMPLES = 9 };
+    double empty[SAMPLES], hot[SAMPLES], cold[SAMPLES];
     int nt = duet_cpu_pool_size(pool);
+    if (nt < 2) {
+        printf("pool  (one thread: no workers to measure)\n");
+        return;
+    }
+    uint64_t busy_ns = 5000;
     for (int s = 0; s < SAMPLES; s++) {
         uint64_t t0 = duet_now_ns();
         for (int i = 0; i < RUNS; i++)
             duet_cpu_pool_run(pool, nt, empty_task, NULL);
-        hot[s] = (double)(duet_now_ns() - t0) / RUNS / 1e3;
+        empty[s] = (double)(duet_now_ns() - t0) / RUNS / 1e3;
+        t0 = duet_now_ns();
+        for (int i = 0; i < RUNS; i++)
+            duet_cpu_pool_run(pool, nt, busy_task, &busy_ns);
+        hot[s] = (double)(duet_now_ns() - t0) / RUNS / 1e3 - (double)busy_ns / 1e3;
     }
     for (int s = 0; s < SAMPLES; s++) {
         struct timespec ts = {0, 5 * 1000 * 1000}; /* past the spin window: workers sleep */
         nanosleep(&ts, NULL);
         uint64_t t0 = duet_now_ns();
-        duet_cpu_pool_run(pool, nt, empty_task, NULL);
-        cold[s] = (double)(duet_now_ns() - t0) / 1e3;
+        duet_cpu_pool_run(pool, nt, busy_task, &busy_ns);
+        cold[s] = (double)(duet_now_ns() - t0) / 1e3 - (double)busy_ns / 1e3;
     }
-    printf("pool  run(%d tasks) overhead: %.2f us with workers spinning, %.1f us waking "
-           "sleeping workers\n",
-           nt, median(hot, SAMPLES), median(cold, SAMPLES));
+    printf("pool  run overhead: %.2f us empty run of %d tasks; %.2f us beyond 5 us when every "
+           "thread runs a 5 us task (workers spinning), %.1f us (workers asleep)\n",
+           median(empty, SAMPLES), nt, median(hot, SAMPLES), median(cold, SAMPLES));
+}
+
+static void print_load(const char *when)
+{
+    char buf[128] = "?";
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (!fgets(buf, sizeof(buf), f))
+            buf[0] = 0;
+        fclose(f);
+    }
+    buf[strcspn(buf, "\n")] = 0;
+    printf("load  %s: %s (other work on the machine skews every number)\n", when, buf);
 }
 
 int main(int argc, char **argv)
@@ -249,10 +319,18 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--quick") == 0)
             quick = true;
+        else if (strcmp(argv[i], "--huge") == 0)
+            use_huge = true;
+        else if (strcmp(argv[i], "--cpu-time") == 0)
+            use_cpu_time = true;
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--huge] [--cpu-time]\n", argv[0]);
             return 2;
         }
+    }
+    if (use_cpu_time && threads != 1) {
+        fprintf(stderr, "bench_kernels: --cpu-time needs --threads 1\n");
+        return 2;
     }
     duet_cpu_pool_t *pool = duet_cpu_pool_create(threads);
     if (!pool) {
@@ -260,9 +338,11 @@ int main(int argc, char **argv)
         return 1;
     }
     openblas_set_num_threads(threads);
-    printf("duet bench_kernels: %d threads, kernels %s\n", duet_cpu_pool_size(pool),
-           duet_cpu_isa_name());
+    printf("duet bench_kernels: %d threads, kernels %s, %s pages, %s\n", duet_cpu_pool_size(pool),
+           duet_cpu_isa_name(), use_huge ? "huge" : "4 KiB",
+           use_cpu_time ? "timed by thread CPU time" : "timed by wall clock");
     int reps = quick ? 3 : 7;
+    print_load("start");
 
     double bw = bench_read_bw(pool, (size_t)1 << 30, reps);
     printf("mem   read bandwidth %.2f GB/s (1 GiB buffer, median of %d)\n", bw, reps);
@@ -277,10 +357,10 @@ int main(int argc, char **argv)
     };
     for (size_t s = 0; s < 3; s++)
         for (int64_t n = 1; n <= 8; n += 7)
-            bench_gemv(pool, bw, shapes[s].name, shapes[s].in, shapes[s].out, n, reps);
+            bench_gemv(pool, bw, "gemv", shapes[s].name, shapes[s].in, shapes[s].out, n, reps);
     /* batched decode: per-expert row counts of batch 8..64, weights cold */
     for (int64_t n = 16; n <= 64; n *= 2)
-        bench_gemv(pool, bw, shapes[0].name, shapes[0].in, shapes[0].out, n, reps);
+        bench_gemv(pool, bw, "batch", shapes[0].name, shapes[0].in, shapes[0].out, n, reps);
     for (size_t s = 0; s < 2; s++)
         for (int64_t n = 64; n <= 512; n *= 2)
             if (n != 256)
@@ -288,6 +368,7 @@ int main(int argc, char **argv)
     bench_gemm(pool, shapes[2].name, shapes[2].in, shapes[2].out, 64, quick ? 1 : 3);
 
     bench_pool(pool);
+    print_load("end");
     duet_cpu_pool_destroy(&pool);
     return 0;
 }

@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,40 +25,46 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: duet generate [--model DIR] (--prompt TEXT | --prompt-ids IDS) [options]\n"
-            "\n"
-            "Generate a continuation of a prompt with a Hugging Face MoE checkpoint (mixtral,\n"
-            "qwen2_moe, qwen3_moe, olmoe) in this process, on the CPU backend. The text is\n"
-            "written to stdout as it is generated; generation stops at an end-of-sequence\n"
-            "token or after --max-tokens tokens. Sampling is greedy unless --temperature > 0.\n"
-            "\n"
-            "options:\n"
-            "  --model DIR        model directory (config.json, safetensors, tokenizer.json);\n"
-            "                     default: the bundled models/" DEFAULT_MODEL_NAME "\n"
-            "  --prompt TEXT      prompt text, encoded with DIR/tokenizer.json\n"
-            "  --prompt-ids IDS   prompt as comma-separated token ids (e.g. 1,2,3) instead\n"
-            "  --max-tokens N     most tokens to generate (default 128)\n"
-            "  --temperature T    sampling temperature; 0 = greedy (default 0)\n"
-            "  --top-k K          sample among the K most likely tokens; 0 = off (default 0)\n"
-            "  --top-p P          nucleus sampling mass in (0, 1]; 1 = off (default 1)\n"
-            "  --seed S           random seed; a token depends only on (seed, position)\n"
-            "                     and the logits, so a rerun gives the same text (default 0)\n"
-            "  --threads N        CPU threads including the main one (default: all CPUs)\n"
-            "  --json             print one JSON object instead of streaming: prompt_ids, ids,\n"
-            "                     text, finish_reason (eos|length) and timings (load_ms,\n"
-            "                     prefill_ms, prefill_tokens_per_s, decode_ms,\n"
-            "                     decode_tokens_per_s)\n"
-            "  --ignore-eos       keep generating past end-of-sequence tokens\n"
-            "  --stats            print timings to stderr after streaming\n"
-            "  -h, --help         this help\n");
+    fprintf(f, "usage: duet generate [--model DIR] (--prompt TEXT | --prompt-ids IDS) [options]\n"
+               "\n"
+               "Generate a continuation of a prompt with a Hugging Face MoE checkpoint (mixtral,\n"
+               "qwen2_moe, qwen3_moe, olmoe) in this process, on the CPU backend. The text is\n"
+               "written to stdout as it is generated; generation stops at an end-of-sequence\n"
+               "token or after --max-tokens tokens. Sampling is greedy unless --temperature > 0.\n"
+               "\n"
+               "options:\n"
+               "  --model DIR        model directory (config.json, safetensors, tokenizer.json);\n"
+               "                     default: the bundled models/" DEFAULT_MODEL_NAME "\n"
+               "  --prompt TEXT      prompt text, encoded with DIR/tokenizer.json\n"
+               "  --prompt-ids IDS   prompt as comma-separated token ids (e.g. 1,2,3) instead\n"
+               "  --max-tokens N     most tokens to generate (default 128)\n"
+               "  --temperature T    sampling temperature; 0 = greedy (default 0)\n"
+               "  --top-k K          sample among the K most likely tokens; 0 = off (default 0)\n"
+               "  --top-p P          nucleus sampling mass in (0, 1]; 1 = off (default 1)\n"
+               "  --seed S           random seed; a token depends only on (seed, position)\n"
+               "                     and the logits, so a rerun gives the same text (default 0)\n"
+               "  --threads N        CPU threads including the main one (default: all CPUs)\n"
+               "  --json             print one JSON object instead of streaming: prompt_ids, ids,\n"
+               "                     text, finish_reason (eos|length) and timings (load_ms,\n"
+               "                     prefill_ms, prefill_tokens_per_s, decode_ms,\n"
+               "                     decode_tokens_per_s)\n"
+               "  --rope-freq MODE   checkpoint (default): RoPE frequencies rounded to the\n"
+               "                     weights' dtype, as HF has them in a model cast to bf16;\n"
+               "                     f32: as a fresh float32 load computes them\n"
+               "  --ignore-eos       keep generating past end-of-sequence tokens\n"
+               "  --stats            print timings to stderr after streaming\n"
+               "  -h, --help         this help\n");
 }
 
-static int fail(const char *fmt, const char *arg)
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "duet generate: ");
-    fprintf(stderr, fmt, arg);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n(run 'duet generate --help' for the options)\n");
+    va_end(ap);
     return 2;
 }
 
@@ -132,14 +139,14 @@ static const char *default_model(char *buf, size_t cap)
             *slash = 0;
         static const char *rel[] = {"/../share/duet/models/", "/../models/", "/../../models/"};
         for (size_t i = 0; i < DUET_ARRAY_LEN(rel); i++) {
-            snprintf(buf, cap, "%s%s%s", exe, rel[i], DEFAULT_MODEL_NAME);
-            if (is_dir(buf))
+            int w = snprintf(buf, cap, "%s%s%s", exe, rel[i], DEFAULT_MODEL_NAME);
+            if (w > 0 && (size_t)w < cap && is_dir(buf))
                 return buf;
         }
     }
 #ifdef DUET_SOURCE_DIR
-    snprintf(buf, cap, "%s/models/%s", DUET_SOURCE_DIR, DEFAULT_MODEL_NAME);
-    if (is_dir(buf))
+    int w = snprintf(buf, cap, "%s/models/%s", DUET_SOURCE_DIR, DEFAULT_MODEL_NAME);
+    if (w > 0 && (size_t)w < cap && is_dir(buf))
         return buf;
 #endif
     return NULL;
@@ -154,6 +161,7 @@ typedef struct gen_opts {
     long threads;
     bool json;
     bool ignore_eos;
+    duet_rope_freq_t rope_freq;
     bool stats;
 } gen_opts_t;
 
@@ -216,8 +224,9 @@ static int run(const gen_opts_t *o)
     }
     for (int32_t i = 0; i < n_prompt; i++)
         if (prompt[i] >= cfg->vocab) {
-            fprintf(stderr, "duet generate: prompt token %d is id %d, outside the vocabulary of %d\n",
-                    i, prompt[i], cfg->vocab);
+            fprintf(stderr,
+                    "duet generate: prompt token %d is id %d, outside the vocabulary of %d\n", i,
+                    prompt[i], cfg->vocab);
             rc = 2;
             goto out;
         }
@@ -243,6 +252,7 @@ static int run(const gen_opts_t *o)
     eo.fwd.max_tokens = (int32_t)DUET_MIN((int64_t)512, (int64_t)n_prompt);
     eo.fwd.max_seqs = 1;
     eo.fwd.max_logits = 1;
+    eo.fwd.rope_freq = o->rope_freq;
     eo.kv.block_size = 16;
     eo.kv.max_seqs = 1;
     eo.kv.max_seq_len = (int32_t)max_len;
@@ -338,9 +348,9 @@ static int run(const gen_opts_t *o)
         json_object_set_new(tm, "prefill_tokens_per_s", json_real(prefill_tps));
         json_object_set_new(tm, "decode_ms", json_real(decode_s * 1e3));
         json_object_set_new(tm, "decode_tokens_per_s", json_real(decode_tps));
-        json_object_set_new(tm, "threads",
-                            json_integer(o->threads > 0 ? o->threads
-                                                        : sysconf(_SC_NPROCESSORS_ONLN)));
+        json_object_set_new(
+            tm, "threads",
+            json_integer(o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN)));
         json_object_set_new(j, "timings", tm);
         char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
         if (s)
@@ -375,8 +385,19 @@ out:
 
 int duet_cmd_generate(int argc, char **argv)
 {
-    enum { O_PROMPT_IDS = 256, O_MAX_TOKENS, O_TEMP, O_TOP_P, O_TOP_K, O_SEED, O_THREADS,
-           O_JSON, O_IGNORE_EOS, O_STATS };
+    enum {
+        O_PROMPT_IDS = 256,
+        O_MAX_TOKENS,
+        O_TEMP,
+        O_TOP_P,
+        O_TOP_K,
+        O_SEED,
+        O_THREADS,
+        O_JSON,
+        O_IGNORE_EOS,
+        O_STATS,
+        O_ROPE_FREQ
+    };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
         {"prompt", required_argument, NULL, 'p'},
@@ -390,6 +411,7 @@ int duet_cmd_generate(int argc, char **argv)
         {"json", no_argument, NULL, O_JSON},
         {"ignore-eos", no_argument, NULL, O_IGNORE_EOS},
         {"stats", no_argument, NULL, O_STATS},
+        {"rope-freq", required_argument, NULL, O_ROPE_FREQ},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -437,6 +459,14 @@ int duet_cmd_generate(int argc, char **argv)
         case O_JSON: o.json = true; break;
         case O_IGNORE_EOS: o.ignore_eos = true; break;
         case O_STATS: o.stats = true; break;
+        case O_ROPE_FREQ:
+            if (!strcmp(optarg, "checkpoint"))
+                o.rope_freq = DUET_ROPE_FREQ_CHECKPOINT;
+            else if (!strcmp(optarg, "f32"))
+                o.rope_freq = DUET_ROPE_FREQ_F32;
+            else
+                return fail("--rope-freq wants 'checkpoint' or 'f32', not '%s'", optarg);
+            break;
         case 'h': usage(stdout); return 0;
         case ':': return fail("option '%s' needs a value", argv[optind - 1]);
         default: return fail("unknown option '%s'", argv[optind - 1]);

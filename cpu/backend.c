@@ -100,6 +100,30 @@ static duet_status_t cpu_matmul(duet_backend_t *be, const float *x, int64_t n, i
     return DUET_OK;
 }
 
+static duet_status_t cpu_matmul_batch(duet_backend_t *be, const duet_matmul_desc_t *mms, int count)
+{
+    enum { CHUNK = 64 };
+    duet_cpu_mm_t mm[CHUNK];
+    for (int i0 = 0; i0 < count; i0 += CHUNK) {
+        int n = DUET_MIN(CHUNK, count - i0);
+        for (int i = 0; i < n; i++) {
+            const duet_matmul_desc_t *d = &mms[i0 + i];
+            if (!float_dtype(d->w->dtype))
+                return duet_errorf(DUET_ERR_UNSUPPORTED, "cpu backend: matmul with %s weights",
+                                   duet_dtype_name(d->w->dtype));
+            mm[i] = (duet_cpu_mm_t){d->x,        d->n,           d->in, d->w->data,
+                                    d->w->dtype, d->w->shape[0], d->y,  d->accumulate};
+        }
+        duet_cpu_matmul_batch(cpu(be)->pool, mm, n);
+        for (int i = 0; i < n; i++) {
+            const duet_matmul_desc_t *d = &mms[i0 + i];
+            if (d->bias && d->bias->data)
+                duet__cpu_add_bias(d->y, d->n, d->w->shape[0], d->bias);
+        }
+    }
+    return DUET_OK;
+}
+
 static duet_status_t cpu_lm_head(duet_backend_t *be, const float *x, int64_t n, int64_t in,
                                  const duet_tensor_t *w, float *logits)
 {
@@ -245,6 +269,7 @@ static const duet_backend_ops_t cpu_ops = {
     .sync = cpu_sync,
     .weights_prepare = cpu_weights_prepare,
     .matmul = cpu_matmul,
+    .matmul_batch = cpu_matmul_batch,
     .lm_head = cpu_lm_head,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

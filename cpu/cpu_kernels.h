@@ -10,8 +10,8 @@
  * Tuning knobs (environment, read once): DUET_CPU_SPIN_US — how long an idle
  * pool worker spins before sleeping (default 200); DUET_CPU_GEMM_MIN_ROWS —
  * rows from which the AVX-512 path packs weights into f32 panels instead of
- * streaming them (default 16); DUET_CPU_PF_BLOCKS / DUET_CPU_PF_BYTES —
- * weight prefetch distance of the streaming path (default 1 block, 0). */
+ * streaming them (default: chosen by shape); DUET_CPU_PF_BLOCKS / DUET_CPU_PF_BYTES —
+ * weight prefetch distance of the streaming path (default 1 block + 2048). */
 #ifndef DUET_CPU_KERNELS_H
 #define DUET_CPU_KERNELS_H
 
@@ -57,6 +57,12 @@ typedef struct duet_cpu_mm {
  * y of one must not overlap the x or y of another. Same numerics as
  * duet_cpu_matmul (each result is bitwise what a lone call would give). */
 void duet_cpu_matmul_batch(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count);
+
+/* AVX-512 family: from how many activation rows on weights are packed into
+ * f32 panels for a register-tiled GEMM instead of streamed through dot
+ * products. 0 (default, or DUET_CPU_GEMM_MIN_ROWS unset): chosen by shape.
+ * For tests and benchmarks; not safe while kernels run on other threads. */
+void duet_cpu_set_gemm_min_rows(int64_t rows);
 
 /* Name of the kernel family in use ("avx512-bf16", "avx2", "portable"). */
 const char *duet_cpu_isa_name(void);

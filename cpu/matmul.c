@@ -6,6 +6,9 @@
  * f32 partial sums so the compiler can keep several FMAs in flight. */
 #include "cpu/matmul_impl.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -16,6 +19,16 @@
 static const char *const isa_names[DUET_CPU_ISA_COUNT] = {"portable", "avx2", "avx512"};
 static _Atomic int isa_current = -1;
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* F16C through CPUID (leaf 1, ECX bit 29): clang's __builtin_cpu_supports
+ * does not know "f16c". */
+static bool cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
 bool duet_cpu_isa_supported(duet_cpu_isa_t isa)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -23,12 +36,11 @@ bool duet_cpu_isa_supported(duet_cpu_isa_t isa)
     switch (isa) {
     case DUET_CPU_ISA_PORTABLE: return true;
     case DUET_CPU_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case DUET_CPU_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("fma") && cpu_has_f16c();
     default: return false;
     }
 #else
@@ -85,6 +97,27 @@ const char *duet_cpu_isa_name(void)
         return "avx512-bf16";
 #endif
     return isa_names[isa];
+}
+
+/* ---- algorithm override ------------------------------------------------------ */
+
+static _Atomic int64_t gemm_min_rows = -1;
+
+int64_t duet__cpu_gemm_min_rows(void)
+{
+    int64_t v = atomic_load_explicit(&gemm_min_rows, memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("DUET_CPU_GEMM_MIN_ROWS");
+        v = e && *e ? strtoll(e, NULL, 10) : 0;
+        v = v < 0 ? 0 : v;
+        atomic_store_explicit(&gemm_min_rows, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+void duet_cpu_set_gemm_min_rows(int64_t rows)
+{
+    atomic_store_explicit(&gemm_min_rows, rows < 0 ? 0 : rows, memory_order_relaxed);
 }
 
 /* ---- per-thread scratch ------------------------------------------------------ */

@@ -74,7 +74,7 @@ FORCE_INLINE void gemv_block(const gemv_job_t *j, duet_dtype_t dt, int R, int C,
     const char *wr[4];
     for (int c = 0; c < C; c++)
         wr[c] = (const char *)j->w + (size_t)(o0 + c) * (size_t)j->in * es;
-    const size_t pf = (size_t)C * (size_t)j->in * es;
+    const size_t pf = (size_t)C * (size_t)j->in * es + 2048; /* next block, +2 KiB */
     const float *xr = j->xp + r0 * j->kpad;
     const int64_t in = j->in, kfull = in & ~(int64_t)15;
     int64_t k = 0;

@@ -1,20 +1,24 @@
 /* matmul_avx512 — AVX-512 kernels for y[n,out] (+)= x[n,in] · W[out,in]^T
  * with f32 activations and F32/F16/BF16 weights widened exactly to f32.
  *
- * Two shapes of work:
- *  - few rows (decode): memory-bound. Each weight row is streamed once and
- *    dotted with every activation row while it sits in registers/L1. BF16
- *    needs no shuffles: a 64-byte load of 32 bf16 gives the even elements as
- *    f32 by a 16-bit left shift and the odd ones by masking the low halves,
- *    so the activations are permuted once per call to even/odd order within
- *    each 32-element block (and zero-padded, so the K tail needs no scalar
- *    code). Output rows are split across the pool.
- *  - many rows (prefill, batches): compute-bound. A panel of 32 output
- *    columns × KC of K is widened and transposed to f32 once (in L1) and
- *    reused by every block of MR activation rows in an MR×32 register-tiled
- *    FMA kernel; activations are packed once per call into MR-row
- *    interleaved blocks so the kernel broadcasts from one stream.
- * Accumulation is f32 in every path (no bf16 rounding of activations). */
+ * Two algorithms, chosen per call by shape (use_gemm):
+ *  - streaming dot products (decode, and batches whose activations fit in
+ *    L2): weights are read once, in memory order, in blocks of 4 rows; each
+ *    block is dotted with 4 activation rows at a time in a 4×4 register tile
+ *    and stays in L1 for the next 4. BF16 needs no shuffles: a 64-byte load
+ *    of 32 bf16 gives the even elements as f32 by a 16-bit left shift and the
+ *    odd ones by masking the low halves, so the activations are permuted once
+ *    per call to even/odd order within each 32-element block (zero-padded,
+ *    so the K tail is one masked load). Software prefetch runs one block
+ *    (+2 KiB) ahead, which hides DRAM latency even at 8+ rows where each
+ *    line takes longer to consume. Output rows are split across the pool.
+ *  - packed GEMM (prefill; long K): a panel of 32 output columns × KC of K
+ *    is widened and transposed to f32 once (in L1) and reused by every block
+ *    of up to 12 activation rows in a 12×32 register-tiled FMA kernel;
+ *    activations are packed once per call into row-interleaved blocks so the
+ *    kernel broadcasts from one stream.
+ * Accumulation is f32 in every path (no bf16 rounding of activations), and
+ * each output's reduction order does not depend on the thread count. */
 #include "cpu/matmul_impl.h"
 
 #include <immintrin.h>
@@ -60,7 +64,11 @@ static size_t dt_size(duet_dtype_t dt)
 
 /* ---- few rows: streaming dot products ------------------------------------ */
 
-#define GEMV_MAX_R 8 /* activation rows per register block */
+/* Register block: 4 activation rows × 4 weight rows (16 accumulators).
+ * More activation rows share the 4 weight rows from L1, 4 at a time; this
+ * measured faster than 8×2 or 8×3 blocks (fewer activation loads per FMA). */
+#define GEMV_MAX_R 4
+#define GEMV_C 4
 
 typedef struct gemv_job {
     const float *xp; /* prepared activations [n][kpad] */
@@ -73,27 +81,35 @@ typedef struct gemv_job {
     int64_t pf_blocks, pf_bytes; /* prefetch distance: whole blocks + bytes */
 } gemv_job_t;
 
-/* acc[r][c] = x_r · w_c over the whole (padded) K for R activation rows and
- * C weight rows; then y (+)= the horizontal sums. */
-FORCE_INLINE void gemv_block(const gemv_job_t *j, duet_dtype_t dt, int R, int C, int64_t r0,
-                             int64_t o0)
+/* K chunk for many activation rows: a chunk of 4 rows of activations
+ * (16 KiB) and of 4 weight rows (8 KiB for bf16) stay in L1 together. */
+#define GEMV_KV 1024
+#define GEMV_KV_MAX_GROUPS 16 /* chunking keeps 1 KiB of accumulators per 4 rows */
+
+/* acc[r][c] += x_r · w_c over K in [k0, k1) (k0 a multiple of 32) for R
+ * activation rows from r0 and C weight rows from o0. The accumulators start
+ * at zero (first) or from save, and end in save or, when last (k1 == in),
+ * as horizontal sums written (added) to y. Chunking does not change the
+ * order of any lane's additions, so results match the unchunked kernel. */
+FORCE_INLINE void gemv_tile(const gemv_job_t *j, duet_dtype_t dt, int R, int C, int64_t r0,
+                            int64_t o0, int64_t k0, int64_t k1, __m512 *save, bool first, bool last)
 {
-    __m512 acc[GEMV_MAX_R][4];
+    __m512 acc[GEMV_MAX_R][GEMV_C];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++)
-            acc[r][c] = _mm512_setzero_ps();
+            acc[r][c] = first ? _mm512_setzero_ps() : save[r * GEMV_C + c];
     const size_t es = dt_size(dt);
-    const char *wr[4];
+    const char *wr[GEMV_C];
     for (int c = 0; c < C; c++)
         wr[c] = (const char *)j->w + (size_t)(o0 + c) * (size_t)j->in * es;
     const float *xr = j->xp + r0 * j->kpad;
     const size_t pf = (size_t)C * (size_t)j->in * es * (size_t)j->pf_blocks + (size_t)j->pf_bytes;
-    const int64_t in = j->in, kfull = in & ~(int64_t)31;
-    int64_t k = 0;
-    for (; k < kfull; k += 32) {
+    const int64_t in = j->in, kend = k1 & ~(int64_t)31;
+    int64_t k = k0;
+    for (; k < kend; k += 32) {
         for (int c = 0; c < C; c++) {
             /* The block's rows are contiguous: fetch the same spot of the
-             * next block, one block's compute time ahead. */
+             * next block (plus pf_bytes), about a block's time ahead. */
             _mm_prefetch(wr[c] + (size_t)k * es + pf, _MM_HINT_T0);
             __m512 wa, wb;
             wload32(dt, wr[c], k, 0, false, &wa, &wb);
@@ -104,8 +120,8 @@ FORCE_INLINE void gemv_block(const gemv_job_t *j, duet_dtype_t dt, int R, int C,
             }
         }
     }
-    if (k < in) {
-        __mmask32 m = (__mmask32)((1ull << (in - k)) - 1);
+    if (k < k1) { /* the K tail: only in the last chunk */
+        __mmask32 m = (__mmask32)((1ull << (k1 - k)) - 1);
         for (int c = 0; c < C; c++) {
             __m512 wa, wb;
             wload32(dt, wr[c], k, m, true, &wa, &wb);
@@ -116,6 +132,13 @@ FORCE_INLINE void gemv_block(const gemv_job_t *j, duet_dtype_t dt, int R, int C,
             }
         }
     }
+    (void)in;
+    if (!last) {
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++)
+                save[r * GEMV_C + c] = acc[r][c];
+        return;
+    }
     for (int r = 0; r < R; r++) {
         float *yr = j->y + (r0 + r) * j->out + o0;
         for (int c = 0; c < C; c++) {
@@ -125,42 +148,37 @@ FORCE_INLINE void gemv_block(const gemv_job_t *j, duet_dtype_t dt, int R, int C,
     }
 }
 
-/* Weight rows per block when more than 4 activation rows share them: more
- * rows mean fewer activation loads per FMA, fewer mean fewer registers. */
-#ifndef GEMV_C_WIDE
-#define GEMV_C_WIDE 2
-#endif
-#define CW(C) ((C) > GEMV_C_WIDE ? GEMV_C_WIDE : (C))
-
-/* Instantiate gemv_block for constant R (rows) and C (weight rows). */
-#define GEMV_CASES(DT, C, r0, o0)                                                                  \
+/* Instantiate gemv_tile for constant R (rows) and C (weight rows). */
+#define GEMV_CASES(DT, C, r0, o0, k0, k1, save, first, last)                                       \
     switch (R) {                                                                                   \
-    case 1: gemv_block(j, DT, 1, C, r0, o0); break;                                                \
-    case 2: gemv_block(j, DT, 2, C, r0, o0); break;                                                \
-    case 3: gemv_block(j, DT, 3, C, r0, o0); break;                                                \
-    case 4: gemv_block(j, DT, 4, C, r0, o0); break;                                                \
-    case 5: gemv_block(j, DT, 5, CW(C), r0, o0); break;                                            \
-    case 6: gemv_block(j, DT, 6, CW(C), r0, o0); break;                                            \
-    case 7: gemv_block(j, DT, 7, CW(C), r0, o0); break;                                            \
-    default: gemv_block(j, DT, 8, CW(C), r0, o0); break;                                           \
+    case 1: gemv_tile(j, DT, 1, C, r0, o0, k0, k1, save, first, last); break;                      \
+    case 2: gemv_tile(j, DT, 2, C, r0, o0, k0, k1, save, first, last); break;                      \
+    case 3: gemv_tile(j, DT, 3, C, r0, o0, k0, k1, save, first, last); break;                      \
+    default: gemv_tile(j, DT, 4, C, r0, o0, k0, k1, save, first, last); break;                     \
     }
 
 FORCE_INLINE void gemv_range(const gemv_job_t *j, duet_dtype_t dt, int64_t o0, int64_t o1)
 {
-    /* Blocks of cw weight rows; every activation row group reuses them from L1. */
-    const int cw = j->n <= 4 ? 4 : GEMV_C_WIDE;
+    const int64_t groups = (j->n + GEMV_MAX_R - 1) / GEMV_MAX_R;
+    /* Several row groups share each weight block; with long K, go chunk by
+     * chunk so the activations each chunk needs stay in L1. */
+    const bool chunked = groups > 1 && groups <= GEMV_KV_MAX_GROUPS && j->in > GEMV_KV;
+    const int64_t kv = chunked ? GEMV_KV : j->in;
+    __m512 save[GEMV_KV_MAX_GROUPS][GEMV_MAX_R * GEMV_C];
     for (int64_t o = o0; o < o1;) {
-        int64_t step = o1 - o >= cw ? cw : 1;
-        for (int64_t r0 = 0; r0 < j->n; r0 += GEMV_MAX_R) {
-            int R = (int)(j->n - r0 < GEMV_MAX_R ? j->n - r0 : GEMV_MAX_R);
-            if (step == 4) {
-                GEMV_CASES(dt, 4, r0, o)
-            } else if (step == 3) {
-                GEMV_CASES(dt, 3, r0, o)
-            } else if (step == 2) {
-                GEMV_CASES(dt, 2, r0, o)
-            } else {
-                GEMV_CASES(dt, 1, r0, o)
+        int64_t step = o1 - o >= GEMV_C ? GEMV_C : 1;
+        for (int64_t k0 = 0; k0 < j->in; k0 += kv) {
+            int64_t k1 = j->in - k0 < kv ? j->in : k0 + kv;
+            bool first = k0 == 0, last = k1 == j->in;
+            for (int64_t g = 0; g < groups; g++) {
+                int64_t r0 = g * GEMV_MAX_R;
+                int R = (int)(j->n - r0 < GEMV_MAX_R ? j->n - r0 : GEMV_MAX_R);
+                __m512 *sv = save[chunked ? g : 0];
+                if (step == GEMV_C) {
+                    GEMV_CASES(dt, GEMV_C, r0, o, k0, k1, sv, first, last)
+                } else {
+                    GEMV_CASES(dt, 1, r0, o, k0, k1, sv, first, last)
+                }
             }
         }
         o += step;
@@ -185,11 +203,13 @@ static void gemv_prep_x(const float *x, int64_t n, int64_t in, duet_dtype_t dt, 
         float *d = xp + r * kpad;
         if (dt == DUET_DTYPE_BF16) {
             int64_t k = 0;
+            const __m512i ev =
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
             for (; k + 32 <= in; k += 32) {
-                for (int i = 0; i < 16; i++) {
-                    d[k + i] = xr[k + 2 * i];
-                    d[k + 16 + i] = xr[k + 2 * i + 1];
-                }
+                __m512 lo = _mm512_loadu_ps(xr + k), hi = _mm512_loadu_ps(xr + k + 16);
+                _mm512_storeu_ps(d + k, _mm512_permutex2var_ps(lo, ev, hi));
+                _mm512_storeu_ps(d + k + 16, _mm512_permutex2var_ps(lo, od, hi));
             }
             if (k < in) {
                 memset(d + k, 0, 32 * sizeof(float));
@@ -205,10 +225,14 @@ static void gemv_prep_x(const float *x, int64_t n, int64_t in, duet_dtype_t dt, 
 
 /* ---- many rows: packed register-tiled GEMM -------------------------------- */
 
-#define MR 12  /* activation rows per micro-tile */
-#define NR 32  /* output columns per micro-tile (two vectors) */
+#define MR 12 /* activation rows per micro-tile */
+#define NR 32 /* output columns per micro-tile (two vectors) */
+#ifndef KC
 #define KC 256 /* K block: a packed 32×KC f32 panel is 32 KiB (L1) */
-#define GROUP_MAX 4
+#endif
+#ifndef GROUP_MAX
+#define GROUP_MAX 4 /* panels per task, sharing each activation block from L1 */
+#endif
 
 typedef struct gemm_job {
     const float *x;
@@ -221,25 +245,6 @@ typedef struct gemm_job {
     bool accumulate;
     int64_t n_blocks;
 } gemm_job_t;
-
-/* Pack activation rows [b*mb, b*mb+mb) as ap[k][MR], zero rows past them. */
-static void gemm_pack_a(const gemm_job_t *j, int64_t block)
-{
-    int64_t r0 = block * j->mb;
-    float *dst = j->ap + (size_t)block * (size_t)j->in * MR;
-    int m = (int)(j->n - r0 < j->mb ? j->n - r0 : j->mb);
-    const float *xs[MR];
-    for (int r = 0; r < m; r++)
-        xs[r] = j->x + (r0 + r) * j->in;
-    for (int64_t k = 0; k < j->in; k++) {
-        float *d = dst + k * MR;
-        int r = 0;
-        for (; r < m; r++)
-            d[r] = xs[r][k];
-        for (; r < MR; r++)
-            d[r] = 0.0f;
-    }
-}
 
 /* 16 rows × 16 floats, in place: rows become columns. */
 FORCE_INLINE void transpose16(__m512 r[16])
@@ -268,6 +273,26 @@ FORCE_INLINE void transpose16(__m512 r[16])
         r[c + 8] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
         r[c + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
         r[c + 12] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+    }
+}
+
+/* Pack activation rows [b*mb, b*mb+mb) as ap[k][MR], zero rows past them:
+ * 16 K at a time through a 16×16 transpose. */
+static void gemm_pack_a(const gemm_job_t *j, int64_t block)
+{
+    int64_t r0 = block * j->mb;
+    float *dst = j->ap + (size_t)block * (size_t)j->in * MR;
+    int m = (int)(j->n - r0 < j->mb ? j->n - r0 : j->mb);
+    for (int64_t k = 0; k < j->in; k += 16) {
+        int64_t kl = j->in - k < 16 ? j->in - k : 16;
+        __mmask16 km = (__mmask16)((1u << kl) - 1);
+        __m512 r[16];
+        for (int i = 0; i < 16; i++)
+            r[i] = i < m ? _mm512_maskz_loadu_ps(km, j->x + (r0 + i) * j->in + k)
+                         : _mm512_setzero_ps();
+        transpose16(r);
+        for (int i = 0; i < kl; i++)
+            _mm512_mask_storeu_ps(dst + (k + i) * MR, (__mmask16)((1u << MR) - 1), r[i]);
     }
 }
 
@@ -403,8 +428,20 @@ static int64_t env_cached(_Atomic int64_t *cache, const char *name, int64_t dflt
     return v;
 }
 
-static _Atomic int64_t cfg_gemm_min_rows = INT64_MIN, cfg_pf_blocks = INT64_MIN,
-                       cfg_pf_bytes = INT64_MIN;
+static _Atomic int64_t cfg_pf_blocks = INT64_MIN, cfg_pf_bytes = INT64_MIN;
+
+/* Streaming dot products run at ~200 GFLOP/s per core (Zen 5) for any row
+ * count while the activations fit in L2 (K-chunked so 4 rows of a chunk fit
+ * in L1), and need no packing (cold weights stream in order); beyond that
+ * the packed GEMM wins. Measured per core, cold bf16 weights: 2816->1024 at
+ * n=16: 170 vs 115 GFLOP/s, n=64: 196 vs 200; 1024->2816 at n=128: 214 vs
+ * 209, n=512: 155 vs 222. */
+static bool use_gemm(int64_t n, int64_t in, int64_t min_rows)
+{
+    if (min_rows > 0)
+        return n >= min_rows; /* forced by DUET_CPU_GEMM_MIN_ROWS */
+    return n >= 16 && n * in * (int64_t)sizeof(float) > 512 * 1024;
+}
 
 typedef struct mm_task {
     int32_t op;
@@ -456,9 +493,9 @@ static void *arena_take(arena_t *a, size_t bytes)
 
 void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count)
 {
-    const int64_t min_rows = env_cached(&cfg_gemm_min_rows, "DUET_CPU_GEMM_MIN_ROWS", 16);
+    const int64_t min_rows = duet__cpu_gemm_min_rows();
     const int64_t pf_blocks = env_cached(&cfg_pf_blocks, "DUET_CPU_PF_BLOCKS", 1);
-    const int64_t pf_bytes = env_cached(&cfg_pf_bytes, "DUET_CPU_PF_BYTES", 0);
+    const int64_t pf_bytes = env_cached(&cfg_pf_bytes, "DUET_CPU_PF_BYTES", 2048);
     const int threads = duet_cpu_pool_size(pool);
 
     /* sizes first, then one allocation */
@@ -466,7 +503,7 @@ void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, 
     int64_t n_tasks = 0, n_pack = 0;
     for (int i = 0; i < count; i++) {
         const duet_cpu_mm_t *m = &mms[i];
-        if (m->n >= min_rows) {
+        if (use_gemm(m->n, m->in, min_rows)) {
             int64_t nb = (m->n + MR - 1) / MR;
             n_pack += nb;
             need += ((size_t)nb * (size_t)m->in * MR * sizeof(float) + 63) & ~(size_t)63;
@@ -500,7 +537,7 @@ void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, 
     for (int i = 0; i < count; i++) {
         const duet_cpu_mm_t *m = &mms[i];
         bt.pack_first[i] = pf;
-        bt.is_gemm[i] = m->n >= min_rows;
+        bt.is_gemm[i] = use_gemm(m->n, m->in, min_rows);
         if (bt.is_gemm[i]) {
             gemm_job_t *j = &bt.gm[i];
             *j = (gemm_job_t){.x = m->x,

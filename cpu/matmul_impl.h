@@ -21,6 +21,9 @@ void duet__matmul_portable(duet_cpu_pool_t *pool, const float *x, int64_t n, int
 enum { DUET__SCRATCH_BATCH = 0, DUET__SCRATCH_TASK = 1, DUET__SCRATCH_SLOTS = 2 };
 void *duet__cpu_scratch(int slot, size_t bytes);
 
+/* duet_cpu_set_gemm_min_rows / DUET_CPU_GEMM_MIN_ROWS (0: by shape). */
+int64_t duet__cpu_gemm_min_rows(void);
+
 /* Split `out` rows into tasks of a multiple of `align` rows, about `per_thread`
  * tasks per pool thread (dynamic claiming evens out noise) and at least
  * `min_rows` rows each. Returns the rows per task. */

@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1104,8 +1105,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         cn->sock = -1;
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-        if (ci)
+        if (ci) {
             cn->sock = ci->connect_fd;
+            /* tokens are small writes that must leave at once: no Nagle */
+            int one = 1;
+            (void)setsockopt(cn->sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
         *con_cls = cn;
         return MHD_YES;
     }
@@ -1158,13 +1163,15 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
             if (!job->choices[i].done)
                 unfinished = true;
         if (unfinished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-            job_cancel_all(job);
+            /* count before canceling: whoever sees the engine idle also
+             * sees the count */
             if (!job->finished_metrics) {
                 pthread_mutex_lock(&gw->metrics.mu);
                 gw->metrics.cancels_on_disconnect++;
                 pthread_mutex_unlock(&gw->metrics.mu);
             }
             job_record_end(job, false);
+            job_cancel_all(job);
         }
         job_unref(job);
     }

@@ -22,22 +22,22 @@ duet_status_t duet_msg_type_register(const duet_msg_type_t *t)
 {
     if (!t || !t->name || t->id == 0 || t->id >= DUET_MSG_TYPE_MAX)
         return duet_errorf(DUET_ERR_INVALID, "message type %s: id %u out of range 1..%u",
-                           t && t->name ? t->name : "(null)", t ? t->id : 0,
-                           DUET_MSG_TYPE_MAX - 1);
+                           t && t->name ? t->name : "(null)", t ? t->id : 0, DUET_MSG_TYPE_MAX - 1);
     duet_status_t st = DUET_OK;
     pthread_mutex_lock(&g_types_lock);
     const duet_msg_type_t *old = atomic_load(&g_types[t->id]);
     if (old && old != t) {
-        st = duet_errorf(DUET_ERR_INVALID, "message type %s: id 0x%x already taken by %s",
-                         t->name, t->id, old->name);
+        st = duet_errorf(DUET_ERR_INVALID, "message type %s: id 0x%x already taken by %s", t->name,
+                         t->id, old->name);
         goto out_unlock;
     }
     if (!old) {
         for (unsigned i = 1; i < DUET_MSG_TYPE_MAX; i++) {
             const duet_msg_type_t *o = atomic_load(&g_types[i]);
             if (o && strcmp(o->name, t->name) == 0) {
-                st = duet_errorf(DUET_ERR_INVALID, "message type %s (0x%x): name already used by 0x%x",
-                                 t->name, t->id, o->id);
+                st = duet_errorf(DUET_ERR_INVALID,
+                                 "message type %s (0x%x): name already used by 0x%x", t->name,
+                                 t->id, o->id);
                 goto out_unlock;
             }
         }
@@ -76,14 +76,25 @@ const void *duet_msg_body(const duet_msg_t *m, const duet_msg_type_t *t)
 
 static int buf_write(void *data, const char *p, size_t n)
 {
-    return duet_buf_append((duet_buf_t *)data, p, n) == DUET_OK ? 0 : -1;
+    duet_buf_t *b = data;
+    if (b->data && b->len + n < b->cap) { /* fast path: room, keep the NUL */
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = 0;
+        return 0;
+    }
+    return duet_buf_append(b, p, n) == DUET_OK ? 0 : -1;
 }
 
 static size_t field_elem_size(duet_field_kind_t k, const duet_schema_t *sub)
 {
     switch (k) {
-    case DUET_F_ARR_U32: case DUET_F_ARR_I32: case DUET_F_ARR_F32: return 4;
-    case DUET_F_ARR_U64: case DUET_F_ARR_I64: case DUET_F_ARR_F64: return 8;
+    case DUET_F_ARR_U32:
+    case DUET_F_ARR_I32:
+    case DUET_F_ARR_F32: return 4;
+    case DUET_F_ARR_U64:
+    case DUET_F_ARR_I64:
+    case DUET_F_ARR_F64: return 8;
     case DUET_F_ARR_STR: return sizeof(char *);
     case DUET_F_ARR_STRUCT: return sub ? sub->size : 0;
     default: return 0;
@@ -205,8 +216,8 @@ duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
 {
     const duet_msg_type_t *t = duet_msg_type_lookup(env->type);
     if (!t)
-        return duet_errorf(DUET_ERR_INVALID, "encoding message to '%s': unknown type 0x%x",
-                           env->to, env->type);
+        return duet_errorf(DUET_ERR_INVALID, "encoding message to '%s': unknown type 0x%x", env->to,
+                           env->type);
     size_t start = out->len;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
@@ -232,8 +243,10 @@ duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
     if (out->len - start > lim_max(lim)) {
         size_t n = out->len - start;
         out->len = start;
-        return duet_errorf(DUET_ERR_RANGE, "encoding %s from '%s' to '%s': %zu bytes exceed the %zu-byte message cap",
-                           t->name, env->from, env->to, n, lim_max(lim));
+        return duet_errorf(
+            DUET_ERR_RANGE,
+            "encoding %s from '%s' to '%s': %zu bytes exceed the %zu-byte message cap", t->name,
+            env->from, env->to, n, lim_max(lim));
     }
     return DUET_OK;
 }
@@ -298,14 +311,38 @@ static int rd_int(rd_t *r, bool *neg, uint64_t *u)
         return RD_OK;
     }
     switch (c) {
-    case 0xcc: e = rd_take(r, 1, &v); *u = v; return e;
-    case 0xcd: e = rd_take(r, 2, &v); *u = v; return e;
-    case 0xce: e = rd_take(r, 4, &v); *u = v; return e;
-    case 0xcf: e = rd_take(r, 8, &v); *u = v; return e;
-    case 0xd0: e = rd_take(r, 1, &v); *u = (uint64_t)(int64_t)(int8_t)v; break;
-    case 0xd1: e = rd_take(r, 2, &v); *u = (uint64_t)(int64_t)(int16_t)v; break;
-    case 0xd2: e = rd_take(r, 4, &v); *u = (uint64_t)(int64_t)(int32_t)v; break;
-    case 0xd3: e = rd_take(r, 8, &v); *u = v; break;
+    case 0xcc:
+        e = rd_take(r, 1, &v);
+        *u = v;
+        return e;
+    case 0xcd:
+        e = rd_take(r, 2, &v);
+        *u = v;
+        return e;
+    case 0xce:
+        e = rd_take(r, 4, &v);
+        *u = v;
+        return e;
+    case 0xcf:
+        e = rd_take(r, 8, &v);
+        *u = v;
+        return e;
+    case 0xd0:
+        e = rd_take(r, 1, &v);
+        *u = (uint64_t)(int64_t)(int8_t)v;
+        break;
+    case 0xd1:
+        e = rd_take(r, 2, &v);
+        *u = (uint64_t)(int64_t)(int16_t)v;
+        break;
+    case 0xd2:
+        e = rd_take(r, 4, &v);
+        *u = (uint64_t)(int64_t)(int32_t)v;
+        break;
+    case 0xd3:
+        e = rd_take(r, 8, &v);
+        *u = v;
+        break;
     default: r->p--; return RD_TYPE;
     }
     if (e)
@@ -496,21 +533,57 @@ static duet_status_t dec_scalar(dec_t *d, const duet_field_t *f, duet_field_kind
     double x = 0;
     bool b = false;
     switch (k) {
-    case DUET_F_BOOL: e = rd_bool(&d->r, &b); if (!e && p) *(bool *)p = b; break;
-    case DUET_F_U8: e = rd_uint(&d->r, UINT8_MAX, &u); if (!e && p) *(uint8_t *)p = (uint8_t)u; break;
-    case DUET_F_U16: e = rd_uint(&d->r, UINT16_MAX, &u); if (!e && p) *(uint16_t *)p = (uint16_t)u; break;
-    case DUET_F_U32: case DUET_F_ARR_U32:
-        e = rd_uint(&d->r, UINT32_MAX, &u); if (!e && p) *(uint32_t *)p = (uint32_t)u; break;
-    case DUET_F_U64: case DUET_F_ARR_U64:
-        e = rd_uint(&d->r, UINT64_MAX, &u); if (!e && p) *(uint64_t *)p = u; break;
-    case DUET_F_I32: case DUET_F_ARR_I32:
-        e = rd_sint(&d->r, INT32_MIN, INT32_MAX, &i); if (!e && p) *(int32_t *)p = (int32_t)i; break;
-    case DUET_F_I64: case DUET_F_ARR_I64:
-        e = rd_sint(&d->r, INT64_MIN, INT64_MAX, &i); if (!e && p) *(int64_t *)p = i; break;
-    case DUET_F_F32: case DUET_F_ARR_F32:
-        e = rd_float(&d->r, &x); if (!e && p) *(float *)p = (float)x; break;
-    case DUET_F_F64: case DUET_F_ARR_F64:
-        e = rd_float(&d->r, &x); if (!e && p) *(double *)p = x; break;
+    case DUET_F_BOOL:
+        e = rd_bool(&d->r, &b);
+        if (!e && p)
+            *(bool *)p = b;
+        break;
+    case DUET_F_U8:
+        e = rd_uint(&d->r, UINT8_MAX, &u);
+        if (!e && p)
+            *(uint8_t *)p = (uint8_t)u;
+        break;
+    case DUET_F_U16:
+        e = rd_uint(&d->r, UINT16_MAX, &u);
+        if (!e && p)
+            *(uint16_t *)p = (uint16_t)u;
+        break;
+    case DUET_F_U32:
+    case DUET_F_ARR_U32:
+        e = rd_uint(&d->r, UINT32_MAX, &u);
+        if (!e && p)
+            *(uint32_t *)p = (uint32_t)u;
+        break;
+    case DUET_F_U64:
+    case DUET_F_ARR_U64:
+        e = rd_uint(&d->r, UINT64_MAX, &u);
+        if (!e && p)
+            *(uint64_t *)p = u;
+        break;
+    case DUET_F_I32:
+    case DUET_F_ARR_I32:
+        e = rd_sint(&d->r, INT32_MIN, INT32_MAX, &i);
+        if (!e && p)
+            *(int32_t *)p = (int32_t)i;
+        break;
+    case DUET_F_I64:
+    case DUET_F_ARR_I64:
+        e = rd_sint(&d->r, INT64_MIN, INT64_MAX, &i);
+        if (!e && p)
+            *(int64_t *)p = i;
+        break;
+    case DUET_F_F32:
+    case DUET_F_ARR_F32:
+        e = rd_float(&d->r, &x);
+        if (!e && p)
+            *(float *)p = (float)x;
+        break;
+    case DUET_F_F64:
+    case DUET_F_ARR_F64:
+        e = rd_float(&d->r, &x);
+        if (!e && p)
+            *(double *)p = x;
+        break;
     default: return duet_errorf(DUET_ERR_INTERNAL, "field '%s': not a scalar", f->name);
     }
     return e ? dec_fail(d, f, e, NULL) : DUET_OK;
@@ -524,8 +597,9 @@ static duet_status_t dec_str(dec_t *d, const duet_field_t *f, char **dst)
     if (e)
         return dec_fail(d, f, e, " (expected str)");
     if (f->kind == DUET_F_STR && f->max && n > f->max)
-        return duet_errorf(DUET_ERR_INVALID, "field '%s': string of %zu bytes exceeds max %u at byte %zu",
-                           f->name, n, f->max, (size_t)(s - d->r.base));
+        return duet_errorf(DUET_ERR_INVALID,
+                           "field '%s': string of %zu bytes exceeds max %u at byte %zu", f->name, n,
+                           f->max, (size_t)(s - d->r.base));
     if (memchr(s, 0, n))
         return duet_errorf(DUET_ERR_INVALID, "field '%s': string holds a NUL byte at byte %zu",
                            f->name, (size_t)(s - d->r.base));
@@ -564,16 +638,23 @@ static duet_status_t dec_field(dec_t *d, const duet_field_t *f, uint8_t *out)
         duet_status_t st = dec_value(d, f->sub, p);
         return st ? duet_error_wrap(st, "field '%s'", f->name) : DUET_OK;
     }
-    case DUET_F_ARR_U32: case DUET_F_ARR_U64: case DUET_F_ARR_I32: case DUET_F_ARR_I64:
-    case DUET_F_ARR_F32: case DUET_F_ARR_F64: case DUET_F_ARR_STR: case DUET_F_ARR_STRUCT: {
+    case DUET_F_ARR_U32:
+    case DUET_F_ARR_U64:
+    case DUET_F_ARR_I32:
+    case DUET_F_ARR_I64:
+    case DUET_F_ARR_F32:
+    case DUET_F_ARR_F64:
+    case DUET_F_ARR_STR:
+    case DUET_F_ARR_STRUCT: {
         size_t n;
         size_t min_elem = f->kind == DUET_F_ARR_STRUCT ? schema_min_bytes(f->sub) : 1;
         int e = rd_array(&d->r, min_elem, &n);
         if (e)
             return dec_fail(d, f, e, " (expected array)");
         if (f->max && n > f->max)
-            return duet_errorf(DUET_ERR_INVALID, "field '%s': %zu elements exceed max %u at byte %zu",
-                               f->name, n, f->max, (size_t)(d->r.p - d->r.base));
+            return duet_errorf(DUET_ERR_INVALID,
+                               "field '%s': %zu elements exceed max %u at byte %zu", f->name, n,
+                               f->max, (size_t)(d->r.p - d->r.base));
         size_t es = field_elem_size(f->kind, f->sub);
         uint8_t *a = dec_take(d, n * es); /* n <= bytes left, es <= struct size: bounded */
         if (p) {
@@ -606,8 +687,8 @@ static duet_status_t dec_value(dec_t *d, const duet_schema_t *s, uint8_t *out)
     int e = rd_array(&d->r, 1, &n);
     if (e)
         return duet_errorf(e == RD_SHORT ? DUET_ERR_RANGE : DUET_ERR_INVALID,
-                           "%s: %s (expected array of %zu fields) at byte %zu", s->name,
-                           rd_what(e), s->nfields, (size_t)(d->r.p - d->r.base));
+                           "%s: %s (expected array of %zu fields) at byte %zu", s->name, rd_what(e),
+                           s->nfields, (size_t)(d->r.p - d->r.base));
     if (n > s->nfields)
         return duet_errorf(DUET_ERR_INVALID, "%s: %zu fields, schema has %zu", s->name, n,
                            s->nfields);
@@ -631,8 +712,10 @@ static duet_status_t dec_value(dec_t *d, const duet_schema_t *s, uint8_t *out)
  * alignment, struct elements are bounded through schema_min_bytes. */
 #define DECODE_AMPLIFICATION 64
 
-duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data, size_t len,
-                                 size_t *used_out, void **value_out)
+/* Decode into one allocation of `prefix` bytes (for the caller) followed
+ * by the value; *mem_out is the allocation, the value starts at prefix. */
+static duet_status_t schema_decode_ex(const duet_schema_t *s, const uint8_t *data, size_t len,
+                                      size_t *used_out, size_t prefix, uint8_t **mem_out)
 {
     dec_t d = {.r = {data, data, data + len}};
     duet_status_t st = dec_value(&d, s, NULL);
@@ -643,19 +726,31 @@ duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data, si
     if (d.need > DECODE_AMPLIFICATION * len + 4096)
         return duet_errorf(DUET_ERR_RANGE, "%s: decoding %zu bytes would need %zu bytes", s->name,
                            len, d.need);
-    uint8_t *mem = duet_calloc(1, head + d.need);
+    prefix = ALIGN8(prefix);
+    uint8_t *mem = duet_malloc(prefix + head + d.need);
     if (!mem)
         return duet_errorf(DUET_ERR_NOMEM, "%s: out of memory (%zu bytes)", s->name, head + d.need);
-    dec_t d2 = {.r = {data, data, data + len}, .fill = true, .arena = mem + head};
-    st = dec_value(&d2, s, mem);
+    memset(mem + prefix, 0, head); /* variable parts are zeroed as they are filled */
+    dec_t d2 = {.r = {data, data, data + len}, .fill = true, .arena = mem + prefix + head};
+    st = dec_value(&d2, s, mem + prefix);
     if (st || d2.used != d.need) {
         duet_free(mem);
         return st ? st : duet_errorf(DUET_ERR_INTERNAL, "%s: decoder passes disagree", s->name);
     }
     if (used_out)
         *used_out = used;
-    *value_out = mem;
+    *mem_out = mem;
     return DUET_OK;
+}
+
+duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data, size_t len,
+                                 size_t *used_out, void **value_out)
+{
+    uint8_t *mem;
+    duet_status_t st = schema_decode_ex(s, data, len, used_out, 0, &mem);
+    if (!st)
+        *value_out = mem;
+    return st;
 }
 
 duet_status_t duet_schema_clone(const duet_schema_t *s, const void *value, void **copy_out)
@@ -724,8 +819,9 @@ duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_
 {
     const char *pn = peer ? peer : "?";
     if (len > lim_max(lim))
-        return duet_errorf(DUET_ERR_RANGE, "message from node '%s': %zu bytes exceed the %zu-byte cap",
-                           pn, len, lim_max(lim));
+        return duet_errorf(DUET_ERR_RANGE,
+                           "message from node '%s': %zu bytes exceed the %zu-byte cap", pn, len,
+                           lim_max(lim));
     duet_env_t env;
     size_t off;
     duet_status_t st = duet_env_decode(data, len, &env, &off);
@@ -733,27 +829,26 @@ duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_
         return duet_error_wrap(st, "message from node '%s'", pn);
     const duet_msg_type_t *t = duet_msg_type_lookup(env.type);
     if (!t)
-        return duet_errorf(DUET_ERR_INVALID, "message from '%s' (node '%s') to '%s': unknown type 0x%x",
-                           env.from, pn, env.to, env.type);
+        return duet_errorf(DUET_ERR_INVALID,
+                           "message from '%s' (node '%s') to '%s': unknown type 0x%x", env.from, pn,
+                           env.to, env.type);
     size_t used;
-    void *body = NULL;
-    st = duet_schema_decode(&t->schema, data + off, len - off, &used, &body);
+    uint8_t *mem = NULL;
+    /* message header and body in one allocation */
+    st = schema_decode_ex(&t->schema, data + off, len - off, &used, sizeof(duet_msg_t), &mem);
     if (st)
         return duet_error_wrap(st, "message %s from '%s' (node '%s') to '%s', body at byte %zu",
                                t->name, env.from, pn, env.to, off);
     if (off + used != len) {
-        duet_free(body);
-        return duet_errorf(DUET_ERR_INVALID, "message %s from '%s' (node '%s'): %zu trailing bytes after the body",
+        duet_free(mem);
+        return duet_errorf(DUET_ERR_INVALID,
+                           "message %s from '%s' (node '%s'): %zu trailing bytes after the body",
                            t->name, env.from, pn, len - off - used);
     }
-    duet_msg_t *m = duet_malloc(sizeof(*m));
-    if (!m) {
-        duet_free(body);
-        return duet_errorf(DUET_ERR_NOMEM, "message %s: out of memory", t->name);
-    }
+    duet_msg_t *m = (duet_msg_t *)mem;
     m->env = env;
     m->type = t;
-    m->body = body;
+    m->body = mem + ALIGN8(sizeof(duet_msg_t));
     *msg_out = m;
     return DUET_OK;
 }
@@ -762,7 +857,6 @@ void duet_msg_destroy(duet_msg_t **msg_p)
 {
     if (!msg_p || !*msg_p)
         return;
-    duet_free((*msg_p)->body);
-    duet_free(*msg_p);
+    duet_free(*msg_p); /* the body lives in the same allocation */
     *msg_p = NULL;
 }

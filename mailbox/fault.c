@@ -113,8 +113,8 @@ duet_status_t duet_fault_plan_add(duet_fault_plan_t *p, const duet_fault_rule_t 
     if (rule->kind == DUET_FAULT_PARTITION && (!rule->nodes || !strchr(rule->nodes, '|')))
         return duet_errorf(DUET_ERR_INVALID, "fault rule partition: needs nodes=a,b|c,d");
     if (rule->p < 0 || rule->p > 1)
-        return duet_errorf(DUET_ERR_INVALID, "fault rule %s: p=%g not in [0,1]", kind_names[rule->kind],
-                           rule->p);
+        return duet_errorf(DUET_ERR_INVALID, "fault rule %s: p=%g not in [0,1]",
+                           kind_names[rule->kind], rule->p);
     duet_fault_rule_t r = *rule;
     r.from = dup_or_null(rule->from);
     r.to = dup_or_null(rule->to);
@@ -316,13 +316,16 @@ duet_status_t duet_fault_plan_parse(duet_fault_plan_t *p, const char *text, cons
             if (strcmp(tok, kind_names[i]) == 0)
                 k = i;
         if (k < 0)
-            return duet_errorf(DUET_ERR_INVALID, "%s:%d: unknown fault '%s' (drop, delay, dup, reorder, partition, crash, stall)",
-                               src, lineno, tok);
+            return duet_errorf(
+                DUET_ERR_INVALID,
+                "%s:%d: unknown fault '%s' (drop, delay, dup, reorder, partition, crash, stall)",
+                src, lineno, tok);
         r.kind = (duet_fault_kind_t)k;
         while ((tok = strtok_r(NULL, " \t\r", &save))) {
             char *eq = strchr(tok, '=');
             if (!eq)
-                return duet_errorf(DUET_ERR_INVALID, "%s:%d: '%s' is not key=value", src, lineno, tok);
+                return duet_errorf(DUET_ERR_INVALID, "%s:%d: '%s' is not key=value", src, lineno,
+                                   tok);
             *eq = 0;
             const char *key = tok, *v = eq + 1;
             bool ok = true;

@@ -25,14 +25,14 @@ extern "C" {
 
 /* ---- limits ------------------------------------------------------------ */
 
-#define DUET_NAME_MAX 128                 /* actor path / node name, incl. NUL */
-#define DUET_MSG_TYPE_MAX 4096            /* type ids are < this */
-#define DUET_MSG_SIZE_DEFAULT (1u << 20)  /* default frame cap: 1 MiB */
+#define DUET_NAME_MAX 128                  /* actor path / node name, incl. NUL */
+#define DUET_MSG_TYPE_MAX 4096             /* type ids are < this */
+#define DUET_MSG_SIZE_DEFAULT (1u << 20)   /* default frame cap: 1 MiB */
 #define DUET_MSG_SIZE_HARD_MAX (64u << 20) /* no configuration may exceed this */
 
 /* Type id ranges, one per component, so that issues adding messages do not
  * collide: */
-#define DUET_MSG_RANGE_SYS 0x000       /* runtime (DOWN, CREDIT, ...) 1..0xff */
+#define DUET_MSG_RANGE_SYS 0x000 /* runtime (DOWN, CREDIT, ...) 1..0xff */
 #define DUET_MSG_RANGE_GATEWAY 0x100
 #define DUET_MSG_RANGE_SCHEDULER 0x200
 #define DUET_MSG_RANGE_ROUTER 0x300
@@ -82,10 +82,10 @@ typedef struct duet_schema duet_schema_t;
 typedef struct duet_field {
     const char *name;
     duet_field_kind_t kind;
-    uint32_t offset;           /* offsetof(struct, member) */
-    uint32_t max;              /* max length/count; 0 = bounded only by the frame */
-    bool optional;             /* may be missing at the end of the body (zeroed) */
-    const duet_schema_t *sub;  /* DUET_F_STRUCT / DUET_F_ARR_STRUCT */
+    uint32_t offset;          /* offsetof(struct, member) */
+    uint32_t max;             /* max length/count; 0 = bounded only by the frame */
+    bool optional;            /* may be missing at the end of the body (zeroed) */
+    const duet_schema_t *sub; /* DUET_F_STRUCT / DUET_F_ARR_STRUCT */
 } duet_field_t;
 
 struct duet_schema {
@@ -95,14 +95,26 @@ struct duet_schema {
     size_t nfields;
 };
 
-#define DUET_FIELD(T, member, kind) {#member, kind, (uint32_t)offsetof(T, member), 0, false, NULL}
+#define DUET_FIELD(T, member, kind)                                                                \
+    {                                                                                              \
+#member, kind, (uint32_t)offsetof(T, member), 0, false, NULL                               \
+    }
 #define DUET_FIELD_MAX(T, member, kind, mx)                                                        \
-    {#member, kind, (uint32_t)offsetof(T, member), (mx), false, NULL}
-#define DUET_FIELD_OPT(T, member, kind) {#member, kind, (uint32_t)offsetof(T, member), 0, true, NULL}
+    {                                                                                              \
+#member, kind, (uint32_t)offsetof(T, member), (mx), false, NULL                            \
+    }
+#define DUET_FIELD_OPT(T, member, kind)                                                            \
+    {                                                                                              \
+#member, kind, (uint32_t)offsetof(T, member), 0, true, NULL                                \
+    }
 #define DUET_FIELD_SUB(T, member, kind, subschema, mx)                                             \
-    {#member, kind, (uint32_t)offsetof(T, member), (mx), false, (subschema)}
+    {                                                                                              \
+#member, kind, (uint32_t)offsetof(T, member), (mx), false, (subschema)                     \
+    }
 #define DUET_SCHEMA(sname, T, fieldtab)                                                            \
-    {sname, sizeof(T), fieldtab, sizeof(fieldtab) / sizeof((fieldtab)[0])}
+    {                                                                                              \
+        sname, sizeof(T), fieldtab, sizeof(fieldtab) / sizeof((fieldtab)[0])                       \
+    }
 
 /* One registered message type. */
 typedef struct duet_msg_type {
@@ -118,7 +130,8 @@ typedef struct duet_msg_type {
  * Register it once at start-up with duet_msg_type_register(&var) (the
  * runtime registers its own system types). */
 #define DUET_MSG_DEFINE(var, type_id, type_name, T, fields)                                        \
-    static const duet_msg_type_t var = {(type_id), (type_name), DUET_SCHEMA(type_name, T, fields)}; \
+    static const duet_msg_type_t var = {(type_id), (type_name),                                    \
+                                        DUET_SCHEMA(type_name, T, fields)};                        \
     __attribute__((unused)) static inline const T *var##_body(const duet_msg_t *m)                 \
     {                                                                                              \
         return (const T *)duet_msg_body(m, &var);                                                  \
@@ -191,8 +204,8 @@ DUET_API void duet_msg_destroy(duet_msg_t **msg_p);
  * allocation of schema->size + variable data; free with duet_free. */
 DUET_API duet_status_t duet_schema_encode(const duet_schema_t *s, const void *value,
                                           duet_buf_t *out);
-DUET_API duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data,
-                                          size_t len, size_t *used_out, void **value_out);
+DUET_API duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data, size_t len,
+                                          size_t *used_out, void **value_out);
 /* Deep copy of a decoded or caller-built value into one allocation. */
 DUET_API duet_status_t duet_schema_clone(const duet_schema_t *s, const void *value,
                                          void **copy_out);
@@ -213,11 +226,11 @@ typedef struct duet_curve_keys {
 } duet_curve_keys_t;
 
 typedef struct duet_zep_config {
-    const char *node;      /* this node's name = its routing id */
-    const char *bind;      /* "inproc://x", "ipc:///tmp/x", "tcp://127.0.0.1:5555", or NULL */
-    void *zmq_ctx;         /* shared context (required for inproc peers); NULL = own */
-    size_t max_msg_size;   /* 0 = DUET_MSG_SIZE_DEFAULT */
-    bool allow_wildcard;   /* permit wildcard (all-interface) binds */
+    const char *node;    /* this node's name = its routing id */
+    const char *bind;    /* "inproc://x", "ipc:///tmp/x", "tcp://127.0.0.1:5555", or NULL */
+    void *zmq_ctx;       /* shared context (required for inproc peers); NULL = own */
+    size_t max_msg_size; /* 0 = DUET_MSG_SIZE_DEFAULT */
+    bool allow_wildcard; /* permit wildcard (all-interface) binds */
     const duet_curve_keys_t *curve; /* NULL = no CURVE */
     const char *const *allow_keys;  /* public keys (z85) allowed to connect; NULL-terminated */
 } duet_zep_config_t;
@@ -329,15 +342,15 @@ typedef enum duet_fault_kind {
 
 typedef struct duet_fault_rule {
     duet_fault_kind_t kind;
-    double p;               /* probability (message rules); 0 means 1 */
-    const char *from;       /* actor glob, NULL = any */
-    const char *to;         /* actor glob, NULL = any */
-    const char *type;       /* message type name glob, NULL = any */
-    uint64_t at_ns;         /* rule starts */
-    uint64_t for_ns;        /* duration; 0 = forever (crash: instant) */
+    double p;                /* probability (message rules); 0 means 1 */
+    const char *from;        /* actor glob, NULL = any */
+    const char *to;          /* actor glob, NULL = any */
+    const char *type;        /* message type name glob, NULL = any */
+    uint64_t at_ns;          /* rule starts */
+    uint64_t for_ns;         /* duration; 0 = forever (crash: instant) */
     uint64_t min_ns, max_ns; /* delay; reorder window in max_ns */
-    const char *actor;      /* crash / stall */
-    const char *nodes;      /* partition: "a,b|c,d" */
+    const char *actor;       /* crash / stall */
+    const char *nodes;       /* partition: "a,b|c,d" */
 } duet_fault_rule_t;
 
 /* What to do with one message: deliver `copies` copies (0 = drop), copy i

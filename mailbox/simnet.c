@@ -333,7 +333,8 @@ static void frame_fire(void *arg)
     } else { /* the same information, hashed without formatting */
         uint64_t h = net->trace_hash;
         uint64_t parts[4] = {net->now, duet_hash_bytes(f->from, strlen(f->from)),
-                             duet_hash_bytes(f->to, strlen(f->to)), duet_hash_bytes(f->data, f->len)};
+                             duet_hash_bytes(f->to, strlen(f->to)),
+                             duet_hash_bytes(f->data, f->len)};
         for (int i = 0; i < 4; i++)
             h = (h ^ parts[i]) * 1099511628211ull;
         net->trace_hash = h;
@@ -352,8 +353,11 @@ duet_status_t duet_simnet_send(duet_simnet_t *net, const char *from, const char 
     if (!f)
         return duet_errorf(DUET_ERR_NOMEM, "simnet frame");
     f->net = net;
-    snprintf(f->from, sizeof(f->from), "%s", from);
-    snprintf(f->to, sizeof(f->to), "%s", to);
+    size_t nf = strnlen(from, DUET_NAME_MAX - 1), nt = strnlen(to, DUET_NAME_MAX - 1);
+    memcpy(f->from, from, nf);
+    f->from[nf] = 0;
+    memcpy(f->to, to, nt);
+    f->to[nt] = 0;
     f->len = len;
     memcpy(f->data, data, len);
     uint64_t span = net->cfg.latency_max_ns - net->cfg.latency_min_ns;

@@ -89,7 +89,8 @@ static void *zap_main(void *arg)
             char z85[41] = "";
             if (np >= 7 && zmq_msg_size(&parts[6]) == 32)
                 zmq_z85_encode(z85, zmq_msg_data(&parts[6]), 32);
-            DUET_LOG_W("mailbox", "node %s: refused a %.*s connection from key %s (not on the allow-list)",
+            DUET_LOG_W("mailbox",
+                       "node %s: refused a %.*s connection from key %s (not on the allow-list)",
                        ep->node, (int)mech_len, mech, z85[0] ? z85 : "(none)");
         }
         zmq_send(ep->zap_sock, "1.0", 3, ZMQ_SNDMORE);
@@ -121,10 +122,12 @@ duet_status_t duet_zep_create(const duet_zep_config_t *cfg, duet_zep_t **ep_out)
     if (!cfg->node || !cfg->node[0] || strlen(cfg->node) >= DUET_NAME_MAX)
         return duet_errorf(DUET_ERR_INVALID, "zmq endpoint: node name missing or too long");
     if (cfg->bind && is_wildcard(cfg->bind) && !cfg->allow_wildcard)
-        return duet_errorf(DUET_ERR_INVALID, "node %s: refusing to bind all interfaces (%s); name the address",
+        return duet_errorf(DUET_ERR_INVALID,
+                           "node %s: refusing to bind all interfaces (%s); name the address",
                            cfg->node, cfg->bind);
     if (cfg->curve && !duet_zep_has_curve())
-        return duet_errorf(DUET_ERR_UNSUPPORTED, "node %s: CURVE asked for but libzmq lacks it", cfg->node);
+        return duet_errorf(DUET_ERR_UNSUPPORTED, "node %s: CURVE asked for but libzmq lacks it",
+                           cfg->node);
     duet_status_t st;
     duet_zep_t *ep = duet_calloc(1, sizeof(*ep));
     if (!ep)
@@ -167,9 +170,11 @@ duet_status_t duet_zep_create(const duet_zep_config_t *cfg, duet_zep_t **ep_out)
             goto err_sock;
         }
         for (size_t i = 0; i < n; i++) {
-            if (strlen(cfg->allow_keys[i]) != 40 || !zmq_z85_decode(ep->allow[i], cfg->allow_keys[i])) {
-                st = duet_errorf(DUET_ERR_INVALID, "node %s: allow-list key %zu is not a 40-char z85 key",
-                                 cfg->node, i);
+            if (strlen(cfg->allow_keys[i]) != 40 ||
+                !zmq_z85_decode(ep->allow[i], cfg->allow_keys[i])) {
+                st = duet_errorf(DUET_ERR_INVALID,
+                                 "node %s: allow-list key %zu is not a 40-char z85 key", cfg->node,
+                                 i);
                 goto err_allow;
             }
         }
@@ -254,7 +259,8 @@ duet_status_t duet_zep_connect(duet_zep_t *ep, const char *peer, const char *add
          * server role. */
         if (strlen(server_key) != 40 ||
             zmq_setsockopt(ep->sock, ZMQ_CURVE_SERVERKEY, server_key, 40))
-            return duet_errorf(DUET_ERR_INVALID, "node %s: peer %s: bad CURVE server key", ep->node, peer);
+            return duet_errorf(DUET_ERR_INVALID, "node %s: peer %s: bad CURVE server key", ep->node,
+                               peer);
     }
     if (zmq_connect(ep->sock, addr))
         return duet_errorf(DUET_ERR_IO, "node %s: connect to %s at %s: %s", ep->node, peer, addr,

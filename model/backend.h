@@ -83,6 +83,16 @@ typedef struct duet_sampling_params {
     uint64_t seed;
 } duet_sampling_params_t;
 
+/* One GEMM of a batch (see matmul_batch). */
+typedef struct duet_matmul_desc {
+    const float *x;
+    int64_t n, in;
+    const duet_tensor_t *w;
+    const duet_tensor_t *bias; /* may be NULL */
+    float *y;
+    bool accumulate;
+} duet_matmul_desc_t;
+
 /* ---- the ops table ----------------------------------------------------- */
 
 struct duet_backend_ops {
@@ -93,7 +103,8 @@ struct duet_backend_ops {
     duet_status_t (*buf_alloc)(duet_backend_t *be, size_t bytes, void **out);
     void (*buf_free)(duet_backend_t *be, void *buf);
     duet_status_t (*buf_upload)(duet_backend_t *be, void *dst, const void *host_src, size_t bytes);
-    duet_status_t (*buf_download)(duet_backend_t *be, void *host_dst, const void *src, size_t bytes);
+    duet_status_t (*buf_download)(duet_backend_t *be, void *host_dst, const void *src,
+                                  size_t bytes);
     duet_status_t (*buf_zero)(duet_backend_t *be, void *dst, size_t bytes);
     duet_status_t (*sync)(duet_backend_t *be);
     /* Make the tensors of `model` usable by later ops (device upload, page
@@ -105,6 +116,10 @@ struct duet_backend_ops {
     duet_status_t (*matmul)(duet_backend_t *be, const float *x, int64_t n, int64_t in,
                             const duet_tensor_t *w, const duet_tensor_t *bias, float *y,
                             bool accumulate);
+    /* Independent matmuls as one grouped launch (the q/k/v projections of a
+     * batch, gate and up of an MLP, one projection of every active expert):
+     * results equal separate matmul calls; no y may overlap another's x or y. */
+    duet_status_t (*matmul_batch)(duet_backend_t *be, const duet_matmul_desc_t *mms, int count);
     /* The same for the LM head (a separate entry so a backend can use a
      * vocabulary-parallel or low-precision path there). */
     duet_status_t (*lm_head)(duet_backend_t *be, const float *x, int64_t n, int64_t in,
@@ -132,9 +147,8 @@ struct duet_backend_ops {
     /* Routing: per row of logits [n, n_experts], softmax over all experts,
      * keep the top_k (descending), renormalise them to sum 1 when norm_topk.
      * ids, weights: host [n, top_k]. */
-    duet_status_t (*route)(duet_backend_t *be, const float *logits, int64_t n,
-                           int32_t n_experts, int32_t top_k, bool norm_topk, int32_t *ids,
-                           float *weights);
+    duet_status_t (*route)(duet_backend_t *be, const float *logits, int64_t n, int32_t n_experts,
+                           int32_t top_k, bool norm_topk, int32_t *ids, float *weights);
     /* out[n, dim] = silu(gate) * up, gate and up [n, dim] (out may alias gate). */
     duet_status_t (*swiglu)(duet_backend_t *be, const float *gate, const float *up, int64_t n,
                             int64_t dim, float *out);
@@ -178,9 +192,11 @@ typedef struct duet_backend_opts {
  * only code that names every backend), because model/ sits below the
  * backends in the layering and cannot link up to them. Link duet_cpu (and
  * duet_gpu where built) to use it. */
-DUET_API duet_status_t duet_cpu_backend_create(const duet_backend_opts_t *opts, duet_backend_t **out);
+DUET_API duet_status_t duet_cpu_backend_create(const duet_backend_opts_t *opts,
+                                               duet_backend_t **out);
 #if defined(DUET_HAVE_CUDA_BACKEND)
-DUET_API duet_status_t duet_cuda_backend_create(const duet_backend_opts_t *opts, duet_backend_t **out);
+DUET_API duet_status_t duet_cuda_backend_create(const duet_backend_opts_t *opts,
+                                                duet_backend_t **out);
 #endif
 
 /* Open backend `name` ("cpu"; "cuda" where built). opts may be NULL.
@@ -197,8 +213,8 @@ static inline duet_status_t duet_backend_open(const char *name, const duet_backe
     if (!__builtin_strcmp(name, "cuda"))
         return duet_cuda_backend_create(opts, out);
 #endif
-    return duet_errorf(DUET_ERR_NOT_FOUND, "no compute backend named '%s' in this build (have: cpu)",
-                       name);
+    return duet_errorf(DUET_ERR_NOT_FOUND,
+                       "no compute backend named '%s' in this build (have: cpu)", name);
 }
 
 /* Destroy a backend; accepts NULL and *be_p == NULL, clears *be_p. */

@@ -38,14 +38,14 @@ struct duet_ubatch {
     float *x;      /* [T, hidden] normed states (backend) */
     float *logits; /* [max_logits, vocab] (backend) */
     int32_t n_logits;
-    int32_t *logit_tok;   /* [max_logits] token index of each logits row */
-    int64_t *sample_pos;  /* [max_logits] position of the token each row produces */
-    int32_t *tokens;      /* [T] */
-    int32_t *positions;   /* [T] */
-    duet_attn_seq_t *aseqs; /* [S] */
+    int32_t *logit_tok;              /* [max_logits] token index of each logits row */
+    int64_t *sample_pos;             /* [max_logits] position of the token each row produces */
+    int32_t *tokens;                 /* [T] */
+    int32_t *positions;              /* [T] */
+    duet_attn_seq_t *aseqs;          /* [S] */
     int32_t *seq_ids, *n_new, *pos0; /* [S] */
-    int32_t *ids;   /* [T, top_k] */
-    float *wts;     /* [T, top_k] */
+    int32_t *ids;                    /* [T, top_k] */
+    float *wts;                      /* [T, top_k] */
     bool routed;
     bool logits_ready;
 };
@@ -71,8 +71,8 @@ static duet_status_t need(const duet_tensor_t *t, const char *what, int layer)
     if (held(t))
         return DUET_OK;
     if (layer >= 0)
-        return duet_errorf(DUET_ERR_NOT_FOUND, "forward: layer %d %s is not held by this model role",
-                           layer, what);
+        return duet_errorf(DUET_ERR_NOT_FOUND,
+                           "forward: layer %d %s is not held by this model role", layer, what);
     return duet_errorf(DUET_ERR_NOT_FOUND, "forward: %s is not held by this model role", what);
 }
 
@@ -91,11 +91,20 @@ duet_status_t duet_fwd_create(duet_backend_t *be, const duet_model_t *model, due
         o.max_logits = o.max_seqs;
     if (c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads || c->head_dim <= 0 ||
         c->head_dim % 2)
-        return duet_errorf(DUET_ERR_INVALID,
-                           "forward: unsupported attention shape (%d heads, %d KV heads, head_dim %d)",
-                           c->n_heads, c->n_kv_heads, c->head_dim);
+        return duet_errorf(
+            DUET_ERR_INVALID,
+            "forward: unsupported attention shape (%d heads, %d KV heads, head_dim %d)", c->n_heads,
+            c->n_kv_heads, c->head_dim);
     if (c->n_experts > 0 && (c->top_k < 1 || c->top_k > c->n_experts))
-        return duet_errorf(DUET_ERR_INVALID, "forward: top-%d of %d experts", c->top_k, c->n_experts);
+        return duet_errorf(DUET_ERR_INVALID, "forward: top-%d of %d experts", c->top_k,
+                           c->n_experts);
+    const duet_kv_layer_t *kl0 = duet_kvcache_layer(kv, 0);
+    if (!kl0 || !duet_kvcache_layer(kv, c->n_layers - 1) || duet_kvcache_layer(kv, c->n_layers) ||
+        kl0->n_kv_heads != c->n_kv_heads || kl0->head_dim != c->head_dim)
+        return duet_errorf(DUET_ERR_INVALID,
+                           "forward: the KV cache was made for another shape than this model's "
+                           "(%d layers, %d KV heads of %d)",
+                           c->n_layers, c->n_kv_heads, c->head_dim);
     duet_status_t st = need(&model->embed, "embed_tokens", -1);
     if (!st)
         st = need(&model->final_norm, "final norm", -1);
@@ -126,8 +135,7 @@ duet_status_t duet_fwd_create(duet_backend_t *be, const duet_model_t *model, due
     f->kv = kv;
     f->o = o;
     f->mlp_dim = DUET_MAX(c->shared_dim, c->dense_dim);
-    f->rope_freq_dtype =
-        o.rope_freq == DUET_ROPE_FREQ_F32 ? DUET_DTYPE_F32 : model->embed.dtype;
+    f->rope_freq_dtype = o.rope_freq == DUET_ROPE_FREQ_F32 ? DUET_DTYPE_F32 : model->embed.dtype;
     const size_t T = (size_t)o.max_tokens, F = sizeof(float);
     const size_t qw = (size_t)c->n_heads * (size_t)c->head_dim;
     const size_t kw = (size_t)c->n_kv_heads * (size_t)c->head_dim;
@@ -318,9 +326,11 @@ static duet_status_t mlp(duet_fwd_t *f, const duet_expert_weights_t *w, const fl
 {
     const duet_backend_ops_t *ops = f->ops;
     const int64_t H = f->cfg->hidden, D = w->gate.shape[0];
-    duet_status_t st = ops->matmul(f->be, x, n, H, &w->gate, NULL, f->mg, false);
-    if (!st)
-        st = ops->matmul(f->be, x, n, H, &w->up, NULL, f->mu, false);
+    const duet_matmul_desc_t gu[2] = {
+        {x, n, H, &w->gate, NULL, f->mg, false},
+        {x, n, H, &w->up, NULL, f->mu, false},
+    };
+    duet_status_t st = ops->matmul_batch(f->be, gu, 2);
     if (!st)
         st = ops->swiglu(f->be, f->mg, f->mu, n, D, f->mg);
     if (!st)
@@ -342,9 +352,12 @@ duet_status_t duet_fwd_attention(duet_fwd_t *f, duet_ubatch_t *ub, int32_t layer
 
     if ((st = ops->rmsnorm(be, ub->h, n, H, &L->attn_norm, c->rms_eps, ub->x)))
         return st;
-    if ((st = ops->matmul(be, ub->x, n, H, &L->wq, held(&L->bq) ? &L->bq : NULL, f->q, false)) ||
-        (st = ops->matmul(be, ub->x, n, H, &L->wk, held(&L->bk) ? &L->bk : NULL, f->k, false)) ||
-        (st = ops->matmul(be, ub->x, n, H, &L->wv, held(&L->bv) ? &L->bv : NULL, f->v, false)))
+    const duet_matmul_desc_t qkv[3] = {
+        {ub->x, n, H, &L->wq, held(&L->bq) ? &L->bq : NULL, f->q, false},
+        {ub->x, n, H, &L->wk, held(&L->bk) ? &L->bk : NULL, f->k, false},
+        {ub->x, n, H, &L->wv, held(&L->bv) ? &L->bv : NULL, f->v, false},
+    };
+    if ((st = ops->matmul_batch(be, qkv, 3)))
         return st;
     if (c->qk_norm == DUET_QK_NORM_HEAD) {
         if ((st = ops->rmsnorm(be, f->q, n * c->n_heads, hd, &L->q_norm, c->rms_eps, f->q)) ||
@@ -360,8 +373,8 @@ duet_status_t duet_fwd_attention(duet_fwd_t *f, duet_ubatch_t *ub, int32_t layer
         return st;
     const duet_attn_batch_t batch = {ub->n_seqs, ub->aseqs, ub->n_tokens, ub->positions};
     const duet_kv_layer_t *kvl = duet_kvcache_layer(f->kv, layer);
-    if ((st = ops->attention(be, &batch, kvl, f->q, f->k, f->v, c->n_heads,
-                             1.0f / sqrtf((float)hd), f->att)))
+    if ((st = ops->attention(be, &batch, kvl, f->q, f->k, f->v, c->n_heads, 1.0f / sqrtf((float)hd),
+                             f->att)))
         return st;
     /* residual: h += o_proj(att) */
     if ((st = ops->matmul(be, f->att, n, qw, &L->wo, NULL, ub->h, true)))
@@ -535,7 +548,9 @@ struct duet_experts {
     duet_backend_t *be;
     const duet_model_t *m;
     int32_t max_rows;
-    float *g, *u; /* [max_rows, expert_dim] */
+    int32_t max_groups;
+    float *g, *u;           /* [max_rows, expert_dim] */
+    duet_matmul_desc_t *mm; /* [2 * max_groups] */
 };
 
 duet_status_t duet_experts_create(duet_backend_t *be, const duet_model_t *model, int32_t max_rows,
@@ -547,7 +562,15 @@ duet_status_t duet_experts_create(duet_backend_t *be, const duet_model_t *model,
     ex->be = be;
     ex->m = model;
     ex->max_rows = DUET_MAX(max_rows, 1);
-    size_t bytes = (size_t)ex->max_rows * (size_t)DUET_MAX(model->cfg.expert_dim, 1) * sizeof(float);
+    /* Groups per grouped launch (more are done in chunks). */
+    ex->max_groups = DUET_MAX(model->cfg.n_experts, 1);
+    ex->mm = duet_calloc((size_t)ex->max_groups * 2, sizeof(*ex->mm));
+    if (!ex->mm) {
+        duet_free(ex);
+        return duet_errorf(DUET_ERR_NOMEM, "experts: out of memory");
+    }
+    size_t bytes =
+        (size_t)ex->max_rows * (size_t)DUET_MAX(model->cfg.expert_dim, 1) * sizeof(float);
     void *p;
     duet_status_t st = be->ops->buf_alloc(be, bytes, &p);
     if (st)
@@ -573,19 +596,22 @@ void duet_experts_destroy(duet_experts_t **ex_p)
         ex->be->ops->buf_free(ex->be, ex->g);
     if (ex->u)
         ex->be->ops->buf_free(ex->be, ex->u);
+    duet_free(ex->mm);
     duet_free(ex);
     *ex_p = NULL;
 }
 
 duet_status_t duet_experts_forward(duet_experts_t *ex, int32_t layer, int32_t n_groups,
-                                   const int32_t *expert_ids, const int32_t *counts,
-                                   const float *x, float *y)
+                                   const int32_t *expert_ids, const int32_t *counts, const float *x,
+                                   float *y)
 {
     const duet_config_t *c = &ex->m->cfg;
     const duet_backend_ops_t *ops = ex->be->ops;
     if (layer < 0 || layer >= c->n_layers || !c->sparse_layer[layer])
         return duet_errorf(DUET_ERR_RANGE, "experts: layer %d is not a sparse layer of %d", layer,
                            c->n_layers);
+    if (n_groups < 0)
+        return duet_errorf(DUET_ERR_RANGE, "experts: %d groups", n_groups);
     int64_t total = 0;
     for (int32_t g = 0; g < n_groups; g++) {
         if (expert_ids[g] < 0 || expert_ids[g] >= c->n_experts || counts[g] < 0)
@@ -600,23 +626,44 @@ duet_status_t duet_experts_forward(duet_experts_t *ex, int32_t layer, int32_t n_
     if (total > ex->max_rows)
         return duet_errorf(DUET_ERR_CAPACITY, "experts: %lld rows in one call, room for %d",
                            (long long)total, ex->max_rows);
-    const int64_t H = c->hidden;
-    int64_t off = 0;
-    for (int32_t g = 0; g < n_groups; g++) {
-        const int64_t n = counts[g];
-        if (n == 0)
-            continue;
-        const duet_expert_weights_t *w = &ex->m->layers[layer].experts[expert_ids[g]];
-        const int64_t D = w->gate.shape[0];
-        const float *xe = x + off * H;
-        float *ye = y + off * H;
+    /* Grouped GEMM: gate and up of every active expert in one launch, then
+     * SwiGLU over all their rows, then every down projection in one launch
+     * (in chunks of max_groups groups when a caller repeats experts). */
+    const int64_t H = c->hidden, D = c->expert_dim;
+    int64_t row0 = 0;
+    for (int32_t g0 = 0; g0 < n_groups;) {
+        int32_t g1 = DUET_MIN(n_groups, g0 + ex->max_groups);
+        int64_t off = 0;
+        int nm = 0;
+        for (int32_t g = g0; g < g1; g++) {
+            const int64_t n = counts[g];
+            if (n == 0)
+                continue;
+            const duet_expert_weights_t *w = &ex->m->layers[layer].experts[expert_ids[g]];
+            const float *xe = x + (row0 + off) * H;
+            ex->mm[nm++] = (duet_matmul_desc_t){xe, n, H, &w->gate, NULL, ex->g + off * D, false};
+            ex->mm[nm++] = (duet_matmul_desc_t){xe, n, H, &w->up, NULL, ex->u + off * D, false};
+            off += n;
+        }
         duet_status_t st;
-        if ((st = ops->matmul(ex->be, xe, n, H, &w->gate, NULL, ex->g, false)) ||
-            (st = ops->matmul(ex->be, xe, n, H, &w->up, NULL, ex->u, false)) ||
-            (st = ops->swiglu(ex->be, ex->g, ex->u, n, D, ex->g)) ||
-            (st = ops->matmul(ex->be, ex->g, n, D, &w->down, NULL, ye, false)))
+        if (off > 0 && ((st = ops->matmul_batch(ex->be, ex->mm, nm)) ||
+                        (st = ops->swiglu(ex->be, ex->g, ex->u, off, D, ex->g))))
             return st;
-        off += n;
+        off = 0;
+        nm = 0;
+        for (int32_t g = g0; g < g1; g++) {
+            const int64_t n = counts[g];
+            if (n == 0)
+                continue;
+            const duet_expert_weights_t *w = &ex->m->layers[layer].experts[expert_ids[g]];
+            ex->mm[nm++] = (duet_matmul_desc_t){ex->g + off * D,      n,    D, &w->down, NULL,
+                                                y + (row0 + off) * H, false};
+            off += n;
+        }
+        if (nm > 0 && (st = ops->matmul_batch(ex->be, ex->mm, nm)))
+            return st;
+        row0 += off;
+        g0 = g1;
     }
     return DUET_OK;
 }
@@ -631,7 +678,7 @@ struct duet_engine {
     duet_ubatch_t *ub;
     duet_experts_t *ex;
     duet_dispatch_t disp;
-    int32_t *group_ids;   /* [n_experts] */
+    int32_t *group_ids; /* [n_experts] */
     int32_t *group_counts;
     float *xg, *yg; /* [max_tokens * top_k, hidden] */
 };
@@ -738,7 +785,8 @@ duet_status_t duet_engine_step(duet_engine_t *e, int32_t n_seqs, const duet_seq_
             }
         if ((st = e->be->ops->gather_rows(e->be, e->ub->x, c->hidden, e->disp.row_token,
                                           e->disp.n_rows, e->xg)) ||
-            (st = duet_experts_forward(e->ex, l, ng, e->group_ids, e->group_counts, e->xg, e->yg)) ||
+            (st =
+                 duet_experts_forward(e->ex, l, ng, e->group_ids, e->group_counts, e->xg, e->yg)) ||
             (st = duet_fwd_combine(e->fwd, e->ub, l, e->yg, e->disp.row_token, e->disp.row_weight,
                                    e->disp.n_rows)))
             goto err_rollback;

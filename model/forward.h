@@ -140,10 +140,10 @@ typedef struct duet_dispatch {
     int32_t n_experts;
     int32_t n_rows;
     int32_t max_rows;
-    int32_t *count;      /* [n_experts] */
-    int32_t *offset;     /* [n_experts + 1] */
-    int32_t *row_token;  /* [max_rows] */
-    float *row_weight;   /* [max_rows] */
+    int32_t *count;     /* [n_experts] */
+    int32_t *offset;    /* [n_experts + 1] */
+    int32_t *row_token; /* [max_rows] */
+    float *row_weight;  /* [max_rows] */
 } duet_dispatch_t;
 
 DUET_API duet_status_t duet_dispatch_init(duet_dispatch_t *d, int32_t n_experts, int32_t max_rows);

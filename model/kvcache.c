@@ -55,9 +55,10 @@ duet_status_t duet_kvcache_create(duet_backend_t *be, const duet_config_t *cfg,
             o.n_blocks = max_bps * DUET_MIN(o.max_seqs, 4);
     }
     if (o.n_blocks <= 0)
-        return duet_errorf(DUET_ERR_INVALID,
-                           "kv cache: %zu bytes hold no block (one block of %d tokens takes %zu bytes)",
-                           o.max_bytes, o.block_size, bb);
+        return duet_errorf(
+            DUET_ERR_INVALID,
+            "kv cache: %zu bytes hold no block (one block of %d tokens takes %zu bytes)",
+            o.max_bytes, o.block_size, bb);
 
     duet_kvcache_t *kv = duet_calloc(1, sizeof(*kv));
     if (!kv)
@@ -88,13 +89,15 @@ duet_status_t duet_kvcache_create(duet_backend_t *be, const duet_config_t *cfg,
         void *k = NULL, *v = NULL;
         st = be->ops->buf_alloc(be, pool, &k);
         if (st) {
-            duet_error_wrap(st, "kv cache: layer %d of %d (%zu bytes per pool)", l, cfg->n_layers, pool);
+            duet_error_wrap(st, "kv cache: layer %d of %d (%zu bytes per pool)", l, cfg->n_layers,
+                            pool);
             goto err_free;
         }
         L->k = k;
         st = be->ops->buf_alloc(be, pool, &v);
         if (st) {
-            duet_error_wrap(st, "kv cache: layer %d of %d (%zu bytes per pool)", l, cfg->n_layers, pool);
+            duet_error_wrap(st, "kv cache: layer %d of %d (%zu bytes per pool)", l, cfg->n_layers,
+                            pool);
             goto err_free;
         }
         L->v = v;
@@ -150,7 +153,8 @@ duet_status_t duet_kvcache_seq_open(duet_kvcache_t *kv, int32_t *seq_out)
             *seq_out = s;
             return DUET_OK;
         }
-    return duet_errorf(DUET_ERR_CAPACITY, "kv cache: all %d sequence slots are in use", kv->max_seqs);
+    return duet_errorf(DUET_ERR_CAPACITY, "kv cache: all %d sequence slots are in use",
+                       kv->max_seqs);
 }
 
 static void seq_release_blocks(duet_kvcache_t *kv, kv_seq_t *s, int32_t keep)
@@ -182,8 +186,9 @@ duet_status_t duet_kvcache_seq_truncate(duet_kvcache_t *kv, int32_t seq, int32_t
     if (!s)
         return duet_errorf(DUET_ERR_INVALID, "kv cache: sequence %d is not open", seq);
     if (len < 0 || len > s->len)
-        return duet_errorf(DUET_ERR_RANGE, "kv cache: cannot truncate sequence %d of %d tokens to %d",
-                           seq, s->len, len);
+        return duet_errorf(DUET_ERR_RANGE,
+                           "kv cache: cannot truncate sequence %d of %d tokens to %d", seq, s->len,
+                           len);
     s->len = len;
     seq_release_blocks(kv, s, (len + kv->block_size - 1) / kv->block_size);
     return DUET_OK;
@@ -212,10 +217,11 @@ duet_status_t duet_kvcache_reserve(duet_kvcache_t *kv, int32_t n, const int32_t 
                                seqs[i]);
         int64_t len = (int64_t)s->len + n_new[i];
         if (len > kv->max_seq_len)
-            return duet_errorf(DUET_ERR_RANGE,
-                               "kv cache: sequence %d would hold %lld tokens, more than the maximum "
-                               "sequence length %d",
-                               seqs[i], (long long)len, kv->max_seq_len);
+            return duet_errorf(
+                DUET_ERR_RANGE,
+                "kv cache: sequence %d would hold %lld tokens, more than the maximum "
+                "sequence length %d",
+                seqs[i], (long long)len, kv->max_seq_len);
         int64_t nb = (len + kv->block_size - 1) / kv->block_size;
         need += nb - s->n_blocks;
     }

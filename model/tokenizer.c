@@ -136,6 +136,7 @@ struct duet_tokenizer {
     dec_step_t *dec;
     size_t n_dec;
     bool has_decoder;
+    bool dec_bytefallback; /* the decoder chain has a ByteFallback step */
     /* A Strip(stop > 0) on joined text trims the end of the whole output:
      * streaming holds back up to stream_hold_n such characters and drops
      * them at flush. */
@@ -1423,6 +1424,11 @@ struct duet_detok {
     duet_buf_t pending; /* decoded bytes not yet emitted (an incomplete character) */
     duet_buf_t out;     /* what the last push/flush returned */
     duet_buf_t scratch;
+    /* ByteFallback decoders: the current run of "<0xNN>" tokens, held until
+     * the run ends, because HF turns a run that is not valid UTF-8 into one
+     * U+FFFD per token (valid leading characters included). */
+    duet_buf_t run;
+    size_t run_tokens;
 };
 
 duet_status_t duet_detok_create(const duet_tokenizer_t *tok, bool skip_special,
@@ -1454,6 +1460,7 @@ void duet_detok_destroy(duet_detok_t **detok_p)
     duet_buf_cleanup(&d->pending);
     duet_buf_cleanup(&d->out);
     duet_buf_cleanup(&d->scratch);
+    duet_buf_cleanup(&d->run);
     duet_free(d);
     *detok_p = NULL;
 }
@@ -1492,6 +1499,22 @@ static duet_status_t detok_emit(duet_detok_t *d, bool final)
         memmove(d->pending.data, d->pending.data + i, n - i);
     d->pending.len = n - i;
     return DUET_OK;
+}
+
+/* A run of byte tokens ended: its bytes, or U+FFFD per token (as HF). */
+static duet_status_t detok_end_run(duet_detok_t *d)
+{
+    duet_status_t st = DUET_OK;
+    if (d->run_tokens == 0)
+        return DUET_OK;
+    if (utf8_check((const char *)d->run.data, d->run.len) == d->run.len)
+        st = buf_add(&d->pending, d->run.data, d->run.len);
+    else
+        for (size_t i = 0; i < d->run_tokens && st == DUET_OK; i++)
+            st = buf_add(&d->pending, REPLACEMENT_CHAR, 3);
+    d->run.len = 0;
+    d->run_tokens = 0;
+    return st;
 }
 
 duet_status_t duet_detok_push(duet_detok_t *d, int32_t id, const char **text_out, size_t *len_out)
@@ -1535,7 +1558,16 @@ duet_status_t duet_detok_push(duet_detok_t *d, int32_t id, const char **text_out
                 add_len = s->len - l0;
             }
         }
-        if ((st = buf_add(&d->pending, s->data + add_off, add_len)) != DUET_OK)
+        uint8_t byte;
+        if (tok->dec_bytefallback && parse_byte_token(tok->id_str[id], tok->id_len[id], &byte)) {
+            st = buf_add(&d->run, s->data + add_off, add_len);
+            d->run_tokens++;
+        } else {
+            st = detok_end_run(d);
+            if (st == DUET_OK)
+                st = buf_add(&d->pending, s->data + add_off, add_len);
+        }
+        if (st != DUET_OK)
             return st;
         d->prev = id;
     }
@@ -1551,7 +1583,9 @@ duet_status_t duet_detok_flush(duet_detok_t *d, const char **text_out, size_t *l
 {
     if (!d || !text_out)
         return duet_errorf(DUET_ERR_INVALID, "duet_detok_flush: NULL argument");
-    duet_status_t st = detok_emit(d, true);
+    duet_status_t st = detok_end_run(d);
+    if (st == DUET_OK)
+        st = detok_emit(d, true);
     if (st != DUET_OK)
         return st;
     d->prev = -1;
@@ -1966,6 +2000,7 @@ static duet_status_t load_decoder(loader_t *ld, const json_t *j, const char *pat
         ds->kind = DEC_BYTELEVEL;
     } else if (!strcmp(type, "ByteFallback")) {
         ds->kind = DEC_BYTEFALLBACK;
+        tok->dec_bytefallback = true;
     } else if (!strcmp(type, "Fuse")) {
         ds->kind = DEC_FUSE;
     } else if (!strcmp(type, "Strip")) {

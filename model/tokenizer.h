@@ -84,11 +84,13 @@ DUET_API int32_t duet_tokenizer_eos(const duet_tokenizer_t *tok);
 /* ---- streaming decode --------------------------------------------------- */
 
 /* Takes generated ids one at a time and returns only complete UTF-8: a
- * character split across tokens (byte-fallback or byte-level pieces) is held
- * back until it is whole; bytes that can no longer become a character come
- * out as U+FFFD. The concatenation of every push and the final flush equals
- * duet_tokenizer_decode of all the ids for valid UTF-8 output. The
- * tokenizer must outlive the decoder. */
+ * character split across tokens is held back until it is whole (byte-level
+ * pieces: until its last byte; byte-fallback "<0xNN>" tokens: until the run
+ * of byte tokens ends, as HF judges a whole run). Bytes that cannot form a
+ * character come out as U+FFFD exactly as in duet_tokenizer_decode, so the
+ * concatenation of every push and the final flush equals
+ * duet_tokenizer_decode of all the ids. The tokenizer must outlive the
+ * decoder. */
 typedef struct duet_detok duet_detok_t;
 
 DUET_API duet_status_t duet_detok_create(const duet_tokenizer_t *tok, bool skip_special,

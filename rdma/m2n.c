@@ -52,6 +52,7 @@ struct duet_m2n {
     /* sender */
     uint32_t inflight;
     duet_status_t send_err;
+    int64_t spin_ns;
 };
 
 static void peer_fail(m2n_peer_t *pe, duet_status_t st, const char *why)
@@ -79,6 +80,7 @@ duet_status_t duet_m2n_create(const duet_m2n_params_t *params, duet_m2n_t **m2n_
         return duet_errorf(DUET_ERR_NOMEM, "m2n: out of memory");
     duet_status_t st;
     g->p = *p;
+    g->spin_ns = p->spin_ns == 0 ? 20000 : p->spin_ns;
     g->n_peers = p->is_sender ? p->n_receivers : p->n_senders;
     g->peers = duet_calloc(g->n_peers, sizeof(*g->peers));
     if (!g->peers) {
@@ -304,12 +306,14 @@ static void on_recv(m2n_peer_t *pe, const duet_rdma_cqe_t *e)
     g->n_arrived[r % g->p.slots]++;
 }
 
-duet_status_t duet_m2n_progress(duet_m2n_t *g)
+/* Handle what is ready; *handled counts completions. */
+static duet_status_t progress(duet_m2n_t *g, int *handled)
 {
     duet_rdma_cqe_t e[64];
     int n;
     flush_credits(g);
     while ((n = duet_rdma_poll(g->p.ctx, e, (int)DUET_ARRAY_LEN(e))) > 0) {
+        *handled += n;
         for (int i = 0; i < n; i++) {
             m2n_peer_t *pe = (m2n_peer_t *)(uintptr_t)e[i].conn_user;
             if (!pe)
@@ -337,9 +341,27 @@ duet_status_t duet_m2n_progress(duet_m2n_t *g)
     return DUET_OK;
 }
 
-/* Wait for something to happen, until `deadline` (0 = forever). */
+duet_status_t duet_m2n_progress(duet_m2n_t *g)
+{
+    int handled = 0;
+    return progress(g, &handled);
+}
+
+/* Wait for something to happen, until `deadline` (0 = forever). Polls for
+ * up to spin_ns first: the writes of one round arrive close together, and
+ * a sleep/wake-up per arrival costs a scheduling delay each time on a busy
+ * host. */
 static duet_status_t wait_until(duet_m2n_t *g, uint64_t deadline)
 {
+    if (g->spin_ns > 0) {
+        uint64_t end = duet_now_ns() + (uint64_t)g->spin_ns;
+        do {
+            int handled = 0;
+            duet_status_t st = progress(g, &handled);
+            if (st || handled)
+                return st;
+        } while (duet_now_ns() < end);
+    }
     int64_t left = -1;
     if (deadline) {
         uint64_t now = duet_now_ns();

@@ -109,7 +109,9 @@ DUET_API const char *duet_rdma_ctx_provider(const duet_rdma_ctx_t *ctx);
 DUET_API duet_status_t duet_rdma_mr_alloc(duet_rdma_ctx_t *ctx, size_t len, unsigned access,
                                           duet_rdma_mr_t **mr_out);
 /* Register caller memory (must outlive the registration). shm supports this
- * for write sources only. */
+ * for write sources only. With DUET_RDMA_MEM_DEVICE, `addr` is CUDA device
+ * memory: verbs registers it through a dma-buf from the CUDA driver, else
+ * through peer memory (nvidia-peermem); other providers refuse it. */
 DUET_API duet_status_t duet_rdma_mr_reg(duet_rdma_ctx_t *ctx, void *addr, size_t len,
                                         unsigned access, duet_rdma_mr_t **mr_out);
 /* Register a dma-buf (GPU memory exported by the driver); verbs only. */
@@ -145,7 +147,10 @@ DUET_API void duet_rdma_conn_destroy(duet_rdma_conn_t **conn_p);
 
 /* Post a write. Synchronous failure (bad arguments, dead connection, queue
  * full = DUET_ERR_AGAIN) returns an error and produces no completion;
- * otherwise exactly one SEND completion with `wr_id` follows. */
+ * otherwise exactly one SEND completion with `wr_id` follows. The source
+ * bytes must stay registered and unchanged until then. Writes on one
+ * connection are placed in order, except that URGENT ones may overtake
+ * queued bulk writes. A failed write may have placed part of its bytes. */
 DUET_API duet_status_t duet_rdma_write(duet_rdma_conn_t *conn, const duet_rdma_mr_t *src,
                                        size_t src_off, const duet_rdma_rkey_t *dst,
                                        uint64_t dst_off, size_t len, uint32_t imm, unsigned flags,
@@ -203,6 +208,9 @@ typedef struct duet_m2n_params {
     uint32_t slots;   /* ring depth per sender (>= 1) */
     size_t slot_size; /* most bytes one sender writes in one round */
     uint32_t group_id;
+    /* Waiting calls poll this long before sleeping on the fd (0 = 20 us,
+     * negative = sleep at once). */
+    int64_t spin_ns;
 } duet_m2n_params_t;
 
 DUET_API duet_status_t duet_m2n_create(const duet_m2n_params_t *params, duet_m2n_t **m2n_out);

@@ -443,7 +443,13 @@ static duet_status_t shm_write(duet_rdma_conn_t *conn, const duet_rdma_mr_t *src
         local_complete(conn->ctx, &done);
         return DUET_OK;
     }
-    /* Reserve a completion cell first so a full ring refuses before copying. */
+    /* Copy first, then reserve and publish the completion cell: a writer
+     * that dies mid-copy (a large write takes a while) must not leave a
+     * reserved, never-published cell that would stall the peer's ring for
+     * every other writer. The window left is a few stores long. A full ring
+     * refuses the write (AGAIN) after the copy; the retry copies again. */
+    if (len)
+        memcpy(target, (const uint8_t *)src->addr + src_off, len);
     shm_ctl_t *ctl = c->ctl;
     uint64_t mask = ctl->ring_cap - 1;
     uint64_t pos = atomic_load_explicit(&ctl->tail, memory_order_relaxed);
@@ -463,8 +469,6 @@ static duet_status_t shm_write(duet_rdma_conn_t *conn, const duet_rdma_mr_t *src
             pos = atomic_load_explicit(&ctl->tail, memory_order_relaxed);
         }
     }
-    if (len)
-        memcpy(target, (const uint8_t *)src->addr + src_off, len);
     cell->conn_id = c->peer_conn;
     cell->imm = imm;
     cell->len = len;

@@ -36,6 +36,7 @@
 
 #define TCP_BLOB_LEN 36
 #define TCP_MAX_PEND 64
+#define TCP_CONNECT_MS 5000
 
 /* ---- wire -------------------------------------------------------------- */
 
@@ -883,12 +884,28 @@ static duet_status_t tcp_conn_connect(duet_rdma_conn_t *conn, const void *blob, 
         .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(addr)};
     char host[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &sa.sin_addr, host, sizeof(host));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    /* Non-blocking connect bounded by TCP_CONNECT_MS: an unreachable peer
+     * must not hang the caller for the kernel's SYN timeout. */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa)), err = rc ? errno : 0;
+    if (rc != 0 && err == EINPROGRESS) {
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        socklen_t el = sizeof(err);
+        rc = poll(&pfd, 1, TCP_CONNECT_MS);
+        if (rc == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0)
+            rc = 0;
+        else if (rc == 0)
+            err = ETIMEDOUT;
+        else
+            rc = -1;
+    }
+    if (rc != 0) {
         st = duet_errorf(DUET_ERR_CLOSED, "rdma/tcp: connect to %s:%u: %s", host, port,
-                         strerror(errno));
+                         strerror(err));
         close(fd);
         return st;
     }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     uint8_t hello[DUET__TCP_HDR];
     duet__tcp_hdr_t h = {.type = DUET__TCP_HELLO, .key = token, .off = peer_conn};
     duet__tcp_hdr_encode(&h, hello);

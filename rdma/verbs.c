@@ -13,8 +13,10 @@
 #include "rdma/verbs_int.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -35,10 +37,17 @@ typedef struct vctx {
 
 #define URGENT_DEPTH 64
 
+/* A posted send, as its SEND completion must report it (a work completion
+ * of a send carries neither the immediate nor a defined length). */
+typedef struct vwr {
+    uint64_t wr_id, len;
+    uint32_t imm;
+} vwr_t;
+
 typedef struct vq {
     struct ibv_qp *qp;
     uint32_t psn, depth;
-    uint64_t *wr_ids; /* ring: user wr_ids of posted sends, in order */
+    vwr_t *wrs; /* ring of posted sends, in order (RC completes in order) */
     uint32_t head, count;
 } vq_t;
 
@@ -191,17 +200,63 @@ static duet_status_t verbs_mr_alloc(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
     return mr_finish(mr, m, "ibv_reg_mr");
 }
 
+typedef int (*get_handle_fn)(void *handle, unsigned long long dptr, size_t size, int type,
+                             unsigned long long flags);
+static get_handle_fn cuda_get_handle;
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+
+static void cuda_load(void)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib)
+        *(void **)&cuda_get_handle = dlsym(lib, "cuMemGetHandleForAddressRange");
+}
+
+/* A dma-buf fd for CUDA device memory [dptr, +len), through the driver API
+ * found at run time (no link-time dependency on libcuda: hosts without a
+ * GPU driver still load duet). -1 if unavailable. *base gets the page-aligned
+ * start the fd covers. */
+static int cuda_dmabuf_fd(uintptr_t dptr, size_t len, uintptr_t *base)
+{
+    pthread_once(&cuda_once, cuda_load);
+    get_handle_fn fn = cuda_get_handle;
+    if (!fn)
+        return -1;
+    const uintptr_t page = 4096;
+    uintptr_t start = dptr & ~(page - 1), end = (dptr + len + page - 1) & ~(page - 1);
+    int fd = -1;
+    /* CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD = 1 */
+    if (fn(&fd, start, end - start, 1, 0) != 0)
+        return -1;
+    *base = start;
+    return fd;
+}
+
 static duet_status_t verbs_mr_reg(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
 {
     vctx_t *v = ctx->priv;
     vmr_t *m = duet_calloc(1, sizeof(*m));
     if (!m)
         return duet_errorf(DUET_ERR_NOMEM, "rdma/verbs: out of memory");
-    /* Device pointers register the same way once nvidia-peermem is loaded. */
+    if (mr->access & DUET_RDMA_MEM_DEVICE) {
+        /* GPU memory: dma-buf first (upstream kernels), then peer memory
+         * (nvidia-peermem makes ibv_reg_mr accept device pointers). */
+        uintptr_t base = 0, dptr = (uintptr_t)mr->addr;
+        int fd = cuda_dmabuf_fd(dptr, mr->len, &base);
+        if (fd >= 0) {
+            m->mr =
+                v->dev->reg_dmabuf_mr(v->pd, dptr - base, mr->len, dptr, fd, ib_access(mr->access));
+            close(fd); /* the registration holds its own reference */
+            if (m->mr)
+                return mr_finish(mr, m, "ibv_reg_dmabuf_mr (GPU)");
+            DUET_LOG_I("rdma", "verbs: dma-buf registration failed (%s); trying peer memory",
+                       strerror(errno));
+        }
+        m->mr = v->dev->reg_mr(v->pd, mr->addr, mr->len, ib_access(mr->access));
+        return mr_finish(mr, m, "ibv_reg_mr (GPU, peer memory: is nvidia-peermem loaded?)");
+    }
     m->mr = v->dev->reg_mr(v->pd, mr->addr, mr->len, ib_access(mr->access));
-    return mr_finish(mr, m,
-                     (mr->access & DUET_RDMA_MEM_DEVICE) ? "ibv_reg_mr (GPU, peer memory)"
-                                                         : "ibv_reg_mr");
+    return mr_finish(mr, m, "ibv_reg_mr");
 }
 
 static duet_status_t verbs_mr_reg_dmabuf(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr, int fd,
@@ -242,14 +297,14 @@ static void vq_destroy(vctx_t *v, vq_t *q)
     if (q->qp && v->dev->destroy_qp(q->qp))
         DUET_LOG_W("rdma", "verbs: ibv_destroy_qp failed");
     q->qp = NULL;
-    duet_free(q->wr_ids);
-    q->wr_ids = NULL;
+    duet_free(q->wrs);
+    q->wrs = NULL;
 }
 
 static duet_status_t vq_create(vctx_t *v, duet_rdma_conn_t *conn, vq_t *q, uint32_t depth)
 {
     q->depth = depth;
-    if (!(q->wr_ids = duet_calloc(depth, sizeof(uint64_t))))
+    if (!(q->wrs = duet_calloc(depth, sizeof(*q->wrs))))
         return duet_errorf(DUET_ERR_NOMEM, "rdma/verbs: out of memory");
     struct ibv_qp_init_attr ia = {
         .qp_context = conn,
@@ -449,7 +504,7 @@ static duet_status_t verbs_write(duet_rdma_conn_t *conn, const duet_rdma_mr_t *s
     if (rc)
         return duet_errorf(DUET_ERR_DEVICE, "rdma/verbs: ibv_post_send on QP %u: %s", q->qp->qp_num,
                            strerror(rc));
-    q->wr_ids[(q->head + q->count) % q->depth] = wr_id;
+    q->wrs[(q->head + q->count) % q->depth] = (vwr_t){wr_id, len, imm};
     q->count++;
     return DUET_OK;
 }
@@ -504,7 +559,7 @@ static int verbs_poll(duet_rdma_ctx_t *ctx, duet_rdma_cqe_t *out, int max)
                     c->dead = DUET_ERR_DEVICE;
                 continue;
             }
-            uint64_t id = q->count ? q->wr_ids[q->head] : 0;
+            vwr_t w = q->count ? q->wrs[q->head] : (vwr_t){0};
             if (q->count) {
                 q->head = (q->head + 1) % q->depth;
                 q->count--;
@@ -518,8 +573,9 @@ static int verbs_poll(duet_rdma_ctx_t *ctx, duet_rdma_cqe_t *out, int max)
             }
             out[got++] = (duet_rdma_cqe_t){.kind = DUET_RDMA_CQE_SEND,
                                            .status = st,
-                                           .len = wc[i].byte_len,
-                                           .wr_id = id,
+                                           .imm = w.imm,
+                                           .len = w.len,
+                                           .wr_id = w.wr_id,
                                            .conn = conn,
                                            .conn_user = conn->user,
                                            .conn_id = conn->id};

@@ -241,7 +241,8 @@ static int emu_post_send(struct ibv_qp *qp_, struct ibv_send_wr *wr, struct ibv_
         } else {
             uint32_t len = 0;
             wc.status = execute(qp, wr, &len);
-            wc.byte_len = len;
+            /* byte_len of a send completion is undefined on hardware: poison it */
+            wc.byte_len = 0xdeadbeef;
             if (wc.status != IBV_WC_SUCCESS)
                 to_error(qp);
         }

@@ -212,8 +212,13 @@ static void actor_bench(int tr, const char *addr_a, const char *addr_b, double *
     duet_registry_add_node(reg, "b", addr_b, NULL);
     duet_registry_add_actor(reg, "rx", "b");
     duet_registry_add_actor(reg, "tx", "a");
-    duet_node_config_t ca = {.name = "a", .registry = reg, .bind = addr_a, .sim = sim, .zmq_ctx = ctx,
-                             .heartbeat_ms = 1000, .heartbeat_misses = 100};
+    duet_node_config_t ca = {.name = "a",
+                             .registry = reg,
+                             .bind = addr_a,
+                             .sim = sim,
+                             .zmq_ctx = ctx,
+                             .heartbeat_ms = 1000,
+                             .heartbeat_misses = 100};
     duet_node_config_t cb = ca;
     cb.name = "b";
     cb.bind = addr_b;
@@ -301,7 +306,10 @@ int main(int argc, char **argv)
     const char *names[] = {"inproc", "ipc", "tcp"};
     printf("%-8s %14s %14s %6s | %11s %11s | %11s %11s\n", "", "actor msg/s", "raw zmq msg/s",
            "ratio", "actor p50us", "actor p99us", "raw p50us", "raw p99us");
+    const char *only = getenv("DUET_BENCH_ONLY"); /* inproc|ipc|tcp|sim */
     for (int tr = 0; tr < 3; tr++) {
+        if (only && strcmp(only, names[tr]) != 0)
+            continue;
         char ra[128], aa[128], ab[128];
         switch (tr) {
         case 0:
@@ -325,11 +333,14 @@ int main(int argc, char **argv)
         printf("%-8s %14.0f %14.0f %6.2f | %11.1f %11.1f | %11.1f %11.1f\n", names[tr], am, rm,
                am / rm, a50, a99, r50, r99);
     }
+    if (only && strcmp(only, "sim") != 0)
+        return 0;
     double sm, s50, s99;
     actor_bench(3, NULL, NULL, &sm, &s50, &s99);
     double raw_sim;
     simnet_raw(&raw_sim);
-    printf("%-8s %14.0f %14.0f %6s | virtual-time RTT p50 %.1f us (raw column: bare simnet frames/s)\n",
+    printf("%-8s %14.0f %14.0f %6s | virtual-time RTT p50 %.1f us (raw column: bare simnet "
+           "frames/s)\n",
            "sim", sm, raw_sim, "-", s50);
     return 0;
 }

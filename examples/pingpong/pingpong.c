@@ -44,8 +44,8 @@ static const duet_actor_ops_t pong_ops = {"pong", NULL, pong_handle, NULL};
 typedef struct pinger {
     uint64_t n, next;
     uint64_t *rtt;
-    atomic_int done;    /* 1: all replies in */
-    atomic_int down;    /* 1: DOWN seen */
+    atomic_int done; /* 1: all replies in */
+    atomic_int down; /* 1: DOWN seen */
     atomic_int failed;
     char down_reason[128];
     uint64_t ref;

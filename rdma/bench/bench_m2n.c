@@ -13,7 +13,7 @@
  * bandwidth (one core, 4 MiB copies) is measured in the same run.
  *
  *   bench_m2n [--transports shm,tcp,zmq-ipc,zmq-tcp] [--mn 2,4,8]
- *             [--sizes 4k,64k,256k,1m,4m] [--rounds N] [--quick]
+ *             [--sizes 4k,64k,256k,1m,4m] [--rounds N] [--spin-us U (<0: none)] [--quick]
  */
 #include "rdma/rdma.h"
 
@@ -47,6 +47,8 @@ typedef struct board {
     char zep[2][MAXP][128];     /* ZeroMQ endpoints the receivers bound */
     int failed;
 } board_t;
+
+static int64_t g_spin_ns; /* --spin-us: M2N poll-before-sleep (0 = library default) */
 
 typedef struct cfg {
     const char *transport;
@@ -114,7 +116,8 @@ static int duet_phase(board_t *b, const cfg_t *c, int rank, duet_rdma_ctx_t *ctx
                            .rank = (uint32_t)(sender ? rank : rank - c->m),
                            .slots = slots,
                            .slot_size = c->size,
-                           .group_id = gid};
+                           .group_id = gid,
+                           .spin_ns = g_spin_ns};
     duet_m2n_t *g;
     CHECK(duet_m2n_create(&p, &g));
     int base = sender ? c->m : 0;
@@ -287,7 +290,7 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int run(const cfg_t *c, double *p50, double *p99, double *gbps)
+static int run(const cfg_t *c, double *p50, double *p90, double *p99, double *gbps)
 {
     board_t *b = mmap(NULL, sizeof(*b), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (b == MAP_FAILED)
@@ -331,6 +334,7 @@ static int run(const cfg_t *c, double *p50, double *p99, double *gbps)
             lat[n++] = b->end[r] - b->start[r];
         qsort(lat, (size_t)n, sizeof(lat[0]), cmp_u64);
         *p50 = (double)lat[n / 2] / 1e3;
+        *p90 = (double)lat[(n * 9) / 10] / 1e3;
         *p99 = (double)lat[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] / 1e3;
         double bytes = (double)c->size * c->m * c->n * c->tput_rounds;
         *gbps = bytes / (double)(b->t1 - b->t0);
@@ -401,13 +405,15 @@ int main(int argc, char **argv)
             sizes = argv[++i];
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
             rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--spin-us") && i + 1 < argc)
+            g_spin_ns = (int64_t)(atof(argv[++i]) * 1000);
         else if (!strcmp(argv[i], "--quick")) {
             mns = "4";
             sizes = "256k";
         } else {
             fprintf(stderr,
                     "usage: %s [--transports shm,tcp,zmq-ipc,zmq-tcp] [--mn 2,4,8] "
-                    "[--sizes 4k,...,4m] [--rounds N] [--quick]\n",
+                    "[--sizes 4k,...,4m] [--rounds N] [--spin-us U (<0: none)] [--quick]\n",
                     argv[0]);
             return 2;
         }
@@ -417,8 +423,8 @@ int main(int argc, char **argv)
            "# ring (DRAM, best of 3, measured before each configuration); hot_GB/s: the same\n"
            "# into M x %d slots (one receiver's ring footprint, cache-resident when small)\n",
            SLOTS_TPUT);
-    printf("# %-8s %3s %3s %8s %10s %10s %10s %11s %8s\n", "transport", "M", "N", "size", "p50_us",
-           "p99_us", "tput_GB/s", "memcpy_GB/s", "%memcpy");
+    printf("# %-8s %3s %3s %8s %9s %9s %9s %10s %11s %8s %9s\n", "transport", "M", "N", "size",
+           "p50_us", "p90_us", "p99_us", "tput_GB/s", "memcpy_GB/s", "%memcpy", "hot_GB/s");
     char tl[256], ml[64], sl[128];
     snprintf(ml, sizeof(ml), "%s", mns);
     for (char *mp = ml, *ms; (ms = strtok_r(mp, ",", &mp)) != NULL;) {
@@ -428,10 +434,11 @@ int main(int argc, char **argv)
         snprintf(sl, sizeof(sl), "%s", sizes);
         for (char *sp = sl, *ss; (ss = strtok_r(sp, ",", &sp)) != NULL;) {
             size_t size = parse_size(ss);
-            /* keep each configuration to a few hundred MB of traffic */
+            /* enough lock-step rounds for a p99 that is not just the maximum,
+             * and a few hundred MB to a GB of traffic per configuration */
             double per_round = (double)size * mn * mn;
-            int lat = rounds ? rounds : (int)DUET_MAX(50, DUET_MIN(400, 64e6 / per_round));
-            int tput = rounds ? rounds : (int)DUET_MAX(50, DUET_MIN(2000, 256e6 / per_round));
+            int lat = rounds ? rounds : (int)DUET_MAX(100, DUET_MIN(1000, 2e9 / per_round));
+            int tput = rounds ? rounds : (int)DUET_MAX(50, DUET_MIN(4000, 1e9 / per_round));
             lat = DUET_MIN(lat, MAX_ROUNDS);
             tput = DUET_MIN(tput, MAX_ROUNDS);
             double mc = memcpy_gbps(size, (size_t)64 << 20);
@@ -441,13 +448,13 @@ int main(int argc, char **argv)
                 if (strncmp(ts, "zmq", 3) != 0 && !duet_rdma_provider_exists(ts))
                     continue;
                 cfg_t c = {ts, mn, mn, size, lat, tput};
-                double p50, p99, g;
-                if (run(&c, &p50, &p99, &g)) {
+                double p50, p90, p99, g;
+                if (run(&c, &p50, &p90, &p99, &g)) {
                     printf("  %-8s %3d %3d %8zu   FAILED\n", ts, mn, mn, size);
                     continue;
                 }
-                printf("  %-8s %3d %3d %8zu %10.1f %10.1f %10.2f %11.2f %7.0f%% %9.2f\n", ts, mn,
-                       mn, size, p50, p99, g, mc, 100.0 * g / mc, hot);
+                printf("  %-8s %3d %3d %8zu %9.1f %9.1f %9.1f %10.2f %11.2f %7.0f%% %9.2f\n", ts,
+                       mn, mn, size, p50, p90, p99, g, mc, 100.0 * g / mc, hot);
                 fflush(stdout);
             }
         }

@@ -59,9 +59,8 @@ static inline duet_status_t world_create(world_t *w, transport_t tr, const world
     int pid = (int)getpid();
     switch (tr) {
     case TR_SIM: {
-        duet_simnet_config_t sc = {.seed = o && o->seed ? o->seed : 1,
-                                   .latency_min_ns = 10000,
-                                   .latency_max_ns = 200000};
+        duet_simnet_config_t sc = {
+            .seed = o && o->seed ? o->seed : 1, .latency_min_ns = 10000, .latency_max_ns = 200000};
         if ((st = duet_simnet_create(&sc, &w->sim)))
             return st;
         break;
@@ -83,7 +82,10 @@ static inline duet_status_t world_create(world_t *w, transport_t tr, const world
     }
     duet_registry_add_node(w->reg, "a", addr_a[0] ? addr_a : NULL, NULL);
     duet_registry_add_node(w->reg, "b", addr_b[0] ? addr_b : NULL, NULL);
-    duet_node_config_t ca = {.name = "a", .registry = w->reg, .sim = w->sim, .zmq_ctx = w->ctx,
+    duet_node_config_t ca = {.name = "a",
+                             .registry = w->reg,
+                             .sim = w->sim,
+                             .zmq_ctx = w->ctx,
                              .bind = addr_a[0] ? addr_a : NULL};
     if (o) {
         ca.faults = o->faults;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <poll.h>
 
 #include "../mailbox/test_msgs.h"
 #include "harness.h"
@@ -273,7 +274,7 @@ static duet_status_t caller_handle(duet_actor_t *self, void *state, const duet_m
     }
     const t_ping_t *r = t_msg_pong_body(m);
     if (r) {
-        if (m->env.reply_to != c->seq_pong || r->n != 9)
+        if (m->env.reply_to != c->seq_pong || r->n != 9 || m->env.trace == 0)
             atomic_fetch_add(&c->errors, 1);
         atomic_store(&c->phase, 2);
         return duet_call(self, "ghost", &t_msg_ping, &q, &o, &c->seq_ghost);
@@ -484,7 +485,8 @@ static void test_sup_one_for_one(void **state)
     memset(&c2, 0, sizeof(c2));
     atomic_store(&c1.crashes_left, 3);
     static duet_child_spec_t kids[2];
-    kids[0] = (duet_child_spec_t){"k1", &crashy_ops, &c1, {.mode = DUET_RUN_THREAD}, DUET_RESTART_PERMANENT};
+    kids[0] = (duet_child_spec_t){
+        "k1", &crashy_ops, &c1, {.mode = DUET_RUN_THREAD}, DUET_RESTART_PERMANENT};
     kids[1] = (duet_child_spec_t){"k2", &crashy_ops, &c2, {0}, DUET_RESTART_PERMANENT};
     static duet_sup_stats_t stats;
     memset(&stats, 0, sizeof(stats));
@@ -511,7 +513,9 @@ static void test_sup_one_for_all(void **state)
     static duet_child_spec_t kids[3];
     for (int i = 0; i < 3; i++) {
         static const char *names[] = {"x0", "x1", "x2"};
-        kids[i] = (duet_child_spec_t){names[i], &crashy_ops, &c[i],
+        kids[i] = (duet_child_spec_t){names[i],
+                                      &crashy_ops,
+                                      &c[i],
                                       {.mode = i == 2 ? DUET_RUN_THREAD : DUET_RUN_SHARED},
                                       DUET_RESTART_PERMANENT};
     }
@@ -553,7 +557,8 @@ static void test_sup_intensity_escalates(void **state)
     static duet_sup_spec_t mid;
     mid = (duet_sup_spec_t){DUET_SUP_ONE_FOR_ONE, 1, 10000, mid_kids, 1, &mid_stats};
     static duet_child_spec_t top_kids[1];
-    top_kids[0] = (duet_child_spec_t){"mid", &duet_supervisor_ops, &mid, {0}, DUET_RESTART_PERMANENT};
+    top_kids[0] =
+        (duet_child_spec_t){"mid", &duet_supervisor_ops, &mid, {0}, DUET_RESTART_PERMANENT};
     static duet_sup_spec_t top;
     top = (duet_sup_spec_t){DUET_SUP_ONE_FOR_ONE, 3, 10000, top_kids, 1, &top_stats};
     static watch_t w;
@@ -757,6 +762,222 @@ static void test_timers(void **state)
     assert_true(duet_node_has_actor(W.a, "ticker"));
 }
 
+/* ---- fds in the actor's poll; demonitor; remote stop ----------------------------- */
+
+typedef struct fdact {
+    int rfd;
+    atomic_int bytes;
+    atomic_int events;
+    atomic_int downs;
+    uint64_t ref;
+} fdact_t;
+
+static duet_status_t fd_start(duet_actor_t *self, void *arg, void **st)
+{
+    fdact_t *f = arg;
+    *st = f;
+    duet_status_t s = duet_actor_watch_fd(self, f->rfd, POLLIN, 42);
+    if (s)
+        return s;
+    /* monitor and immediately demonitor "quiet": its stop must not reach us */
+    if ((s = duet_monitor(self, "quiet", &f->ref)))
+        return s;
+    return duet_demonitor(self, f->ref);
+}
+
+static duet_status_t fd_handle(duet_actor_t *self, void *state, const duet_msg_t *m)
+{
+    fdact_t *f = state;
+    const duet_sys_fd_t *e = duet_msg_body(m, &duet_msg_sys_fd);
+    if (e && e->tag == 42 && e->fd == f->rfd && (e->revents & POLLIN)) {
+        char buf[64];
+        ssize_t n = read(f->rfd, buf, sizeof(buf));
+        if (n > 0)
+            atomic_fetch_add(&f->bytes, (int)n);
+        atomic_fetch_add(&f->events, 1);
+    }
+    if (duet_msg_body(m, &duet_msg_sys_down))
+        atomic_fetch_add(&f->downs, 1);
+    return DUET_OK;
+}
+
+static const duet_actor_ops_t fd_ops = {"fdact", fd_start, fd_handle, NULL};
+
+static bool fd_bytes(void *arg)
+{
+    return atomic_load(&((fdact_t *)arg)->bytes) >= 11;
+}
+
+static bool quiet_gone(void *arg)
+{
+    return !duet_node_has_actor((duet_node_t *)arg, "quiet");
+}
+
+static void test_fd_demonitor_remote_stop(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    static fdact_t f;
+    memset(&f, 0, sizeof(f));
+    f.rfd = p[0];
+    assert_int_equal(duet_spawn(W.b, "quiet", &probe_ops, NULL, NULL), DUET_OK);
+    duet_spawn_opts_t th = {.mode = DUET_RUN_THREAD};
+    assert_int_equal(duet_spawn(W.a, "fdact", &fd_ops, &f, &th), DUET_OK);
+    world_idle(&W, 20);
+    if (TR == TR_SIM) {
+        /* no fds under simulation: start fails with UNSUPPORTED and says so */
+        assert_false(duet_node_has_actor(W.a, "fdact"));
+    } else {
+        assert_true(duet_node_has_actor(W.a, "fdact"));
+        assert_int_equal(write(p[1], "hello world", 11), 11);
+        assert_true(world_wait(&W, fd_bytes, &f, 5000));
+        assert_int_equal(atomic_load(&f.bytes), 11);
+    }
+    /* stop "quiet" by name from node a although it runs on b */
+    assert_int_equal(duet_stop(W.a, "quiet", "normal"), DUET_OK);
+    assert_true(world_wait(&W, quiet_gone, W.b, 5000));
+    world_idle(&W, 30);
+    assert_int_equal(atomic_load(&f.downs), 0); /* demonitored: no DOWN */
+    assert_int_equal(duet_stop(W.a, "never-heard-of", NULL), DUET_ERR_NOT_FOUND);
+    duet_stop(W.a, "fdact", "normal");
+    world_idle(&W, 20);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* ---- the fault layer on real transports too ------------------------------------- */
+
+typedef struct fcount {
+    atomic_int n;
+    atomic_uint_fast64_t first_ns;
+} fcount_t;
+
+static duet_status_t fc_start(duet_actor_t *self, void *arg, void **st)
+{
+    *st = arg;
+    return DUET_OK;
+}
+
+static duet_status_t fc_handle(duet_actor_t *self, void *state, const duet_msg_t *m)
+{
+    fcount_t *c = state;
+    if (t_msg_ping_body(m) && atomic_fetch_add(&c->n, 1) == 0)
+        atomic_store(&c->first_ns, duet_actor_now_ns(self));
+    return DUET_OK;
+}
+
+static const duet_actor_ops_t fc_ops = {"fcount", fc_start, fc_handle, NULL};
+
+static bool faults_seen(void *arg)
+{
+    fcount_t *c = arg;
+    return atomic_load(&c[1].n) >= 2 && atomic_load(&c[2].n) >= 1;
+}
+
+static void test_fault_layer(void **state)
+{
+    (void)state;
+    duet_fault_plan_t *plan;
+    assert_int_equal(duet_fault_plan_create(1, &plan), DUET_OK);
+    assert_int_equal(duet_fault_plan_parse(plan,
+                                           "drop p=1 to=dropme\n"
+                                           "dup p=1 to=dupme type=test.ping\n"
+                                           "delay ms=40 to=slowme\n",
+                                           "inline"),
+                     DUET_OK);
+    world_t w;
+    world_opts_t o = {.faults = plan};
+    assert_int_equal(world_create(&w, TR, &o), DUET_OK);
+    static fcount_t c[3];
+    memset(c, 0, sizeof(c));
+    const char *names[3] = {"dropme", "dupme", "slowme"};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(duet_spawn(w.b, names[i], &fc_ops, &c[i], NULL), DUET_OK);
+    world_idle(&w, 20);
+    t_ping_t m = {1, "f"};
+    uint64_t t0 = duet_node_now_ns(w.a);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(duet_node_send(w.a, "", names[i], &t_msg_ping, &m), DUET_OK);
+    assert_true(world_wait(&w, faults_seen, c, 5000));
+    world_idle(&w, 30);
+    assert_int_equal(atomic_load(&c[0].n), 0);
+    assert_int_equal(atomic_load(&c[1].n), 2);
+    assert_int_equal(atomic_load(&c[2].n), 1);
+    assert_true(atomic_load(&c[2].first_ns) - t0 >= 40000000ull);
+    assert_int_equal(duet_fault_count(plan, DUET_FAULT_DROP), 1);
+    assert_int_equal(duet_fault_count(plan, DUET_FAULT_DUP), 1);
+    assert_int_equal(duet_fault_count(plan, DUET_FAULT_DELAY), 1);
+    world_destroy(&w);
+    duet_fault_plan_destroy(&plan);
+}
+
+/* ---- a rogue peer sending garbage to a node -------------------------------------- */
+
+static bool one_msg(void *arg)
+{
+    return atomic_load(&((fcount_t *)arg)->n) >= 1;
+}
+
+static void test_rogue_peer(void **state)
+{
+    (void)state;
+    if (TR == TR_SIM) {
+        print_message("SKIP: needs a real socket\n");
+        skip();
+    }
+    world_t w;
+    assert_int_equal(world_create(&w, TR, NULL), DUET_OK);
+    static fcount_t c;
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(duet_spawn(w.b, "target", &fc_ops, &c, NULL), DUET_OK);
+    duet_registry_add_actor(w.reg, "a-actor", "a");
+    char addr[256];
+    assert_int_equal(duet_registry_node_addr(w.reg, "b", addr, NULL), DUET_OK);
+    void *ctx = w.ctx ? w.ctx : zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(s, ZMQ_ROUTING_ID, "rogue", 5);
+    zmq_setsockopt(s, ZMQ_CONNECT_ROUTING_ID, "b", 1);
+    assert_int_equal(zmq_connect(s, addr), 0);
+    /* garbage, a bomb, an unknown type, a bad body, a forged sender, then one good frame */
+    duet_buf_t frames[6];
+    memset(frames, 0, sizeof(frames));
+    static const char junk[] = "\xc1\xc1\xc1 not msgpack";
+    duet_buf_append(&frames[0], junk, sizeof(junk) - 1);
+    duet_buf_append(&frames[1], "\xdd\xff\xff\xff\xff", 5);
+    duet_env_t env = {.type = 0x777};
+    snprintf(env.from, sizeof(env.from), "rogue/1");
+    snprintf(env.to, sizeof(env.to), "target");
+    t_ping_t m = {1, "x"};
+    env.type = t_msg_ping.id;
+    assert_int_equal(duet_msg_encode(&env, &m, NULL, &frames[2]), DUET_OK);
+    frames[2].data[2] = 0xcd; /* type 0xf02 -> 0xcd.. : breaks the type field's encoding */
+    assert_int_equal(duet_msg_encode(&env, &m, NULL, &frames[3]), DUET_OK);
+    frames[3].data[frames[3].len - 3] = 0xc1;        /* a reserved byte inside the body */
+    snprintf(env.from, sizeof(env.from), "a-actor"); /* lives on node a, not "rogue" */
+    assert_int_equal(duet_msg_encode(&env, &m, NULL, &frames[4]), DUET_OK);
+    snprintf(env.from, sizeof(env.from), "rogue/1");
+    assert_int_equal(duet_msg_encode(&env, &m, NULL, &frames[5]), DUET_OK);
+    for (int i = 0; i < 6; i++) {
+        zmq_send(s, "b", 1, ZMQ_SNDMORE);
+        zmq_send(s, frames[i].data, frames[i].len, 0);
+        duet_buf_cleanup(&frames[i]);
+    }
+    assert_true(world_wait(&w, one_msg, &c, 5000));
+    world_idle(&w, 50);
+    assert_int_equal(atomic_load(&c.n), 1);
+    duet_node_stats_t st;
+    duet_node_stats(w.b, &st);
+    assert_true(st.decode_errors >= 5);
+    assert_true(duet_node_has_actor(w.b, "target"));
+    zmq_close(s);
+    if (!w.ctx)
+        zmq_ctx_term(ctx);
+    world_destroy(&w);
+}
+
 /* ---- CURVE between nodes (tcp only) -------------------------------------------- */
 
 typedef struct cpinger {
@@ -815,7 +1036,11 @@ static void test_curve_nodes(void **state)
     const char *allow_a[] = {kb.public_z85, NULL};
     const char *allow_b[] = {ka.public_z85, NULL};
     const char *allow_e[] = {NULL};
-    duet_node_config_t cb = {.name = "b", .registry = reg, .bind = ab, .curve = &kb, .allow_keys = allow_b,
+    duet_node_config_t cb = {.name = "b",
+                             .registry = reg,
+                             .bind = ab,
+                             .curve = &kb,
+                             .allow_keys = allow_b,
                              .connect_timeout_ms = 300};
     duet_node_config_t ca = cb, ce = cb;
     ca.name = "a";
@@ -841,7 +1066,7 @@ static void test_curve_nodes(void **state)
     duet_node_stats_t sb;
     duet_node_stats(b, &sb);
     assert_true(sb.refused >= 1);
-    assert_int_equal(atomic_load(&c[1].pongs), 0);          /* the unknown key got nothing */
+    assert_int_equal(atomic_load(&c[1].pongs), 0); /* the unknown key got nothing */
     assert_int_equal(atomic_load(&ps.handled), atomic_load(&c[0].pongs)); /* only a's pings ran */
     duet_node_destroy(&e);
     duet_node_destroy(&a);
@@ -865,6 +1090,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_sup_intensity_escalates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credits_stop_fast_sender, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fd_demonitor_remote_stop, setup, teardown),
+        cmocka_unit_test(test_fault_layer),
+        cmocka_unit_test(test_rogue_peer),
         cmocka_unit_test(test_curve_nodes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

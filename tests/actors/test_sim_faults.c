@@ -23,6 +23,9 @@
 typedef struct server {
     int calls[NREQ];
     int handled;
+    bool async;          /* reply 1 ms later from a kept copy of the envelope */
+    duet_env_t held[NREQ];
+    int nheld;
 } server_t;
 
 static duet_status_t srv_start(duet_actor_t *self, void *arg, void **st)
@@ -40,8 +43,25 @@ static duet_status_t srv_handle(duet_actor_t *self, void *state, const duet_msg_
     s->calls[p->n]++;
     s->handled++;
     t_ping_t r = {p->n * 2, "ok"};
+    if (s->async) {
+        s->held[p->n] = m->env;
+        return duet_timer_start_ns(self, 1000000, 0, p->n, NULL);
+    }
     return duet_reply(self, &m->env, &t_msg_pong, &r);
 }
+
+static duet_status_t asrv_handle(duet_actor_t *self, void *state, const duet_msg_t *m)
+{
+    server_t *s = state;
+    const duet_sys_timer_t *t = duet_msg_body(m, &duet_msg_sys_timer);
+    if (t && t->tag < NREQ) {
+        t_ping_t r = {t->tag * 2, "ok"};
+        return duet_reply(self, &s->held[t->tag], &t_msg_pong, &r);
+    }
+    return srv_handle(self, state, m);
+}
+
+static const duet_actor_ops_t asrv_ops = {"async-server", srv_start, asrv_handle, NULL};
 
 static const duet_actor_ops_t srv_ops = {"server", srv_start, srv_handle, NULL};
 
@@ -57,7 +77,8 @@ typedef struct client {
 static duet_status_t cli_issue(duet_actor_t *self, client_t *c)
 {
     t_ping_t q = {(uint64_t)c->next, "q"};
-    duet_call_opts_t o = {.timeout_ms = c->timeout_ms, .retries = c->retries, .cookie = (uint64_t)c->next};
+    duet_call_opts_t o = {
+        .timeout_ms = c->timeout_ms, .retries = c->retries, .cookie = (uint64_t)c->next};
     duet_status_t st = duet_call(self, "server", &t_msg_ping, &q, &o, &c->seqs[c->next]);
     if (st == DUET_ERR_AGAIN)
         return DUET_OK; /* resumed on sys.writable */
@@ -121,6 +142,8 @@ typedef struct outcome {
     uint64_t dup_dropped;
 } outcome_t;
 
+static bool g_async;
+
 static void run_rpc(uint64_t seed, const char *plan_text, outcome_t *out, server_t *s, client_t *c)
 {
     world_t w;
@@ -135,7 +158,8 @@ static void run_rpc(uint64_t seed, const char *plan_text, outcome_t *out, server
     memset(c, 0, sizeof(*c));
     c->retries = plan ? 30 : 0;
     c->timeout_ms = 5;
-    assert_int_equal(duet_spawn(w.b, "server", &srv_ops, s, NULL), DUET_OK);
+    s->async = g_async;
+    assert_int_equal(duet_spawn(w.b, "server", g_async ? &asrv_ops : &srv_ops, s, NULL), DUET_OK);
     assert_int_equal(duet_spawn(w.a, "client", &cli_ops, c, NULL), DUET_OK);
     assert_true(world_wait(&w, cli_finished, c, 60000));
     world_idle(&w, 50); /* late duplicates arrive and are dropped */
@@ -176,12 +200,11 @@ static void test_same_seed_same_run(void **state)
     assert_int_not_equal(O1.vt_end, O3.vt_end);
 }
 
-static const char *lossy_plan =
-    "# every kind of message-level fault at once\n"
-    "drop    p=0.15\n"
-    "dup     p=0.15\n"
-    "reorder p=0.25 window=3ms\n"
-    "delay   p=0.10 min=100us max=2ms\n";
+static const char *lossy_plan = "# every kind of message-level fault at once\n"
+                                "drop    p=0.15\n"
+                                "dup     p=0.15\n"
+                                "reorder p=0.25 window=3ms\n"
+                                "delay   p=0.10 min=100us max=2ms\n";
 
 static void test_exactly_once_under_faults(void **state)
 {
@@ -200,6 +223,15 @@ static void test_exactly_once_under_faults(void **state)
     }
     assert_int_equal(S1.handled, NREQ);
     assert_true(O1.dup_dropped > 0); /* duplicates were seen and suppressed */
+    /* the same with replies sent later, from a kept envelope */
+    g_async = true;
+    run_rpc(22, lossy_plan, &O3, &S2, &C2);
+    g_async = false;
+    assert_int_equal(O3.timeouts, 0);
+    for (int i = 0; i < NREQ; i++) {
+        assert_int_equal(S2.calls[i], 1);
+        assert_int_equal(C2.replies[i], 1);
+    }
     /* the faulty run is reproducible too */
     run_rpc(21, lossy_plan, &O2, &S2, &C2);
     assert_int_equal(O1.trace, O2.trace);
@@ -334,13 +366,98 @@ static void test_partition_crash_stall_plan(void **state)
     /* 5 missed 20 ms heartbeats after the cut at 200 ms */
     assert_true(remote.down_at >= 300000000ull && remote.down_at < 400000000ull);
     world_idle(&w, 1000);
-    assert_true(stall.timeouts >= 5);   /* the stalled actor did not answer in time */
+    assert_true(stall.timeouts >= 5); /* the stalled actor did not answer in time */
     assert_true(stall.replies > replies_before_stall + 10); /* and answered again after */
     assert_int_equal(duet_fault_count(plan, DUET_FAULT_CRASH), 1);
     assert_int_equal(duet_fault_count(plan, DUET_FAULT_STALL), 1);
     assert_true(duet_fault_partitioned(plan, 300000000ull, "a", "b"));
     world_destroy(&w);
     duet_fault_plan_destroy(&plan);
+}
+
+/* ---- registries in separate "processes" follow restarts and moves ---------- */
+
+static duet_status_t count_handle(duet_actor_t *self, void *state, const duet_msg_t *m)
+{
+    if (t_msg_ping_body(m))
+        (*(int *)state)++;
+    return DUET_OK;
+}
+static duet_status_t count_start(duet_actor_t *self, void *arg, void **st)
+{
+    *st = arg;
+    return DUET_OK;
+}
+static const duet_actor_ops_t count_ops = {"count", count_start, count_handle, NULL};
+
+static void test_registry_follows_moves(void **state)
+{
+    (void)state;
+    duet_simnet_t *sim;
+    duet_simnet_config_t sc = {.seed = 9, .latency_min_ns = 10000, .latency_max_ns = 50000};
+    assert_int_equal(duet_simnet_create(&sc, &sim), DUET_OK);
+    duet_registry_t *reg[3];
+    duet_node_t *node[3];
+    const char *names[3] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(duet_registry_create(&reg[i]), DUET_OK);
+        for (int k = 0; k < 3; k++) /* the deployment names the nodes, not the actors */
+            duet_registry_add_node(reg[i], names[k], NULL, NULL);
+    }
+    for (int i = 0; i < 3; i++) {
+        duet_node_config_t c = {.name = names[i], .registry = reg[i], .sim = sim};
+        assert_int_equal(duet_node_create(&c, &node[i]), DUET_OK);
+    }
+    int on_b = 0, on_c = 0;
+    char where[DUET_NAME_MAX];
+    uint64_t e1 = 0, e2 = 0, e3 = 0;
+    assert_int_equal(duet_spawn(node[1], "mover", &count_ops, &on_b, NULL), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 50000000ull, 0);
+    assert_int_equal(duet_registry_lookup(reg[0], "mover", where, &e1), DUET_OK);
+    assert_string_equal(where, "b");
+    t_ping_t m = {1, "x"};
+    assert_int_equal(duet_node_send(node[0], "", "mover", &t_msg_ping, &m), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 10000000ull, 0);
+    assert_int_equal(on_b, 1);
+    /* restart on b: a new incarnation */
+    assert_int_equal(duet_stop(node[1], "mover", "normal"), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 10000000ull, 0);
+    assert_int_equal(duet_spawn(node[1], "mover", &count_ops, &on_b, NULL), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 10000000ull, 0);
+    assert_int_equal(duet_registry_lookup(reg[0], "mover", where, &e2), DUET_OK);
+    assert_true(e2 > e1);
+    /* move to c: a's registry follows, and a's messages go there */
+    assert_int_equal(duet_stop(node[1], "mover", "normal"), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 10000000ull, 0);
+    assert_int_equal(duet_spawn(node[2], "mover", &count_ops, &on_c, NULL), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 10000000ull, 0);
+    assert_int_equal(duet_registry_lookup(reg[0], "mover", where, &e3), DUET_OK);
+    assert_string_equal(where, "c");
+    assert_int_equal(duet_node_send(node[0], "", "mover", &t_msg_ping, &m), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 10000000ull, 0);
+    assert_int_equal(on_c, 1);
+    assert_int_equal(on_b, 1);
+    /* a late node learns what already runs when it first hears from a peer */
+    duet_registry_t *rd;
+    assert_int_equal(duet_registry_create(&rd), DUET_OK);
+    for (int k = 0; k < 3; k++)
+        duet_registry_add_node(rd, names[k], NULL, NULL);
+    duet_registry_add_node(rd, "d", NULL, NULL);
+    for (int i = 0; i < 3; i++)
+        duet_registry_add_node(reg[i], "d", NULL, NULL);
+    duet_node_t *nd;
+    duet_node_config_t cd = {.name = "d", .registry = rd, .sim = sim};
+    assert_int_equal(duet_node_create(&cd, &nd), DUET_OK);
+    duet_simnet_run(sim, duet_simnet_now(sim) + 300000000ull, 0);
+    assert_int_equal(duet_registry_lookup(rd, "mover", where, NULL), DUET_OK);
+    assert_string_equal(where, "c");
+    duet_node_destroy(&nd);
+    for (int i = 0; i < 3; i++)
+        duet_node_destroy(&node[i]);
+    duet_simnet_destroy(&sim);
+    duet_registry_destroy(&rd);
+    for (int i = 0; i < 3; i++)
+        duet_registry_destroy(&reg[i]);
 }
 
 int main(void)
@@ -351,6 +468,7 @@ int main(void)
         cmocka_unit_test(test_same_seed_same_run),
         cmocka_unit_test(test_exactly_once_under_faults),
         cmocka_unit_test(test_partition_crash_stall_plan),
+        cmocka_unit_test(test_registry_follows_moves),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

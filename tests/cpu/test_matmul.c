@@ -204,13 +204,18 @@ static void run_matmul_suite(const shape_t *shapes, size_t n_shapes, const int *
                 if (!duet_cpu_isa_supported((duet_cpu_isa_t)isa))
                     continue;
                 assert_int_equal(duet_cpu_isa_select((duet_cpu_isa_t)isa), DUET_OK);
-                for (size_t p = 0; p < n_threads; p++) {
-                    for (int acc = 0; acc < 2; acc++) {
-                        failures += check_one(pools[p], s, dt, x, w, ref, mag, y0, acc,
-                                              duet_cpu_isa_name());
-                        checked++;
+                /* AVX-512: the algorithm chosen by shape, and the packed GEMM forced */
+                for (int algo = 0; algo < (isa == DUET_CPU_ISA_AVX512 ? 2 : 1); algo++) {
+                    duet_cpu_set_gemm_min_rows(algo ? 1 : 0);
+                    for (size_t p = 0; p < n_threads; p++) {
+                        for (int acc = 0; acc < 2; acc++) {
+                            failures += check_one(pools[p], s, dt, x, w, ref, mag, y0, acc,
+                                                  algo ? "avx512 gemm" : duet_cpu_isa_name());
+                            checked++;
+                        }
                     }
                 }
+                duet_cpu_set_gemm_min_rows(0);
             }
             free(w);
             free(x);
@@ -248,8 +253,9 @@ static void test_matmul_model_shapes(void **state)
 {
     (void)state;
     static const shape_t shapes[] = {
-        {1, 1024, 640},  {2, 1000, 300}, {8, 1024, 352}, {9, 600, 100},  {15, 520, 96},
-        {16, 1024, 130}, {24, 700, 70},  {32, 1030, 64}, {48, 513, 200}, {100, 1100, 97},
+        {1, 1024, 640}, {2, 1000, 300},  {8, 1024, 352}, {9, 600, 100},
+        {15, 520, 96},  {16, 1024, 130}, {24, 700, 70},  {32, 1030, 64},
+        {48, 513, 200}, {100, 1100, 97}, {20, 2100, 40}, {200, 700, 33},
     };
     static const int threads[] = {1, 2, 3};
     run_matmul_suite(shapes, sizeof(shapes) / sizeof(shapes[0]), threads, 3);
@@ -296,6 +302,7 @@ static void test_matmul_batch(void **state)
         if (!duet_cpu_isa_supported((duet_cpu_isa_t)isa))
             continue;
         assert_int_equal(duet_cpu_isa_select((duet_cpu_isa_t)isa), DUET_OK);
+        duet_cpu_set_gemm_min_rows(isa == DUET_CPU_ISA_AVX512 ? 16 : 0); /* both algorithms */
         for (int i = 0; i < COUNT; i++) {
             const shape_t *s = &shapes[i];
             for (int64_t k = 0; k < s->n * s->out; k++)
@@ -310,6 +317,7 @@ static void test_matmul_batch(void **state)
                 assert_memory_equal(mms[i].y, want[i], (size_t)ny * sizeof(float));
         }
     }
+    duet_cpu_set_gemm_min_rows(0);
     duet_cpu_pool_destroy(&pool);
     for (int i = 0; i < COUNT; i++) {
         if (i != 1)
@@ -318,6 +326,39 @@ static void test_matmul_batch(void **state)
         free(want[i]);
         free(mms[i].y);
     }
+}
+
+/* Results do not depend on the number of threads (bitwise). */
+static void test_matmul_thread_invariant(void **state)
+{
+    (void)state;
+    static const shape_t shapes[] = {{1, 1000, 333}, {7, 300, 200},  {40, 2100, 70},
+                                     {130, 257, 99}, {10, 2600, 50}, {200, 900, 40}};
+    duet_cpu_pool_t *p1 = duet_cpu_pool_create(1), *p3 = duet_cpu_pool_create(3);
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        const shape_t *s = &shapes[si];
+        float *x = malloc((size_t)(s->n * s->in) * sizeof(float));
+        float *wx = malloc((size_t)(s->out * s->in) * sizeof(float));
+        float *a = malloc((size_t)(s->n * s->out) * sizeof(float));
+        float *b = malloc((size_t)(s->n * s->out) * sizeof(float));
+        for (int64_t i = 0; i < s->n * s->in; i++)
+            x[i] = frand();
+        void *w = make_weights(DUET_DTYPE_BF16, s->out * s->in, wx);
+        for (int isa = 0; isa < DUET_CPU_ISA_COUNT; isa++) {
+            if (duet_cpu_isa_select((duet_cpu_isa_t)isa) != DUET_OK)
+                continue;
+            duet_cpu_matmul(p1, x, s->n, s->in, w, DUET_DTYPE_BF16, s->out, a, false);
+            duet_cpu_matmul(p3, x, s->n, s->in, w, DUET_DTYPE_BF16, s->out, b, false);
+            assert_memory_equal(a, b, (size_t)(s->n * s->out) * sizeof(float));
+        }
+        free(x);
+        free(wx);
+        free(a);
+        free(b);
+        free(w);
+    }
+    duet_cpu_pool_destroy(&p1);
+    duet_cpu_pool_destroy(&p3);
 }
 
 static void test_isa_select(void **state)
@@ -339,7 +380,7 @@ int main(void)
         cmocka_unit_test(test_pool_every_task_once), cmocka_unit_test(test_pool_sleeping_workers),
         cmocka_unit_test(test_pool_default_size),    cmocka_unit_test(test_isa_select),
         cmocka_unit_test(test_matmul_odd_shapes),    cmocka_unit_test(test_matmul_model_shapes),
-        cmocka_unit_test(test_matmul_batch),
+        cmocka_unit_test(test_matmul_batch),         cmocka_unit_test(test_matmul_thread_invariant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

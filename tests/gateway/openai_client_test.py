@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """The official `openai` Python client against a duet gateway.
 
-Today the server is tests/gateway/fake_server (the gateway in front of a
-deterministic fake engine: token k after prompt id p is p + 1 + k, plus
-seed % 5 when temperature > 0), so exact outputs are known. When the real
-engine is wired in, run with --server pointing at `duet serve` and
---no-exact to keep every check that does not depend on the fake's rule.
+The server is tests/gateway/fake_server. Without --model it is the gateway
+in front of a deterministic fake engine (token k after prompt id p is
+p + 1 + k, plus seed % 5 when temperature > 0), so exact outputs are known.
+With --model DIR it serves that real model through the single-process
+engine; the checks that depend on the fake's rule are then replaced by
+--reference FILE (the model's reference.json: greedy continuations computed
+by Hugging Face transformers), which the served text must equal.
 
 Exit 0 on success, 1 on a failed check, 77 (skip) when the openai package is
 missing.
@@ -112,13 +114,34 @@ def expect_error(fn, cls, status, param, what):
     check(False, f"{what}: no error raised")
 
 
-def run(client, base, vocab, exact, model):
+NO_EOS = {"ignore_eos": True}  # vLLM's extension: exact token counts on a real model
+
+
+def run(client, base, vocab, exact, reference):
     # models
     models = client.models.list()
-    check(len(models.data) == 1 and models.data[0].id == model, "models.list names the model")
+    check(len(models.data) == 1, "models.list names one model")
+    model = models.data[0].id
+    ctx = int((models.data[0].model_extra or {}).get("max_model_len", 0))
+    check(ctx > 16, f"models.list reports max_model_len ({ctx})")
+
+    if reference:
+        with open(reference, encoding="utf-8") as f:
+            ref = json.load(f)
+        fair = [g for g in ref["greedy"] if g["min_margin"] >= 1e-3]
+        for g in fair:
+            r = client.completions.create(model=model, prompt=g["prompt"],
+                                          max_tokens=len(g["greedy"]), temperature=0)
+            check(r.choices[0].text == g["text"], f"greedy of {g['prompt']!r} equals HF's")
+            check(r.usage.prompt_tokens == len(g["prompt_ids"]), "prompt tokenized as HF does")
+            r2 = client.completions.create(model=model, prompt=g["prompt_ids"],
+                                           max_tokens=len(g["greedy"]), temperature=0)
+            check(r2.choices[0].text == g["text"], "same from the token-id prompt")
+        check(len(fair) > 0, "reference has prompts to compare")
 
     # completions, not streamed, token-id prompt
-    r = client.completions.create(model=model, prompt=[600], max_tokens=5, temperature=0)
+    r = client.completions.create(model=model, prompt=[600], max_tokens=5, temperature=0,
+                                  extra_body=NO_EOS)
     if exact:
         check(r.choices[0].text == vocab.decode(fake_tokens(600, 5)), "completion text (token ids)")
     check(r.choices[0].finish_reason == "length", "completion finish_reason length")
@@ -128,7 +151,7 @@ def run(client, base, vocab, exact, model):
 
     # the same, streamed, with usage
     chunks = list(client.completions.create(model=model, prompt=[600], max_tokens=5,
-                                            temperature=0, stream=True,
+                                            temperature=0, stream=True, extra_body=NO_EOS,
                                             stream_options={"include_usage": True}))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     check(text == r.choices[0].text, "streamed completion text equals non-streamed")
@@ -139,12 +162,14 @@ def run(client, base, vocab, exact, model):
           and chunks[-1].usage.prompt_tokens == 1, "stream usage chunk")
 
     # string prompt
-    r = client.completions.create(model=model, prompt="def main():", max_tokens=3, temperature=0)
+    r = client.completions.create(model=model, prompt="def main():", max_tokens=3, temperature=0,
+                                  extra_body=NO_EOS)
     check(r.usage.completion_tokens == 3 and r.usage.prompt_tokens >= 1, "string prompt usage")
 
     # chat, not streamed and streamed
     msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello"}]
-    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0)
+    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0,
+                                       extra_body=NO_EOS)
     check(r.object == "chat.completion" and r.id.startswith("chatcmpl-"), "chat id/object")
     check(r.choices[0].message.role == "assistant", "chat message role")
     if exact:
@@ -153,7 +178,7 @@ def run(client, base, vocab, exact, model):
         check(r.choices[0].message.content == vocab.decode(fake_tokens(last, 4)), "chat content")
     check(r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4, "chat usage")
     stream = client.chat.completions.create(model=model, messages=msgs, max_tokens=4,
-                                            temperature=0, stream=True,
+                                            temperature=0, stream=True, extra_body=NO_EOS,
                                             stream_options={"include_usage": True})
     chunks = list(stream)
     check(chunks[0].choices[0].delta.role == "assistant", "first chat delta carries the role")
@@ -163,7 +188,7 @@ def run(client, base, vocab, exact, model):
 
     # n > 1 with a seed
     r = client.completions.create(model=model, prompt=[600], max_tokens=3, temperature=0.8,
-                                  seed=10, n=3)
+                                  seed=10, n=3, extra_body=NO_EOS)
     check(sorted(c.index for c in r.choices) == [0, 1, 2], "n=3 gives three choices")
     if exact:
         for c in r.choices:
@@ -172,15 +197,17 @@ def run(client, base, vocab, exact, model):
     check(r.usage.completion_tokens == 9, "n=3 usage")
 
     # stop strings (text cut before the stop, finish_reason stop)
-    full = client.completions.create(model=model, prompt=[600], max_tokens=12, temperature=0)
+    full = client.completions.create(model=model, prompt=[600], max_tokens=12, temperature=0,
+                                     extra_body=NO_EOS)
     full_text = full.choices[0].text
     stop = full_text[len(full_text) // 2: len(full_text) // 2 + 3]
     r = client.completions.create(model=model, prompt=[600], max_tokens=12, temperature=0,
-                                  stop=["@@never@@", stop])
+                                  stop=["@@never@@", stop], extra_body=NO_EOS)
     check(r.choices[0].text == full_text[:full_text.find(stop)] and
           r.choices[0].finish_reason == "stop", f"stop string {stop!r}")
     chunks = list(client.completions.create(model=model, prompt=[600], max_tokens=12,
-                                            temperature=0, stop=stop, stream=True))
+                                            temperature=0, stop=stop, stream=True,
+                                            extra_body=NO_EOS))
     check("".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text,
           "streamed stop string")
 
@@ -193,14 +220,15 @@ def run(client, base, vocab, exact, model):
                  openai.BadRequestError, 400, "messages", "empty messages")
     expect_error(lambda: client.completions.create(model="no-such-model", prompt="x"),
                  openai.NotFoundError, 404, "model", "unknown model")
-    expect_error(lambda: client.completions.create(model=model, prompt=[600] * 1000),
+    expect_error(lambda: client.completions.create(model=model, prompt=[600] * (ctx + 1)),
                  openai.BadRequestError, 400, "prompt", "prompt longer than the context")
     bad = openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0, timeout=30)
     expect_error(lambda: bad.models.list(), openai.AuthenticationError, 401, None, "wrong API key")
 
     # cancel on disconnect: close a stream early, the engine request ends
     before = metric(base, "duet_gateway_disconnect_cancels_total")
-    s = client.completions.create(model=model, prompt=[600], max_tokens=200, stream=True)
+    s = client.completions.create(model=model, prompt=[600], max_tokens=min(2000, ctx - 8),
+                                  stream=True, extra_body=NO_EOS)
     next(iter(s))
     next(iter(s))
     s.close()
@@ -219,12 +247,21 @@ def run(client, base, vocab, exact, model):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True, help="fake_server binary")
-    ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--no-exact", action="store_true")
+    ap.add_argument("--tokenizer", help="tokenizer.json for the fake engine")
+    ap.add_argument("--model", help="serve this model directory on the real engine")
+    ap.add_argument("--reference", help="the model's reference.json (with --model)")
     args = ap.parse_args()
+    if not args.tokenizer and not args.model:
+        ap.error("--tokenizer or --model is required")
     key = "sk-duet-test"
-    proc = subprocess.Popen([args.server, "--tokenizer", args.tokenizer, "--api-key", key,
-                             "--token-delay-ms", "2"], stdout=subprocess.PIPE, text=True)
+    cmd = [args.server, "--api-key", key]
+    if args.model:
+        cmd += ["--model", args.model]
+        tok = args.model + "/tokenizer.json"
+    else:
+        cmd += ["--tokenizer", args.tokenizer, "--token-delay-ms", "2"]
+        tok = args.tokenizer
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         if not line.startswith("LISTENING "):
@@ -233,7 +270,7 @@ def main():
         port = int(line.split()[1])
         base = f"http://127.0.0.1:{port}"
         client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30)
-        run(client, base, Vocab(args.tokenizer), not args.no_exact, "fake-model")
+        run(client, base, Vocab(tok), not args.model, args.reference)
     finally:
         proc.terminate()
         try:

@@ -141,7 +141,8 @@ static void test_roundtrip(void **state)
 }
 
 /* Build a frame: envelope for `type` from `from` + raw body bytes. */
-static void raw_frame(uint16_t type, const char *from, const uint8_t *body, size_t n, duet_buf_t *out)
+static void raw_frame(uint16_t type, const char *from, const uint8_t *body, size_t n,
+                      duet_buf_t *out)
 {
     uint8_t env[128];
     size_t k = 0;
@@ -207,8 +208,8 @@ static void test_array32_bomb(void **state)
     /* count 1000 with 10 bytes behind it is refused too */
     const uint8_t short_arr[] = {0x92, 0x01, 0xdc, 0x03, 0xe8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
     g_max_alloc = 0;
-    assert_int_not_equal(duet_schema_decode(&t_msg_ping.schema, short_arr, sizeof(short_arr), NULL, &v),
-                         DUET_OK);
+    assert_int_not_equal(
+        duet_schema_decode(&t_msg_ping.schema, short_arr, sizeof(short_arr), NULL, &v), DUET_OK);
     assert_true(g_max_alloc < 4096);
     duet_buf_cleanup(&w);
     duet_buf_cleanup(&w2);
@@ -371,7 +372,9 @@ static void test_optional_and_registry(void **state)
     /* clone */
     void *c = NULL;
     assert_int_equal(duet_schema_clone(&t_msg_big.schema, &b, &c), DUET_OK);
-    assert_string_equal(((t_big_t *)c)->routes.data ? ((t_route_t *)((t_big_t *)c)->routes.data)[0].shard : "", "s1");
+    assert_string_equal(
+        ((t_big_t *)c)->routes.data ? ((t_route_t *)((t_big_t *)c)->routes.data)[0].shard : "",
+        "s1");
     duet_free(c);
     /* registry: same id, other descriptor -> refused; same descriptor -> no-op */
     static const duet_msg_type_t clash = {DUET_MSG_RANGE_TEST + 1, "test.clash",

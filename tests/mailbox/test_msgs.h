@@ -26,13 +26,13 @@ typedef struct t_big {
     double f64;
     char *name;
     duet_bytes_t blob;
-    duet_array_t tokens;  /* u32 */
-    duet_array_t ids;     /* u64 */
-    duet_array_t deltas;  /* i32 */
-    duet_array_t big;     /* i64 */
-    duet_array_t probs;   /* f32 */
-    duet_array_t logits;  /* f64 */
-    duet_array_t names;   /* str */
+    duet_array_t tokens; /* u32 */
+    duet_array_t ids;    /* u64 */
+    duet_array_t deltas; /* i32 */
+    duet_array_t big;    /* i64 */
+    duet_array_t probs;  /* f32 */
+    duet_array_t logits; /* f64 */
+    duet_array_t names;  /* str */
     t_route_t primary;
     duet_array_t routes; /* t_route_t */
     uint64_t extra;      /* optional */

@@ -155,12 +155,14 @@ static void test_plan_parse_and_decide(void **state)
 
     /* errors name the source, the line and the key */
     assert_int_equal(duet_fault_plan_create(7, &p), DUET_OK);
-    assert_int_equal(duet_fault_plan_parse(p, "drop p=0.1\nexplode x=1\n", "f.plan"), DUET_ERR_INVALID);
+    assert_int_equal(duet_fault_plan_parse(p, "drop p=0.1\nexplode x=1\n", "f.plan"),
+                     DUET_ERR_INVALID);
     assert_non_null(strstr(duet_error(), "f.plan:2"));
     assert_int_equal(duet_fault_plan_parse(p, "delay min=fast\n", "f.plan"), DUET_ERR_INVALID);
     assert_non_null(strstr(duet_error(), "'min'"));
     assert_int_equal(duet_fault_plan_parse(p, "drop p=2\n", "f.plan"), DUET_ERR_INVALID);
-    assert_int_equal(duet_fault_plan_parse(p, "\n\npartition nodes=a,b\n", "f.plan"), DUET_ERR_INVALID);
+    assert_int_equal(duet_fault_plan_parse(p, "\n\npartition nodes=a,b\n", "f.plan"),
+                     DUET_ERR_INVALID);
     assert_non_null(strstr(duet_error(), "f.plan:3"));
     assert_int_equal(duet_fault_plan_parse(p, "crash at=1s\n", "f.plan"), DUET_ERR_INVALID);
     assert_non_null(strstr(duet_error(), "actor="));

@@ -122,7 +122,8 @@ static void test_bind_policy_and_maxsize(void **state)
     void *ctx = zmq_ctx_new();
     duet_zep_t *a, *b;
     duet_zep_config_t ca = {.node = "a", .zmq_ctx = ctx};
-    duet_zep_config_t cb = {.node = "b", .bind = "tcp://127.0.0.1:0", .zmq_ctx = ctx, .max_msg_size = 1024};
+    duet_zep_config_t cb = {
+        .node = "b", .bind = "tcp://127.0.0.1:0", .zmq_ctx = ctx, .max_msg_size = 1024};
     cb.bind = "inproc://duet-maxsz"; /* inproc does not enforce MAXMSGSIZE; use tcp */
     cb.bind = "tcp://127.0.0.1:*";
     assert_int_equal(duet_zep_create(&cb, &b), DUET_OK);
@@ -157,7 +158,8 @@ static void test_curve_allow_list(void **state)
     assert_int_equal(duet_curve_keypair(&kbad), DUET_OK);
     const char *allow[] = {kgood.public_z85, NULL};
     duet_zep_t *s, *good, *bad;
-    duet_zep_config_t cs = {.node = "srv", .bind = "tcp://127.0.0.1:*", .curve = &ks, .allow_keys = allow};
+    duet_zep_config_t cs = {
+        .node = "srv", .bind = "tcp://127.0.0.1:*", .curve = &ks, .allow_keys = allow};
     duet_zep_config_t cg = {.node = "good", .curve = &kgood};
     duet_zep_config_t cbad = {.node = "bad", .curve = &kbad};
     assert_int_equal(duet_zep_create(&cs, &s), DUET_OK);

@@ -61,8 +61,8 @@ REF_FN int ref_load(const char *dir, ref_set_t *r)
 {
     char path[1024];
     memset(r, 0, sizeof(*r));
-    snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
-    if (duet_safetensors_open(path, &r->st)) {
+    int w = snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
+    if (w < 0 || (size_t)w >= sizeof(path) || duet_safetensors_open(path, &r->st)) {
         fprintf(stderr, "cannot open %s: %s\n", path, duet_error());
         return -1;
     }
@@ -289,6 +289,88 @@ REF_FN int ref_check_greedy(duet_backend_t *be, const duet_model_t *m, const ref
         bad = -1; /* nothing compared would make the check vacuous */
     duet_engine_destroy(&e);
     return bad;
+}
+
+/* Continuous batching: prompt i joins at step 2*i with its whole prompt
+ * (logits at every position) while the earlier ones are decoding their
+ * greedy continuations (one token, last logits) in the same steps. Checks
+ * every prefill row against HF's logits and every generated token against
+ * HF's greedy (margin rule). Returns the number of failures, -1 on error. */
+REF_FN int ref_check_staggered(duet_backend_t *be, const duet_model_t *m, const ref_set_t *r)
+{
+    int32_t total = 0;
+    for (int i = 0; i < r->n; i++)
+        total += r->p[i].n;
+    duet_engine_t *e = ref_engine(be, m, total + r->n, total + r->n);
+    if (!e)
+        return -1;
+    float *logits = malloc(sizeof(float) * (size_t)(total + r->n) * (size_t)r->vocab);
+    int32_t seq[REF_MAX_PROMPTS], gen[REF_MAX_PROMPTS], cur[REF_MAX_PROMPTS];
+    bool live[REF_MAX_PROMPTS];
+    int fails = 0, compared = 0, rows_checked = 0;
+    const int32_t steps = r->p[0].n_greedy;
+    for (int i = 0; i < r->n; i++) {
+        duet_kvcache_seq_open(duet_engine_kv(e), &seq[i]);
+        gen[i] = -1; /* not started */
+        live[i] = true;
+    }
+    for (int step = 0;; step++) {
+        duet_seq_input_t in[REF_MAX_PROMPTS];
+        int idx[REF_MAX_PROMPTS], ns = 0;
+        for (int i = 0; i < r->n; i++) {
+            if (gen[i] < 0 && step == 2 * i) {
+                in[ns] = (duet_seq_input_t){seq[i], r->p[i].n, r->p[i].ids, DUET_LOGITS_ALL};
+                idx[ns++] = i;
+            } else if (gen[i] >= 0 && gen[i] < steps) {
+                in[ns] = (duet_seq_input_t){seq[i], 1, &cur[i], DUET_LOGITS_LAST};
+                idx[ns++] = i;
+            }
+        }
+        if (ns == 0)
+            break;
+        if (duet_engine_step(e, ns, in, logits, NULL)) {
+            fprintf(stderr, "staggered step %d: %s\n", step, duet_error());
+            fails = -1;
+            break;
+        }
+        int64_t off = 0;
+        for (int s = 0; s < ns; s++) {
+            int i = idx[s];
+            const ref_prompt_t *p = &r->p[i];
+            if (in[s].logits == DUET_LOGITS_ALL) {
+                float d = max_abs_diff(logits + off, p->logits, (int64_t)p->n * r->vocab);
+                rows_checked += p->n;
+                if (d > REF_LOGIT_TOL) {
+                    printf("  staggered: prompt %d prefill max |diff| %.3g\n", i, (double)d);
+                    fails++;
+                }
+                off += (int64_t)(p->n - 1) * r->vocab; /* the last row is the sampling row */
+                gen[i] = 0;
+            }
+            int32_t t = duet_sample_greedy(logits + off, r->vocab);
+            off += r->vocab;
+            if (live[i] && p->margin[gen[i]] < REF_MARGIN_MIN)
+                live[i] = false;
+            if (live[i]) {
+                compared++;
+                if (t != p->greedy[gen[i]]) {
+                    printf("  staggered: prompt %d step %d: got %d, HF %d\n", i, gen[i], t,
+                           p->greedy[gen[i]]);
+                    fails++;
+                    live[i] = false;
+                }
+            }
+            cur[i] = t;
+            gen[i]++;
+        }
+    }
+    printf("  staggered: %d prefill rows, %d greedy tokens compared, %d failures\n", rows_checked,
+           compared, fails);
+    if (fails == 0 && (compared < r->n || rows_checked < total))
+        fails = -1;
+    free(logits);
+    duet_engine_destroy(&e);
+    return fails;
 }
 
 #endif

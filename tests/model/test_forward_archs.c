@@ -51,6 +51,7 @@ static void check_arch(const char *name, duet_arch_t arch)
     assert_true(ref_check_prefill(g_be, m, &r, true) <= REF_LOGIT_TOL);
     assert_true(ref_check_mixed(g_be, m, &r) <= REF_LOGIT_TOL);
     assert_int_equal(ref_check_greedy(g_be, m, &r), 0);
+    assert_int_equal(ref_check_staggered(g_be, m, &r), 0);
     ref_free(&r);
     duet_model_destroy(&m);
 }

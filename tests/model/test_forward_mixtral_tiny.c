@@ -69,6 +69,13 @@ static void test_greedy(void **state)
     assert_int_equal(ref_check_greedy(g_be, g_model, &g_ref), 0);
 }
 
+/* Prompts joining while others decode (continuous batching). */
+static void test_staggered_prefill_and_decode(void **state)
+{
+    (void)state;
+    assert_int_equal(ref_check_staggered(g_be, g_model, &g_ref), 0);
+}
+
 /* One thread must give the same answers (the pool split is not numerics). */
 static void test_single_thread(void **state)
 {
@@ -217,11 +224,19 @@ static duet_status_t count_matmul(duet_backend_t *be, const float *x, int64_t n,
     return g_be->ops->matmul(be, x, n, in, w, b, y, acc);
 }
 
+static duet_status_t count_matmul_batch(duet_backend_t *be, const duet_matmul_desc_t *mms,
+                                        int count)
+{
+    g_calls += count;
+    return g_be->ops->matmul_batch(be, mms, count);
+}
+
 static void test_unsupported_op(void **state)
 {
     (void)state;
     g_wrap = *g_be->ops;
     g_wrap.matmul = count_matmul;
+    g_wrap.matmul_batch = count_matmul_batch;
     g_wrap.route = stub_route;
     duet_backend_t wrapped = {&g_wrap, g_be->impl};
     duet_engine_opts_t o = {0};
@@ -254,10 +269,15 @@ static void test_backend_registry(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_prefill_alone),       cmocka_unit_test(test_prefill_batched),
-        cmocka_unit_test(test_mixed_prefill_decode), cmocka_unit_test(test_greedy),
-        cmocka_unit_test(test_single_thread),       cmocka_unit_test(test_block_size_5),
-        cmocka_unit_test(test_disaggregated_roles), cmocka_unit_test(test_unsupported_op),
+        cmocka_unit_test(test_prefill_alone),
+        cmocka_unit_test(test_prefill_batched),
+        cmocka_unit_test(test_mixed_prefill_decode),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_staggered_prefill_and_decode),
+        cmocka_unit_test(test_single_thread),
+        cmocka_unit_test(test_block_size_5),
+        cmocka_unit_test(test_disaggregated_roles),
+        cmocka_unit_test(test_unsupported_op),
         cmocka_unit_test(test_backend_registry),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

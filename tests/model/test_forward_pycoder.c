@@ -118,8 +118,7 @@ static void check_heldout(int chunk, size_t only)
             int32_t take = chunk > 0 ? DUET_MIN(chunk, n - done) : n;
             duet_seq_input_t in = {seq, take, ids + done, DUET_LOGITS_ALL};
             int32_t rows = 0;
-            duet_status_t st =
-                duet_engine_step(e, 1, &in, logits + (int64_t)done * V, &rows);
+            duet_status_t st = duet_engine_step(e, 1, &in, logits + (int64_t)done * V, &rows);
             if (st)
                 fprintf(stderr, "step: %s\n", duet_error());
             assert_int_equal(st, DUET_OK);

@@ -36,8 +36,8 @@ static int teardown(void **state)
 
 static duet_kvcache_t *cache(int32_t n_blocks, int32_t max_seqs, int32_t max_len)
 {
-    duet_kvcache_opts_t o = {.block_size = 16, .n_blocks = n_blocks, .max_seqs = max_seqs,
-                             .max_seq_len = max_len};
+    duet_kvcache_opts_t o = {
+        .block_size = 16, .n_blocks = n_blocks, .max_seqs = max_seqs, .max_seq_len = max_len};
     duet_kvcache_t *kv = NULL;
     assert_int_equal(duet_kvcache_create(g_be, &g_model->cfg, &o, &kv), DUET_OK);
     return kv;

@@ -155,7 +155,7 @@ static void test_bad_params(void **state)
     make_logits(3);
     int32_t tok;
     duet_sampling_params_t bad[] = {
-        params(-1.0f, 0, 1.0f, 0), params(NAN, 0, 1.0f, 0), params(1.0f, -2, 1.0f, 0),
+        params(-1.0f, 0, 1.0f, 0), params(NAN, 0, 1.0f, 0),  params(1.0f, -2, 1.0f, 0),
         params(1.0f, 0, 0.0f, 0),  params(1.0f, 0, 1.5f, 0),
     };
     for (size_t i = 0; i < DUET_ARRAY_LEN(bad); i++) {

@@ -121,7 +121,7 @@ static size_t check_stream(const duet_tokenizer_t *tok, const int32_t *ids, size
             assert_int_equal(duet_detok_push(d, ids[i], &chunk, &cl), DUET_OK);
         else
             assert_int_equal(duet_detok_flush(d, &chunk, &cl), DUET_OK);
-        assert_int_equal(strlen(chunk), cl);
+        assert_int_equal(chunk[cl], '\0'); /* NUL-terminated (may hold NUL bytes) */
         if (!utf8_valid(chunk, cl))
             fail_msg("stream chunk %zu is not whole UTF-8", i);
         if (i < n && cl == 0)
@@ -180,6 +180,43 @@ static void test_mixtral_tiny_cases(void **state)
     json_decref(ref);
     duet_tokenizer_destroy(&tok);
     assert_null(tok);
+}
+
+/* The other architecture fixtures (generated alongside mixtral-tiny by HF)
+ * carry tokenizer_cases too; each present one must match. */
+static void test_arch_fixture_cases(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"olmoe-tiny", "qwen2moe-tiny", "qwen3moe-tiny"};
+    size_t found = 0;
+    for (size_t d = 0; d < DUET_ARRAY_LEN(dirs); d++) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s/reference.json", DUET_FIXTURES, dirs[d]);
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            fprintf(stderr, "  (no %s fixture, skipped)\n", dirs[d]);
+            continue;
+        }
+        fclose(f);
+        found++;
+        json_t *ref = load_json(path);
+        snprintf(path, sizeof(path), "%s/%s", DUET_FIXTURES, dirs[d]);
+        duet_tokenizer_t *tok = load_tok(path);
+        json_t *cases = json_object_get(ref, "tokenizer_cases"), *c;
+        size_t i;
+        assert_true(json_array_size(cases) > 0);
+        json_array_foreach(cases, i, c)
+        {
+            const char *text = json_string_value(json_object_get(c, "text"));
+            expect_encode(tok, text, false, json_object_get(c, "ids"));
+            expect_decode(tok, json_object_get(c, "ids"), false,
+                          json_string_value(json_object_get(c, "decoded")));
+        }
+        duet_tokenizer_destroy(&tok);
+        json_decref(ref);
+    }
+    if (found == 0)
+        skip();
 }
 
 static void test_pycoder_prompts(void **state)
@@ -328,6 +365,41 @@ static void test_stream_multibyte(void **state)
     }
 }
 
+/* Random id sequences (byte tokens, specials, pieces): the stream gives
+ * whole UTF-8 chunks and equals the full decode, ill-formed bytes included
+ * (ByteLevel: U+FFFD per maximal bad subsequence, as Rust's
+ * from_utf8_lossy; ByteFallback: U+FFFD per token of a bad run, as HF). */
+static void test_stream_random_ids(void **state)
+{
+    (void)state;
+    static const char *const files[] = {
+        DUET_FIXTURES "/metaspace-tiny/tokenizer.json",
+        DUET_FIXTURES "/metaspace-tiny/tokenizer-split.json",
+        DUET_FIXTURES "/metaspace-tiny/tokenizer-handmade.json",
+        DUET_FIXTURES "/qwen-style-tok/tokenizer.json",
+        DUET_MODELS "/pycoder-moe/tokenizer.json",
+    };
+    uint64_t rng = 0x9E3779B97F4A7C15ull;
+    for (size_t f = 0; f < DUET_ARRAY_LEN(files); f++) {
+        duet_tokenizer_t *tok = load_tok(files[f]);
+        size_t vs = duet_tokenizer_vocab_size(tok);
+        for (int round = 0; round < 400; round++) {
+            int32_t ids[24];
+            size_t n = 1 + round % 24;
+            for (size_t i = 0; i < n; i++) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                /* half of them low ids: specials and byte tokens live there */
+                ids[i] = (int32_t)((rng >> 33) % ((rng & 1) ? DUET_MIN(300, vs) : vs));
+            }
+            check_stream(tok, ids, n, false);
+            check_stream(tok, ids, n, true);
+        }
+        duet_tokenizer_destroy(&tok);
+    }
+}
+
 /* Bytes that never become a character come out as U+FFFD, at flush at the
  * latest, and a bad id leaves the stream as it was. */
 static void test_stream_invalid_bytes(void **state)
@@ -349,7 +421,8 @@ static void test_stream_invalid_bytes(void **state)
     assert_int_equal(duet_detok_push(d, 1 << 20, &out, &n), DUET_ERR_RANGE);
     assert_non_null(strstr(duet_error(), "out of range"));
     assert_int_equal(duet_detok_push(d, a, &out, &n), DUET_OK);
-    assert_string_equal(out, "\xEF\xBF\xBD"
+    /* as HF's ByteFallback: one U+FFFD per token of the bad run */
+    assert_string_equal(out, "\xEF\xBF\xBD\xEF\xBF\xBD"
                              "a");
     assert_int_equal(duet_detok_push(d, e2, &out, &n), DUET_OK);
     assert_int_equal(n, 0);
@@ -582,6 +655,8 @@ int main(void)
         cmocka_unit_test(test_concurrent_encode),
         cmocka_unit_test(test_long_input),
         cmocka_unit_test(test_nfc),
+        cmocka_unit_test(test_stream_random_ids),
+        cmocka_unit_test(test_arch_fixture_cases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -290,6 +290,15 @@ static void test_provider_on_emu(void **state)
     assert_int_equal(duet_rdma_mr_reg_dmabuf(x, 0, 0, 4096, 0, DUET_RDMA_ACCESS_REMOTE_WRITE, &m),
                      DUET_ERR_UNSUPPORTED);
     assert_int_equal(duet_rdma_mr_alloc(x, 4096, DUET_RDMA_MEM_DEVICE, &m), DUET_ERR_UNSUPPORTED);
+    /* "GPU" memory on the emulated device: no dma-buf exporter here, so the
+     * peer-memory path registers it */
+    static uint8_t fake_gpu[8192];
+    assert_int_equal(duet_rdma_mr_reg(x, fake_gpu, sizeof(fake_gpu),
+                                      DUET_RDMA_MEM_DEVICE | DUET_RDMA_ACCESS_REMOTE_WRITE, &m),
+                     DUET_OK);
+    assert_int_equal(duet_rdma_mr_rkey(m).len, sizeof(fake_gpu));
+    duet_rdma_mr_dereg(&m);
+    assert_null(m);
     /* y's device dies: x's writes fail with CLOSED, by completion */
     duet_rdma_mr_t *src, *dst;
     assert_int_equal(duet_rdma_mr_alloc(x, 4096, 0, &src), DUET_OK);

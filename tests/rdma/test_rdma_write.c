@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -94,6 +95,8 @@ static void test_sizes(void **state)
         assert_true(th_wait_cqe(p->a, DUET_RDMA_CQE_SEND, &e, 10 * SEC));
         assert_int_equal(e.status, DUET_OK);
         assert_int_equal(e.wr_id, 100 + i);
+        assert_int_equal(e.imm, imm);
+        assert_int_equal(e.len, len);
         assert_ptr_equal(e.conn, p->ab);
         assert_int_equal(e.conn_user, 0xA);
     }
@@ -287,6 +290,26 @@ static void test_dead_peer(void **state)
     assert_true(th_wait_cqe(p->a, DUET_RDMA_CQE_SEND, &e, 5 * SEC));
     assert_int_equal(e.status, DUET_OK);
     assert_int_equal(e.wr_id, 7);
+
+    /* connecting with the blob of a context that is gone fails with CLOSED
+     * (verbs only finds out on the first write, as RC does) */
+    duet_rdma_ctx_t *d = th_ctx();
+    duet_rdma_conn_t *dc, *ad;
+    uint8_t blob[DUET_RDMA_BLOB_MAX];
+    size_t len;
+    assert_int_equal(duet_rdma_conn_create(d, 0, &dc), DUET_OK);
+    assert_int_equal(duet_rdma_conn_blob(dc, blob, sizeof(blob), &len), DUET_OK);
+    duet_rdma_ctx_destroy(&d);
+    assert_int_equal(duet_rdma_conn_create(p->a, 0xAD, &ad), DUET_OK);
+    st = duet_rdma_conn_connect(ad, blob, len);
+    if (st == DUET_OK) {
+        st = duet_rdma_write(ad, NULL, 0, NULL, 0, 0, 1, 0, 1);
+        if (st == DUET_OK) {
+            assert_true(th_wait_cqe(p->a, DUET_RDMA_CQE_SEND, &e, 5 * SEC));
+            st = e.status;
+        }
+    }
+    assert_int_equal(st, DUET_ERR_CLOSED);
 }
 
 /* Connections come and go on long-lived contexts; ids are not reused, so a
@@ -323,6 +346,94 @@ static void test_reconnect(void **state)
     assert_int_equal(duet_rdma_conn_status(p->ba), DUET_OK);
 }
 
+/* Ranks: 0 writes to 1 and 2; 2 is killed (SIGKILL for process providers,
+ * loss of its context for in-process ones). 0's writes to 2 fail with
+ * CLOSED, its writes to 1 keep landing intact. */
+static int kill_rank(int rank, th_board_t *b, void *arg)
+{
+    duet_rdma_ctx_t *ctx = th_ctx();
+    TH_CHECK(ctx);
+    duet_rdma_conn_t *conn[3] = {0};
+    duet_rdma_mr_t *mr;
+    TH_CHECK(duet_rdma_mr_alloc(ctx, 1 << 20, rank ? DUET_RDMA_ACCESS_REMOTE_WRITE : 0, &mr) ==
+             DUET_OK);
+    int peers[2] = {rank == 0 ? 1 : 0, 2};
+    int np = rank == 0 ? 2 : 1;
+    for (int i = 0; i < np; i++) {
+        int pr = peers[i];
+        TH_CHECK(duet_rdma_conn_create(ctx, (uint64_t)pr, &conn[pr]) == DUET_OK);
+        size_t len;
+        TH_CHECK(duet_rdma_conn_blob(conn[pr], b->info[rank][pr], TH_INFO_MAX, &len) == DUET_OK);
+        b->info_len[rank][pr] = (uint32_t)len;
+    }
+    if (rank) { /* publish the region's key */
+        duet_rdma_rkey_t k = duet_rdma_mr_rkey(mr);
+        duet_rdma_rkey_pack(&k, b->info[rank][rank]);
+    }
+    th_barrier(b);
+    for (int i = 0; i < np; i++) {
+        int pr = peers[i];
+        TH_CHECK(duet_rdma_conn_connect(conn[pr], b->info[pr][rank], b->info_len[pr][rank]) ==
+                 DUET_OK);
+    }
+    th_barrier(b);
+    if (rank == 2) {
+        th_die(b, rank); /* processes end here */
+        duet_rdma_ctx_destroy(&ctx);
+        return 0;
+    }
+    if (rank == 1) {
+        /* expect 3 writes from rank 0, intact */
+        for (int k = 0; k < 3; k++) {
+            duet_rdma_cqe_t e;
+            TH_CHECK(th_wait_cqe(ctx, DUET_RDMA_CQE_RECV, &e, 10 * SEC));
+            TH_CHECK(e.imm == (uint32_t)k && e.len == 65536);
+            TH_CHECK(th_check((uint8_t *)duet_rdma_mr_ptr(mr) + k * 65536, 65536, (uint64_t)k));
+        }
+        while (!th_flag_get(b, 1)) /* rank 0 saw its writes complete (tcp: our ACKs) */
+            usleep(1000);
+        duet_rdma_ctx_destroy(&ctx);
+        return 0;
+    }
+    duet_rdma_rkey_t k1, k2;
+    TH_CHECK(duet_rdma_rkey_unpack(b->info[1][1], DUET_RDMA_RKEY_WIRE, &k1) == DUET_OK);
+    TH_CHECK(duet_rdma_rkey_unpack(b->info[2][2], DUET_RDMA_RKEY_WIRE, &k2) == DUET_OK);
+    uint8_t *src = duet_rdma_mr_ptr(mr);
+    for (int k = 0; k < 3; k++)
+        th_fill(src + k * 65536, 65536, (uint64_t)k);
+    duet_rdma_cqe_t e;
+    TH_CHECK(duet_rdma_write(conn[1], mr, 0, &k1, 0, 65536, 0, 0, 0) == DUET_OK);
+    TH_CHECK(th_wait_cqe(ctx, DUET_RDMA_CQE_SEND, &e, 10 * SEC) && e.status == DUET_OK);
+    /* rank 2 is gone (or going): writes to it fail, within a few seconds */
+    duet_status_t st = DUET_OK;
+    uint64_t deadline = duet_now_ns() + 10 * SEC;
+    while (st == DUET_OK && duet_now_ns() < deadline) {
+        st = duet_rdma_write(conn[2], mr, 0, &k2, 0, 4096, 9, 0, 9);
+        if (st == DUET_OK) {
+            TH_CHECK(th_wait_cqe(ctx, DUET_RDMA_CQE_SEND, &e, 10 * SEC));
+            st = e.status;
+            if (st == DUET_OK)
+                usleep(1000); /* not dead yet */
+        }
+    }
+    TH_CHECK(st == DUET_ERR_CLOSED);
+    TH_CHECK(duet_rdma_conn_status(conn[2]) == DUET_ERR_CLOSED);
+    TH_CHECK(duet_rdma_conn_status(conn[1]) == DUET_OK);
+    for (int k = 1; k < 3; k++) {
+        TH_CHECK(duet_rdma_write(conn[1], mr, (size_t)k * 65536, &k1, (uint64_t)k * 65536, 65536,
+                                 (uint32_t)k, 0, (uint64_t)k) == DUET_OK);
+        TH_CHECK(th_wait_cqe(ctx, DUET_RDMA_CQE_SEND, &e, 10 * SEC) && e.status == DUET_OK);
+    }
+    th_flag_set(b, 1, 1);
+    duet_rdma_ctx_destroy(&ctx);
+    return 0;
+}
+
+static void test_killed_peer(void **state)
+{
+    assert_int_equal(th_run_ranks(3, kill_rank, NULL), 0);
+}
+
 int main(int argc, char **argv)
 {
     th_init(argc, argv);
@@ -335,6 +446,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_fd_wakes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_peer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
+        cmocka_unit_test(test_killed_peer),
     };
     int rc = cmocka_run_group_tests_name(th_prov.name, tests, NULL, NULL);
     duet_rdma_sim_destroy(&th_sim);
