@@ -6,13 +6,16 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "actors/actors.h"
+#include <stdatomic.h>
+
+#include "actors/internal.h"
 
 typedef struct reg_actor {
     char path[DUET_NAME_MAX];
     char node[DUET_NAME_MAX];
     uint64_t epoch;
     bool glob;
+    char direct[256]; /* the inbound address of its loop, or "" */
 } reg_actor_t;
 
 typedef struct reg_node {
@@ -28,6 +31,7 @@ struct duet_registry {
     size_t nactors, capactors;
     reg_node_t *nodes;
     size_t nnodes, capnodes;
+    atomic_uint_fast64_t gen; /* bumped on every write */
 };
 
 duet_status_t duet_registry_create(duet_registry_t **reg_out)
@@ -87,14 +91,17 @@ duet_status_t duet_registry_add_node(duet_registry_t *r, const char *node, const
     }
     snprintf(n->addr, sizeof(n->addr), "%s", addr ? addr : "");
     snprintf(n->key, sizeof(n->key), "%s", key ? key : "");
+    atomic_fetch_add(&r->gen, 1);
 out:
     pthread_rwlock_unlock(&r->lock);
     return st;
 }
 
 static duet_status_t put_actor(duet_registry_t *r, const char *path, const char *node,
-                               uint64_t epoch, bool set_epoch)
+                               uint64_t epoch, bool set_epoch, const char *direct)
 {
+    if (direct && strlen(direct) >= 256)
+        return duet_errorf(DUET_ERR_INVALID, "registry: actor '%s': address too long", path);
     if (!name_ok(path) || !name_ok(node))
         return duet_errorf(DUET_ERR_INVALID, "registry: actor '%s' on node '%s': bad name",
                            path ? path : "(null)", node ? node : "(null)");
@@ -119,8 +126,11 @@ static duet_status_t put_actor(duet_registry_t *r, const char *path, const char 
         }
     }
     snprintf(a->node, sizeof(a->node), "%s", node);
-    if (set_epoch)
+    if (set_epoch) {
         a->epoch = epoch;
+        snprintf(a->direct, sizeof(a->direct), "%s", direct ? direct : "");
+    }
+    atomic_fetch_add(&r->gen, 1);
 out:
     pthread_rwlock_unlock(&r->lock);
     return st;
@@ -128,17 +138,35 @@ out:
 
 duet_status_t duet_registry_add_actor(duet_registry_t *r, const char *path, const char *node)
 {
-    return put_actor(r, path, node, 0, false);
+    return put_actor(r, path, node, 0, false, NULL);
 }
 
 duet_status_t duet_registry_update(duet_registry_t *r, const char *path, const char *node,
                                    uint64_t epoch)
 {
-    return put_actor(r, path, node, epoch, true);
+    return put_actor(r, path, node, epoch, true, NULL);
+}
+
+duet_status_t duet__registry_update_direct(duet_registry_t *r, const char *path, const char *node,
+                                           uint64_t epoch, const char *direct)
+{
+    return put_actor(r, path, node, epoch, true, direct);
+}
+
+uint64_t duet__registry_gen(duet_registry_t *r)
+{
+    return atomic_load(&r->gen);
 }
 
 bool duet_registry_find(duet_registry_t *r, const char *path, char node_out[DUET_NAME_MAX],
                         uint64_t *epoch_out)
+{
+    return duet__registry_find_direct(r, path, node_out, epoch_out, NULL);
+}
+
+bool duet__registry_find_direct(duet_registry_t *r, const char *path,
+                                char node_out[DUET_NAME_MAX], uint64_t *epoch_out,
+                                char direct_out[256])
 {
     const reg_actor_t *hit = NULL;
     int64_t idx;
@@ -152,6 +180,8 @@ bool duet_registry_find(duet_registry_t *r, const char *path, char node_out[DUET
         memcpy(node_out, hit->node, DUET_NAME_MAX);
         if (epoch_out)
             *epoch_out = hit->epoch;
+        if (direct_out)
+            snprintf(direct_out, 256, "%s", hit->direct);
     }
     pthread_rwlock_unlock(&r->lock);
     return hit != NULL;

@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "actors/actors.h"
+#include "actors/internal.h"
 
 #define MOD "actors"
 
@@ -50,6 +50,7 @@ typedef struct sys_registry {
     char *actor;
     char *node;
     uint64_t epoch;
+    char *direct; /* inbound address of the actor's own loop, "" = through the node */
 } sys_registry_t;
 
 static const duet_field_t f_timer[] = {
@@ -90,6 +91,7 @@ static const duet_field_t f_registry[] = {
     DUET_FIELD_MAX(sys_registry_t, actor, DUET_F_STR, DUET_NAME_MAX - 1),
     DUET_FIELD_MAX(sys_registry_t, node, DUET_F_STR, DUET_NAME_MAX - 1),
     DUET_FIELD(sys_registry_t, epoch, DUET_F_U64),
+    {"direct", DUET_F_STR, (uint32_t)offsetof(sys_registry_t, direct), 255, true, NULL},
 };
 
 #define SYS_TYPE(var, id, nm, T, f) const duet_msg_type_t var = {id, nm, DUET_SCHEMA(nm, T, f)}
@@ -163,6 +165,8 @@ typedef struct fdwatch {
     duet_actor_t *actor;
 } fdwatch_t;
 
+struct lpeer;
+
 typedef struct loop {
     duet_node_t *node;
     pthread_mutex_t lock;
@@ -178,6 +182,26 @@ typedef struct loop {
     size_t nheap, capheap;
     fdwatch_t *fds;
     size_t nfds, capfds;
+    /* loop thread only: direct senders, one DEALER per peer node or per
+     * remote loop, and the cache of which one each destination takes */
+    unsigned id;
+    struct lpeer *lpeers;
+    size_t nlpeers, caplpeers;
+    size_t nbacklog; /* frames waiting in the lpeers' backlogs */
+    struct rcache *rc;
+    size_t nrc, caprc;
+    duet_strmap_t *rcidx; /* destination actor -> index in rc */
+    /* dedicated loops of a bound node: an inbound ROUTER of their own, so
+     * that frames for the loop's actor skip the I/O thread (set before the
+     * thread starts; the thread reads and destroys it) */
+    duet_zep_t *in;
+    duet_buf_t rxbuf;
+    struct duet_actor *owner; /* a dedicated loop's actor, once started (holds a ref) */
+    atomic_bool pending;      /* lock: the queue is not empty */
+    /* the last sender checked on `in`: name -> home node, at registry gen */
+    char fc_from[DUET_NAME_MAX], fc_home[DUET_NAME_MAX];
+    uint64_t fc_gen;
+    bool fc_found;
     /* sim */
     bool sim_scheduled;
     uint64_t sim_ev;
@@ -251,6 +275,7 @@ struct duet_actor {
     duet_buf_t txbuf;   /* encode scratch, loop thread only */
     bool credit_timer;  /* a T_CREDIT timer is armed */
     uint64_t cur_trace; /* trace id of the message being handled: sends inherit it */
+    char direct[256];   /* its loop's inbound address, or ""; fixed at spawn */
 };
 
 typedef struct tab_ent {
@@ -274,6 +299,29 @@ typedef struct out_item {
     size_t len;
     uint8_t data[];
 } out_item_t;
+
+/* A loop thread's way to a peer node: its own DEALER (no hand-off to the
+ * I/O thread), or, when the peer has no bound address, the I/O thread.
+ * Chosen at the first send and kept, so one sender's frames to one peer
+ * always take one path (FIFO). */
+typedef struct lpeer {
+    char key[256];            /* peer node name, or the remote loop's address */
+    char name[DUET_NAME_MAX]; /* peer node */
+    void *sock;               /* NULL: through the I/O thread */
+    out_item_t *bl, *bl_tail; /* frames the DEALER did not take yet, in order */
+} lpeer_t;
+
+/* Which lpeer a destination actor takes. Re-decided when the registry
+ * changes; within one incarnation of the receiver a path that carried
+ * frames is kept (FIFO), except that a loop address withdrawn at the
+ * receiver's end sends the rest through its node. */
+typedef struct rcache {
+    char to[DUET_NAME_MAX];
+    char tnode[DUET_NAME_MAX];
+    uint64_t gen, epoch;
+    long lp; /* index in lpeers; -1 = I/O thread */
+    bool direct;
+} rcache_t;
 
 typedef struct peer {
     char name[DUET_NAME_MAX];
@@ -311,6 +359,7 @@ struct duet_node {
     loop_t *shared;
     loop_t *loops;
     atomic_uint_fast64_t inc_counter;
+    atomic_uint loop_ids;
     uint64_t start_ns;
     /* real transport */
     duet_zep_t *zep;
@@ -323,6 +372,8 @@ struct duet_node {
     bool io_sleeping;                   /* io_lock: the I/O thread is (about to be) in zmq_poll */
     out_item_t *backlog, *backlog_tail; /* I/O thread only */
     out_item_t *delayed;                /* I/O thread only, sorted by due */
+    duet_buf_t rxbuf;                   /* I/O thread only: the frame being received */
+    uint64_t io_now;                    /* I/O thread only: time of this round */
     peer_t *peers;                      /* I/O thread (or sim thread) only */
     size_t npeers;
     uint64_t next_hb;
@@ -454,9 +505,34 @@ static void actor_unref(duet_actor_t *a)
 
 /* ---- loops ---------------------------------------------------------------- */
 
+/* Loop threads keep the bare entries they free (the common kind: a decoded
+ * message, no payload) for the next ones they queue: no allocator round
+ * trip per message. Emptied when the thread ends. */
+static _Thread_local qent_t *tls_qpool;
+static _Thread_local unsigned tls_qpool_n;
+static _Thread_local bool tls_qpool_on;
+
+static void qpool_drain(void)
+{
+    tls_qpool_on = false;
+    while (tls_qpool) {
+        qent_t *q = tls_qpool;
+        tls_qpool = q->next;
+        duet_free(q);
+    }
+    tls_qpool_n = 0;
+}
+
 static qent_t *qent_new(int kind, duet_actor_t *a, const void *data, size_t len)
 {
-    qent_t *q = duet_malloc(sizeof(*q) + len + 1);
+    qent_t *q;
+    if (len == 0 && tls_qpool) {
+        q = tls_qpool;
+        tls_qpool = q->next;
+        tls_qpool_n--;
+    } else {
+        q = duet_malloc(sizeof(*q) + len + 1);
+    }
     if (!q)
         return NULL;
     q->next = NULL;
@@ -477,7 +553,13 @@ static void qent_free(qent_t *q)
 {
     duet_actor_t *a = q->actor;
     duet_msg_destroy(&q->msg);
-    duet_free(q);
+    if (q->len == 0 && tls_qpool_on && tls_qpool_n < 1024) {
+        q->next = tls_qpool;
+        tls_qpool = q;
+        tls_qpool_n++;
+    } else {
+        duet_free(q);
+    }
     actor_unref(a);
 }
 
@@ -499,6 +581,7 @@ static bool loop_push(loop_t *l, qent_t *q, bool front)
     }
     bool wake = l->sleeping;
     l->sleeping = false;
+    atomic_store_explicit(&l->pending, true, memory_order_relaxed);
     pthread_mutex_unlock(&l->lock);
     return wake;
 }
@@ -865,9 +948,14 @@ static void sim_local_cb(void *arg)
     duet_free(s);
 }
 
+static _Thread_local loop_t *tls_loop; /* the loop whose thread this is, if any */
+
+static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t *wire,
+                      size_t len, duet_status_t *st);
+
 /* Hand a frame to the transport, now or after `delay`. */
-static duet_status_t xmit(duet_node_t *n, bool local, const char *peer, const uint8_t *wire,
-                          size_t len, uint64_t delay)
+static duet_status_t xmit(duet_node_t *n, bool local, const char *peer, const char *to,
+                          const uint8_t *wire, size_t len, uint64_t delay)
 {
     if (n->sim) {
         if (!local)
@@ -888,6 +976,12 @@ static duet_status_t xmit(duet_node_t *n, bool local, const char *peer, const ui
     }
     if (!n->has_io)
         return duet_errorf(DUET_ERR_UNSUPPORTED, "node %s has no transport", n->name);
+    /* node-to-node messages (to "") stay on the I/O thread, in order */
+    if (!local && !delay && to[0] && tls_loop && tls_loop->node == n) {
+        duet_status_t st;
+        if (loop_xmit(tls_loop, peer, to, wire, len, &st))
+            return st;
+    }
     out_item_t *it = item_new(local, peer, wire, len);
     if (!it)
         return duet_errorf(DUET_ERR_NOMEM, "send queue");
@@ -908,6 +1002,7 @@ static void backlog_push(duet_node_t *n, out_item_t *it)
 
 static void unroutable(duet_node_t *n, out_item_t *it)
 {
+    it->next = NULL;
     atomic_fetch_add(&n->st_unroutable, 1);
     duet_env_t env;
     size_t off;
@@ -917,6 +1012,161 @@ static void unroutable(duet_node_t *n, out_item_t *it)
                        n->name, env.from, env.to, env.type, it->peer, n->cfg.connect_timeout_ms);
         undeliverable(n, it->data, it->len, "node unreachable");
     }
+}
+
+/* ---- direct sends from loop threads ------------------------------------- */
+
+/* The lpeer for `key`: a peer node's name (connect to its bound address;
+ * none: through the I/O thread) or, when `direct`, a remote loop's address.
+ * Returns its index, -1 when out of memory. */
+static long lpeer_get(loop_t *l, const char *key, const char *node, bool direct)
+{
+    for (size_t i = 0; i < l->nlpeers; i++)
+        if (strcmp(l->lpeers[i].key, key) == 0)
+            return (long)i;
+    duet_node_t *n = l->node;
+    void *p = l->lpeers;
+    if (duet_vec_reserve(&p, &l->caplpeers, l->nlpeers + 1, sizeof(lpeer_t)))
+        return -1;
+    l->lpeers = p;
+    lpeer_t *lp = &l->lpeers[l->nlpeers];
+    memset(lp, 0, sizeof(*lp));
+    snprintf(lp->key, sizeof(lp->key), "%s", key);
+    snprintf(lp->name, sizeof(lp->name), "%s", node);
+    char addr[256], pkey[41];
+    if (duet_registry_node_addr(n->reg, node, addr, pkey) == DUET_OK && (direct || addr[0]) &&
+        duet_zep_dealer_open(n->zep, l->id, node, direct ? key : addr,
+                             n->cfg.curve && pkey[0] ? pkey : NULL, &lp->sock) != DUET_OK)
+        DUET_LOG_W(MOD, "%s (sending through the I/O thread)", duet_error());
+    duet_error_clear();
+    return (long)l->nlpeers++;
+}
+
+static rcache_t *rcache_get(loop_t *l, const char *to)
+{
+    int64_t idx;
+    if (l->rcidx && duet_strmap_get(l->rcidx, to, strlen(to), &idx))
+        return &l->rc[idx];
+    if (!l->rcidx && !(l->rcidx = duet_strmap_create(16)))
+        return NULL;
+    void *p = l->rc;
+    if (duet_vec_reserve(&p, &l->caprc, l->nrc + 1, sizeof(rcache_t)))
+        return NULL;
+    l->rc = p;
+    if (duet_strmap_put(l->rcidx, to, strlen(to), (int64_t)l->nrc))
+        return NULL;
+    rcache_t *rc = &l->rc[l->nrc++];
+    memset(rc, 0, sizeof(*rc));
+    snprintf(rc->to, sizeof(rc->to), "%s", to);
+    rc->lp = -1;
+    return rc;
+}
+
+/* Which lpeer frames for actor `to` on node `tnode` take (-1: I/O thread). */
+static long loop_route(loop_t *l, const char *tnode, const char *to)
+{
+    duet_node_t *n = l->node;
+    rcache_t *rc = rcache_get(l, to);
+    if (!rc)
+        return lpeer_get(l, tnode, tnode, false);
+    uint64_t gen = duet__registry_gen(n->reg);
+    if (rc->gen == gen && strcmp(rc->tnode, tnode) == 0)
+        return rc->lp;
+    char node[DUET_NAME_MAX], direct[256] = "";
+    uint64_t epoch = 0;
+    bool use_direct = duet__registry_find_direct(n->reg, to, node, &epoch, direct) &&
+                      direct[0] && strcmp(node, tnode) == 0;
+    bool same = rc->gen && epoch == rc->epoch && strcmp(rc->tnode, tnode) == 0;
+    if (same && !rc->direct && use_direct)
+        use_direct = false; /* this incarnation has been reached through its node: stay */
+    if (!same || use_direct != rc->direct || rc->lp < 0 ||
+        strcmp(l->lpeers[rc->lp].key, use_direct ? direct : tnode) != 0)
+        rc->lp = use_direct ? lpeer_get(l, direct, tnode, true) : lpeer_get(l, tnode, tnode, false);
+    rc->direct = use_direct && rc->lp >= 0;
+    rc->gen = gen;
+    rc->epoch = epoch;
+    snprintf(rc->tnode, sizeof(rc->tnode), "%s", tnode);
+    return rc->lp;
+}
+
+/* Send on one of the loop's own DEALERs; false: this destination goes
+ * through the I/O thread. Frames the socket does not take wait in the
+ * backlog, in order, until the peer connects or connect_timeout_ms passes. */
+static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t *wire,
+                      size_t len, duet_status_t *st)
+{
+    long i = loop_route(l, peer, to);
+    if (i < 0 || !l->lpeers[i].sock)
+        return false;
+    lpeer_t *lp = &l->lpeers[i];
+    *st = DUET_OK;
+    if (!lp->bl) {
+        duet_status_t r = duet_zep_dealer_send(lp->sock, wire, len);
+        if (r == DUET_OK)
+            return true;
+        if (r != DUET_ERR_AGAIN)
+            DUET_LOG_W(MOD, "node %s: to %s: %s", l->node->name, peer, duet_error());
+    }
+    out_item_t *it = item_new(false, peer, wire, len);
+    if (!it) {
+        *st = duet_errorf(DUET_ERR_NOMEM, "send queue");
+        return true;
+    }
+    it->deadline = duet_now_ns() + (uint64_t)l->node->cfg.connect_timeout_ms * 1000000ull;
+    if (lp->bl_tail)
+        lp->bl_tail->next = it;
+    else
+        lp->bl = it;
+    lp->bl_tail = it;
+    l->nbacklog++;
+    return true;
+}
+
+static void loop_flush(loop_t *l)
+{
+    uint64_t now = duet_now_ns();
+    for (size_t i = 0; i < l->nlpeers; i++) {
+        for (;;) {
+            lpeer_t *lp = &l->lpeers[i]; /* again each time: unroutable() may send */
+            out_item_t *it = lp->bl;
+            if (!it)
+                break;
+            duet_status_t r = duet_zep_dealer_send(lp->sock, it->data, it->len);
+            if (r != DUET_OK && now < it->deadline)
+                break;
+            lp->bl = it->next;
+            if (!lp->bl)
+                lp->bl_tail = NULL;
+            l->nbacklog--;
+            if (r != DUET_OK)
+                unroutable(l->node, it);
+            duet_free(it);
+        }
+    }
+}
+
+/* The loop's thread ends: what its DEALERs did not take goes to the I/O
+ * thread; frames already queued in them get a short linger to leave. */
+static void loop_close_peers(loop_t *l)
+{
+    duet_node_t *n = l->node;
+    pthread_mutex_lock(&n->lock);
+    bool destroying = n->destroying;
+    pthread_mutex_unlock(&n->lock);
+    for (size_t i = 0; i < l->nlpeers; i++) {
+        lpeer_t *lp = &l->lpeers[i];
+        for (out_item_t *it = lp->bl, *nx; it; it = nx) {
+            nx = it->next;
+            it->next = NULL;
+            io_enqueue(n, it);
+        }
+        lp->bl = lp->bl_tail = NULL;
+        duet_zep_dealer_close(&lp->sock, destroying ? 0 : 200);
+    }
+    l->nbacklog = 0;
+    l->nlpeers = 0;
+    l->nrc = 0;
+    duet_strmap_destroy(&l->rcidx);
 }
 
 /* Send what the backlog holds, in order per peer. */
@@ -1041,11 +1291,12 @@ static void node_peer_down(duet_node_t *n, const char *peer)
 }
 
 /* Tell `peer` (or every node, peer == NULL) that `actor` runs here. */
-static void announce(duet_node_t *n, const char *peer, const char *actor, uint64_t epoch)
+static void announce(duet_node_t *n, const char *peer, const char *actor, uint64_t epoch,
+                     const char *direct)
 {
     duet_env_t env;
     env_init(&env, DUET_MSG_SYS_REGISTRY, "", "");
-    sys_registry_t r = {(char *)actor, n->name, epoch};
+    sys_registry_t r = {(char *)actor, n->name, epoch, (char *)direct};
     duet_buf_t b = {0};
     if (encode(n, &env, &r, &b))
         return;
@@ -1055,7 +1306,7 @@ static void announce(duet_node_t *n, const char *peer, const char *actor, uint64
         snprintf(names[0], DUET_NAME_MAX, "%s", peer);
     for (size_t i = 0; i < nn && i < 64; i++)
         if (strcmp(names[i], n->name) != 0)
-            xmit(n, false, names[i], b.data, b.len, 0); /* not yet attached: it learns on "up" */
+            xmit(n, false, names[i], "", b.data, b.len, 0); /* not yet attached: learns on "up" */
     duet_buf_cleanup(&b);
 }
 
@@ -1066,16 +1317,48 @@ static void announce_all(duet_node_t *n, const char *peer)
     size_t total = n->tabcount, m = 0;
     char(*names)[DUET_NAME_MAX] = total ? duet_calloc(total, DUET_NAME_MAX) : NULL;
     uint64_t *epochs = total ? duet_calloc(total, sizeof(uint64_t)) : NULL;
-    for (size_t i = 0; names && epochs && i < n->tabcap && m < total; i++)
+    char(*directs)[256] = total ? duet_calloc(total, 256) : NULL;
+    for (size_t i = 0; names && epochs && directs && i < n->tabcap && m < total; i++)
         if (n->tab[i].name) {
             snprintf(names[m], DUET_NAME_MAX, "%s", n->tab[i].name);
+            snprintf(directs[m], 256, "%s", n->tab[i].actor->direct);
             epochs[m++] = n->tab[i].actor->inc;
         }
     pthread_mutex_unlock(&n->lock);
     for (size_t i = 0; i < m; i++)
-        announce(n, peer, names[i], epochs[i]);
+        announce(n, peer, names[i], epochs[i], directs[i]);
     duet_free(names);
     duet_free(epochs);
+    duet_free(directs);
+}
+
+/* A loop address a peer announces must be on that peer's own host and
+ * transport: a "tcp://host:" prefix, or its ipc/inproc address + ".L". */
+static bool direct_ok(duet_node_t *n, const char *node, const char *direct)
+{
+    char addr[256];
+    if (duet_registry_node_addr(n->reg, node, addr, NULL) != DUET_OK || !addr[0]) {
+        duet_error_clear();
+        return false;
+    }
+    if (strncmp(addr, "tcp://", 6) == 0) {
+        const char *c = strrchr(addr, ':');
+        size_t k = (size_t)(c - addr) + 1;
+        return strncmp(addr, direct, k) == 0 && strchr(direct + k, ':') == NULL;
+    }
+    size_t k = strlen(addr);
+    return strncmp(addr, direct, k) == 0 && strncmp(direct + k, ".L", 2) == 0;
+}
+
+static void registry_learn(duet_node_t *n, const sys_registry_t *r)
+{
+    char cur[DUET_NAME_MAX];
+    uint64_t epoch = 0;
+    if (duet_registry_find(n->reg, r->actor, cur, &epoch) && strcmp(cur, r->node) == 0 &&
+        epoch > r->epoch)
+        return; /* an older incarnation's news, overtaken */
+    const char *d = r->direct && r->direct[0] && direct_ok(n, r->node, r->direct) ? r->direct : "";
+    duet__registry_update_direct(n->reg, r->actor, r->node, r->epoch, d);
 }
 
 static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len)
@@ -1084,7 +1367,7 @@ static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size
     if (p) {
         bool was_up = p->up;
         p->up = true;
-        p->last_seen = duet_node_now_ns(n);
+        p->last_seen = n->sim ? duet_simnet_now(n->sim) : n->io_now;
         if (!was_up) {
             DUET_LOG_I(MOD, "node %s: peer %s up", n->name, peer);
             announce_all(n, peer);
@@ -1114,7 +1397,7 @@ static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size
         }
         const sys_registry_t *r = m->body;
         if (strcmp(r->node, peer) == 0) /* a node speaks only for its own actors */
-            duet_registry_update(n->reg, r->actor, r->node, r->epoch);
+            registry_learn(n, r);
         else
             atomic_fetch_add(&n->st_decode, 1);
         duet_msg_destroy(&m);
@@ -1140,6 +1423,63 @@ static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size
         return;
     }
     if (post_local_take(n, env.to, NULL, 0, &m) == DUET_ERR_NOT_FOUND)
+        undeliverable_msg(n, m, "no such actor");
+    duet_msg_destroy(&m);
+}
+
+/* A frame that came straight to a loop's own socket (an actor message;
+ * node-to-node traffic takes the node's ROUTER). Checked as on_frame does,
+ * then queued on the receiver's loop: normally this one, so no hand-off. */
+/* Where the registry places `from` (NULL: nowhere), cached for one sender. */
+static const char *sender_home(loop_t *l, const char *from)
+{
+    duet_node_t *n = l->node;
+    uint64_t gen = duet__registry_gen(n->reg);
+    if (l->fc_gen != gen || strcmp(l->fc_from, from) != 0) {
+        l->fc_found = duet_registry_find(n->reg, from, l->fc_home, NULL);
+        snprintf(l->fc_from, sizeof(l->fc_from), "%s", from);
+        l->fc_gen = gen;
+    }
+    return l->fc_found ? l->fc_home : NULL;
+}
+
+static void on_direct_frame(loop_t *l, const char *peer, const uint8_t *data, size_t len)
+{
+    duet_node_t *n = l->node;
+    duet_msg_t *m = NULL;
+    if (duet_msg_decode(data, len, &n->lim, peer, &m)) {
+        atomic_fetch_add(&n->st_decode, 1);
+        DUET_LOG_W(MOD, "node %s: rejected: %s", n->name, duet_error());
+        return;
+    }
+    const duet_env_t *env = &m->env;
+    const char *home = env->from[0] ? sender_home(l, env->from) : NULL;
+    if (env->type == DUET_MSG_SYS_HEARTBEAT || env->type == DUET_MSG_SYS_REGISTRY ||
+        (home && strcmp(home, peer) != 0)) {
+        atomic_fetch_add(&n->st_decode, 1);
+        DUET_LOG_W(MOD, "node %s: frame from node %s (sender '%s', type 0x%x) refused on a loop "
+                   "socket", n->name, peer, env->from, env->type);
+        duet_msg_destroy(&m);
+        return;
+    }
+    duet_actor_t *a = l->owner;
+    if (a && a->st == A_RUNNING && !a->stalled_until &&
+        !atomic_load_explicit(&l->pending, memory_order_relaxed) && strcmp(a->name, env->to) == 0) {
+        /* the loop's own actor, nothing queued ahead of it: run it now */
+        atomic_fetch_add(&n->st_delivered, 1);
+        handle_msg(a, m);
+        duet_msg_destroy(&m);
+        if (a->st == A_RUNNING && a->exit_reason) {
+            char *r = a->exit_reason;
+            a->exit_reason = NULL;
+            terminate(a, r);
+            duet_free(r);
+        }
+        return;
+    }
+    char to[DUET_NAME_MAX];
+    memcpy(to, env->to, sizeof(to));
+    if (post_local_take(n, to, NULL, 0, &m) == DUET_ERR_NOT_FOUND)
         undeliverable_msg(n, m, "no such actor");
     duet_msg_destroy(&m);
 }
@@ -1258,17 +1598,16 @@ static void *io_main(void *arg)
         }
         for (int k = 0; k < 4096; k++) {
             char peer[DUET_NAME_MAX];
-            uint8_t *data;
-            size_t len;
-            duet_status_t st = duet_zep_recv(n->zep, peer, &data, &len);
+            if ((k & 255) == 0)
+                n->io_now = duet_now_ns();
+            duet_status_t st = duet_zep_recv_buf(n->zep, peer, &n->rxbuf);
             if (st == DUET_ERR_AGAIN)
                 break;
             if (st) {
                 DUET_LOG_W(MOD, "%s", duet_error());
                 continue;
             }
-            on_frame(n, peer, data, len);
-            duet_free(data);
+            on_frame(n, peer, n->rxbuf.data, n->rxbuf.len);
         }
         io_flush(n, now);
         if (now >= n->next_hb) {
@@ -1296,7 +1635,11 @@ static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t 
     if (local) {
         snprintf(tnode, sizeof(tnode), "%s", n->name);
     } else {
-        if (duet_registry_lookup(n->reg, env->to, tnode, NULL))
+        rcache_t *rc = NULL;
+        if (tls_loop && tls_loop->node == n && (rc = rcache_get(tls_loop, env->to)) && rc->gen &&
+            rc->gen == duet__registry_gen(n->reg) && rc->tnode[0])
+            memcpy(tnode, rc->tnode, sizeof(tnode)); /* registry unchanged since */
+        else if (duet_registry_lookup(n->reg, env->to, tnode, NULL))
             return DUET_ERR_NOT_FOUND;
         if (strcmp(tnode, n->name) == 0)
             return duet_errorf(DUET_ERR_NOT_FOUND, "actor '%s' is not running on node %s", env->to,
@@ -1318,7 +1661,7 @@ static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t 
                 st = DUET_OK;
             }
         } else {
-            st = xmit(n, local, tnode, wire, len, v.delay_ns[c]);
+            st = xmit(n, local, tnode, env->to, wire, len, v.delay_ns[c]);
         }
         if (st)
             return st;
@@ -1578,6 +1921,11 @@ static void defer(duet_actor_t *a, qent_t *q)
 
 static void start_actor(duet_actor_t *a)
 {
+    loop_t *l = a->loop;
+    if (l->dedicated && l->in && !l->owner) {
+        l->owner = a; /* frames on the loop's socket go straight to it */
+        actor_ref(a);
+    }
     void *state = NULL;
     duet_status_t st = a->ops->start ? a->ops->start(a, a->arg, &state) : DUET_OK;
     a->state = state;
@@ -1614,7 +1962,7 @@ static void dispatch(loop_t *l, qent_t *q)
         break;
     }
     case QE_MSG: {
-        if (a->stalled_until > duet_node_now_ns(n)) {
+        if (a->stalled_until && a->stalled_until > duet_node_now_ns(n)) {
             defer(a, q); /* put back in order when the stall ends */
             return;
         }
@@ -1651,6 +1999,7 @@ static void stall_end(duet_actor_t *a)
     l->head = a->def_head;
     if (!l->tail)
         l->tail = a->def_tail;
+    atomic_store_explicit(&l->pending, true, memory_order_relaxed);
     pthread_mutex_unlock(&l->lock);
     a->def_head = a->def_tail = NULL;
     loop_wake(l);
@@ -1764,6 +2113,13 @@ static void terminate(duet_actor_t *a, const char *reason)
     a->def_head = a->def_tail = NULL;
     if (l->dedicated && !n->sim)
         atomic_store(&l->quit, true); /* its thread ends after this callback */
+    if (a->direct[0]) {
+        /* its loop's socket closes: senders go through the node again (and
+         * get noproc from there); done while the name is still ours, so
+         * that it cannot overwrite a new incarnation's entry */
+        duet__registry_update_direct(n->reg, a->name, n->name, a->inc, "");
+        announce(n, NULL, a->name, a->inc, "");
+    }
     pthread_mutex_lock(&n->lock);
     tab_del(n, a);
     for (size_t i = 0; i < n->nrmons;)
@@ -1790,6 +2146,7 @@ static void loop_run_queue(loop_t *l)
     pthread_mutex_lock(&l->lock);
     qent_t *q = l->head;
     l->head = l->tail = NULL;
+    atomic_store_explicit(&l->pending, false, memory_order_relaxed);
     pthread_mutex_unlock(&l->lock);
     while (q) {
         qent_t *nx = q->next;
@@ -1815,11 +2172,36 @@ static bool loop_done(loop_t *l)
     return false;
 }
 
+/* Move what the loop's own socket holds onto its queue. True: stopped at
+ * the cap with more to read. */
+static bool loop_drain_in(loop_t *l)
+{
+    for (int k = 0; k < 1024; k++) {
+        char peer[DUET_NAME_MAX];
+        duet_status_t st = duet_zep_recv_buf(l->in, peer, &l->rxbuf);
+        if (st == DUET_ERR_AGAIN)
+            return false;
+        if (st) {
+            DUET_LOG_W(MOD, "%s", duet_error());
+            continue;
+        }
+        on_direct_frame(l, peer, l->rxbuf.data, l->rxbuf.len);
+    }
+    return true;
+}
+
 static void *loop_main(void *arg)
 {
     loop_t *l = arg;
     struct pollfd pf[64];
+    tls_loop = l;
+    tls_qpool_on = true;
+    int zfd = -1; /* the inbound socket's signal fd: poll it only after EAGAIN */
+    size_t zfd_len = sizeof(zfd);
+    if (l->in && zmq_getsockopt(duet_zep_socket(l->in), ZMQ_FD, &zfd, &zfd_len))
+        zfd = -1;
     while (!loop_done(l)) {
+        bool more_in = l->in && loop_drain_in(l);
         loop_run_queue(l);
         loop_fire_timers(l);
         int timeout = -1;
@@ -1827,9 +2209,22 @@ static void *loop_main(void *arg)
             uint64_t now = duet_now_ns(), at = l->heap[0]->at;
             timeout = at <= now ? 0 : (int)DUET_MIN((at - now + 999999) / 1000000, 1000);
         }
+        if (l->nbacklog) {
+            loop_flush(l);
+            if (l->nbacklog && (timeout < 0 || timeout > 2))
+                timeout = 2; /* retry peers that are not connected yet */
+        }
+        if (more_in)
+            timeout = 0;
         pf[0].fd = l->efd;
         pf[0].events = POLLIN;
         size_t nf = 1;
+        if (zfd >= 0) {
+            pf[1].fd = zfd;
+            pf[1].events = POLLIN;
+            nf = 2;
+        }
+        size_t first_fd = nf;
         for (size_t i = 0; i < l->nfds && nf < DUET_ARRAY_LEN(pf); i++, nf++) {
             pf[nf].fd = l->fds[i].fd;
             pf[nf].events = l->fds[i].events;
@@ -1851,7 +2246,7 @@ static void *loop_main(void *arg)
             ssize_t rr = read(l->efd, &v, sizeof(v));
             (void)rr;
         }
-        for (size_t i = 1; i < nf; i++) {
+        for (size_t i = first_fd; i < nf; i++) {
             if (!pf[i].revents)
                 continue;
             /* find the watch again: a handler may have removed it */
@@ -1870,6 +2265,19 @@ static void *loop_main(void *arg)
                 }
         }
     }
+    if (l->in) {
+        /* what reached the socket before it closes: noproc, DOWN as usual */
+        for (int guard = 0; guard < 64 && loop_drain_in(l); guard++)
+            ;
+        loop_run_queue(l);
+    }
+    loop_close_peers(l);
+    duet_zep_destroy(&l->in);
+    if (l->owner)
+        actor_unref(l->owner);
+    l->owner = NULL;
+    qpool_drain();
+    tls_loop = NULL;
     return NULL;
 }
 
@@ -1893,6 +2301,31 @@ static void sim_loop_step(void *arg)
         loop_wake(l);
 }
 
+/* A dedicated loop of a bound node gets an inbound socket of its own next
+ * to the node's address: "<addr>.L<id>" for inproc/ipc, an OS-chosen port
+ * on the same host for tcp. Without one its actor is reached through the
+ * node's ROUTER as before. */
+static void loop_open_in(loop_t *l)
+{
+    duet_node_t *n = l->node;
+    if (!l->dedicated || !n->zep || !n->cfg.bind)
+        return;
+    const char *ep = duet_zep_endpoint(n->zep);
+    char addr[256];
+    int k = -1;
+    if (strncmp(ep, "inproc://", 9) == 0 || strncmp(ep, "ipc://", 6) == 0) {
+        k = snprintf(addr, sizeof(addr), "%s.L%u", ep, l->id);
+    } else if (strncmp(ep, "tcp://", 6) == 0 && strrchr(ep, ':') > ep + 5) {
+        k = snprintf(addr, sizeof(addr), "%.*s:*", (int)(strrchr(ep, ':') - ep), ep);
+    }
+    if (k < 0 || (size_t)k >= sizeof(addr))
+        return;
+    if (duet_zep_create_sibling(n->zep, addr, &l->in) != DUET_OK) {
+        DUET_LOG_D(MOD, "node %s: no loop socket (%s); using the node's", n->name, duet_error());
+        duet_error_clear();
+    }
+}
+
 static loop_t *loop_new(duet_node_t *n, bool dedicated)
 {
     loop_t *l = duet_calloc(1, sizeof(*l));
@@ -1901,11 +2334,13 @@ static loop_t *loop_new(duet_node_t *n, bool dedicated)
     l->node = n;
     l->dedicated = dedicated;
     l->efd = -1;
+    l->id = atomic_fetch_add(&n->loop_ids, 1) + 1;
     pthread_mutex_init(&l->lock, NULL);
     if (!n->sim) {
         l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (l->efd < 0)
             goto err;
+        loop_open_in(l);
         if (pthread_create(&l->thread, NULL, loop_main, l))
             goto err_efd;
         l->has_thread = true;
@@ -1916,6 +2351,7 @@ static loop_t *loop_new(duet_node_t *n, bool dedicated)
     pthread_mutex_unlock(&n->lock);
     return l;
 err_efd:
+    duet_zep_destroy(&l->in);
     close(l->efd);
 err:
     pthread_mutex_destroy(&l->lock);
@@ -1935,6 +2371,11 @@ static void loop_free(loop_t *l)
         close(l->efd);
     duet_free(l->heap);
     duet_free(l->fds);
+    duet_free(l->lpeers);
+    duet_free(l->rc);
+    duet_strmap_destroy(&l->rcidx);
+    duet_zep_destroy(&l->in);
+    duet_buf_cleanup(&l->rxbuf);
     pthread_mutex_destroy(&l->lock);
     duet_free(l);
 }
@@ -1998,6 +2439,8 @@ duet_status_t duet_spawn(duet_node_t *n, const char *name, const duet_actor_ops_
         }
     }
     a->loop = l;
+    if (l->in)
+        snprintf(a->direct, sizeof(a->direct), "%s", duet_zep_endpoint(l->in));
     pthread_mutex_lock(&n->lock);
     duet_actor_t *old = tab_get(n, name);
     if (old || n->destroying) {
@@ -2025,8 +2468,8 @@ duet_status_t duet_spawn(duet_node_t *n, const char *name, const duet_actor_ops_
     }
     bool wake = loop_push(l, q, false);
     pthread_mutex_unlock(&n->lock);
-    duet_registry_update(n->reg, name, n->name, a->inc);
-    announce(n, NULL, name, a->inc);
+    duet__registry_update_direct(n->reg, name, n->name, a->inc, a->direct);
+    announce(n, NULL, name, a->inc, a->direct);
     loop_wake_if(l, wake);
     return DUET_OK;
 }
@@ -2601,6 +3044,7 @@ void duet_node_destroy(duet_node_t **node_p)
     duet_zep_destroy(&n->zep);
     if (n->io_efd >= 0)
         close(n->io_efd);
+    duet_buf_cleanup(&n->rxbuf);
     duet_free(n->tab);
     duet_free(n->rmons);
     duet_free(n->peers);

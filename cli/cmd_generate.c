@@ -15,13 +15,13 @@
 #include <jansson.h>
 
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "model/backend.h"
 #include "model/forward.h"
 #include "model/model.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
 
-#define DEFAULT_MODEL_NAME "pycoder-moe"
 
 static void usage(FILE *f)
 {
@@ -33,9 +33,9 @@ static void usage(FILE *f)
                "token or after --max-tokens tokens. Sampling is greedy unless --temperature > 0.\n"
                "\n"
                "options:\n"
-               "  --model DIR        model directory (config.json, safetensors, tokenizer.json);\n"
-               "                     default: the bundled models/" DEFAULT_MODEL_NAME "\n"
-               "  --prompt TEXT      prompt text, encoded with DIR/tokenizer.json\n"
+               "  -m, --model DIR    model directory (config.json, safetensors, tokenizer.json);\n"
+               "                     default: the bundled models/" DUET_CLI_DEFAULT_MODEL "\n"
+               "  -p, --prompt TEXT  prompt text, encoded with DIR/tokenizer.json\n"
                "  --prompt-ids IDS   prompt as comma-separated token ids (e.g. 1,2,3) instead\n"
                "  --max-tokens N     most tokens to generate (default 128)\n"
                "  --temperature T    sampling temperature; 0 = greedy (default 0)\n"
@@ -119,37 +119,6 @@ static duet_status_t parse_ids(const char *s, int32_t **ids_out, int32_t *n_out)
     *ids_out = ids;
     *n_out = n;
     return DUET_OK;
-}
-
-static bool is_dir(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-/* The bundled model: next to the executable's tree, else the source tree. */
-static const char *default_model(char *buf, size_t cap)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash)
-            *slash = 0;
-        static const char *rel[] = {"/../share/duet/models/", "/../models/", "/../../models/"};
-        for (size_t i = 0; i < DUET_ARRAY_LEN(rel); i++) {
-            int w = snprintf(buf, cap, "%s%s%s", exe, rel[i], DEFAULT_MODEL_NAME);
-            if (w > 0 && (size_t)w < cap && is_dir(buf))
-                return buf;
-        }
-    }
-#ifdef DUET_SOURCE_DIR
-    int w = snprintf(buf, cap, "%s/models/%s", DUET_SOURCE_DIR, DEFAULT_MODEL_NAME);
-    if (w > 0 && (size_t)w < cap && is_dir(buf))
-        return buf;
-#endif
-    return NULL;
 }
 
 typedef struct gen_opts {
@@ -478,9 +447,9 @@ int duet_cmd_generate(int argc, char **argv)
         return fail("%s", o.prompt ? "give --prompt or --prompt-ids, not both"
                                    : "give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
     if (!o.model) {
-        const char *d = default_model(model_buf, sizeof(model_buf));
+        const char *d = duet_cli_default_model(model_buf, sizeof(model_buf));
         if (!d)
-            return fail("%s", "no --model given and the bundled models/" DEFAULT_MODEL_NAME
+            return fail("%s", "no --model given and the bundled models/" DUET_CLI_DEFAULT_MODEL
                               " was not found next to the executable");
         char *real = realpath(d, NULL);
         if (real) {

@@ -72,7 +72,8 @@ const char *duet_cpu_isa_name(void);
 typedef enum duet_cpu_isa {
     DUET_CPU_ISA_PORTABLE = 0,
     DUET_CPU_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    DUET_CPU_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ (+BF16 when present) */
+    DUET_CPU_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ (named "avx512-bf16" where the CPU has
+                              * BF16; the exact path does not use its dot products) */
     DUET_CPU_ISA_COUNT
 } duet_cpu_isa_t;
 

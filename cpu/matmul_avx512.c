@@ -104,7 +104,7 @@ FORCE_INLINE void gemv_tile(const gemv_job_t *j, duet_dtype_t dt, int R, int C, 
         wr[c] = (const char *)j->w + (size_t)(o0 + c) * (size_t)j->in * es;
     const float *xr = j->xp + r0 * j->kpad;
     const size_t pf = (size_t)C * (size_t)j->in * es * (size_t)j->pf_blocks + (size_t)j->pf_bytes;
-    const int64_t in = j->in, kend = k1 & ~(int64_t)31;
+    const int64_t kend = k1 & ~(int64_t)31;
     int64_t k = k0;
     for (; k < kend; k += 32) {
         for (int c = 0; c < C; c++) {
@@ -132,7 +132,6 @@ FORCE_INLINE void gemv_tile(const gemv_job_t *j, duet_dtype_t dt, int R, int C, 
             }
         }
     }
-    (void)in;
     if (!last) {
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++)

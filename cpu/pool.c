@@ -221,10 +221,17 @@ void duet_cpu_pool_run(duet_cpu_pool_t *pool, int n_tasks, duet_cpu_task_fn fn, 
 
     pool_work(pool, pool->gen, fn, ctx);
 
+    /* Spin for the last tasks; past ~20 µs a worker holding one has likely
+     * been descheduled (an oversubscribed machine): yield so it can run. */
+    uint64_t yield_at = 0;
     for (unsigned i = 0; atomic_load_explicit(&pool->done, memory_order_acquire) < n_tasks; i++) {
-        if (i < 20000)
-            cpu_relax();
-        else
-            sched_yield(); /* a worker holding a task was descheduled: let it run */
+        cpu_relax();
+        if ((i & 63) == 63) {
+            uint64_t now = duet_now_ns();
+            if (!yield_at)
+                yield_at = now + 20 * 1000;
+            else if (now >= yield_at)
+                sched_yield();
+        }
     }
 }

@@ -205,6 +205,50 @@ duet_status_t duet_schema_encode(const duet_schema_t *s, const void *value, duet
     return enc_value(&pk, s, value);
 }
 
+static uint8_t *put_be(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+static uint8_t *put_uint(uint8_t *p, uint64_t v)
+{
+    if (v < 0x80) {
+        *p++ = (uint8_t)v;
+        return p;
+    }
+    if (v <= 0xff) {
+        *p++ = 0xcc;
+        return put_be(p, v, 1);
+    }
+    if (v <= 0xffff) {
+        *p++ = 0xcd;
+        return put_be(p, v, 2);
+    }
+    if (v <= 0xffffffffu) {
+        *p++ = 0xce;
+        return put_be(p, v, 4);
+    }
+    *p++ = 0xcf;
+    return put_be(p, v, 8);
+}
+
+static uint8_t *put_str(uint8_t *p, const char *s, size_t n)
+{
+    if (n < 32) {
+        *p++ = (uint8_t)(0xa0 | n);
+    } else if (n <= 0xff) {
+        *p++ = 0xd9;
+        p = put_be(p, n, 1);
+    } else {
+        *p++ = 0xda;
+        p = put_be(p, n, 2);
+    }
+    memcpy(p, s, n);
+    return p + n;
+}
+
 static size_t lim_max(const duet_codec_limits_t *lim)
 {
     size_t m = lim && lim->max_size ? lim->max_size : DUET_MSG_SIZE_DEFAULT;
@@ -224,17 +268,28 @@ duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
     size_t nf = strnlen(env->from, DUET_NAME_MAX), nt = strnlen(env->to, DUET_NAME_MAX);
     if (nf >= DUET_NAME_MAX || nt >= DUET_NAME_MAX)
         return duet_errorf(DUET_ERR_INVALID, "encoding %s: actor name too long", t->name);
-    int rc = msgpack_pack_array(&pk, 8);
-    rc = rc || msgpack_pack_uint64(&pk, env->type);
-    rc = rc || msgpack_pack_str(&pk, nf) || msgpack_pack_str_body(&pk, env->from, nf);
-    rc = rc || msgpack_pack_str(&pk, nt) || msgpack_pack_str_body(&pk, env->to, nt);
-    rc = rc || msgpack_pack_uint64(&pk, env->seq);
-    rc = rc || msgpack_pack_uint64(&pk, env->epoch);
-    rc = rc || msgpack_pack_uint64(&pk, env->trace);
-    rc = rc || msgpack_pack_uint64(&pk, env->reply_to);
-    rc = rc || msgpack_pack_uint64(&pk, env->flags);
-    if (rc)
-        return duet_errorf(DUET_ERR_NOMEM, "encoding envelope");
+    /* The envelope is written in place (it is on every message): the same
+     * bytes msgpack-c would pack, without a callback per field. */
+    size_t room = 1 + 9 + 2 * (3 + DUET_NAME_MAX) + 5 * 9 + 1;
+    if (out->cap < out->len + room) {
+        static const uint8_t zeros[1 + 9 + 2 * (3 + DUET_NAME_MAX) + 5 * 9 + 1];
+        size_t keep = out->len;
+        if (duet_buf_append(out, zeros, room) != DUET_OK)
+            return duet_errorf(DUET_ERR_NOMEM, "encoding envelope");
+        out->len = keep;
+    }
+    uint8_t *p = out->data + out->len;
+    *p++ = 0x98; /* fixarray of 8 */
+    p = put_uint(p, env->type);
+    p = put_str(p, env->from, nf);
+    p = put_str(p, env->to, nt);
+    p = put_uint(p, env->seq);
+    p = put_uint(p, env->epoch);
+    p = put_uint(p, env->trace);
+    p = put_uint(p, env->reply_to);
+    p = put_uint(p, env->flags);
+    out->len = (size_t)(p - out->data);
+    out->data[out->len] = 0;
     duet_status_t st = enc_value(&pk, &t->schema, body);
     if (st) {
         out->len = start;
@@ -746,7 +801,7 @@ static duet_status_t schema_decode_ex(const duet_schema_t *s, const uint8_t *dat
 duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data, size_t len,
                                  size_t *used_out, void **value_out)
 {
-    uint8_t *mem;
+    uint8_t *mem = NULL;
     duet_status_t st = schema_decode_ex(s, data, len, used_out, 0, &mem);
     if (!st)
         *value_out = mem;
@@ -774,7 +829,10 @@ duet_status_t duet_env_decode(const uint8_t *data, size_t len, duet_env_t *env, 
     if (e || n != 8)
         return duet_errorf(DUET_ERR_INVALID, "envelope: %s at byte %zu",
                            e ? rd_what(e) : "expected an array of 8 fields", (size_t)(r.p - data));
-    memset(env, 0, sizeof(*env));
+    env->from[0] = env->to[0] = 0; /* the names are NUL-terminated as they are read */
+    env->type = 0;
+    env->seq = env->epoch = env->trace = env->reply_to = 0;
+    env->flags = 0;
     const char *what = "type";
     if ((e = rd_uint(&r, DUET_MSG_TYPE_MAX - 1, &u)))
         goto fail;
@@ -787,6 +845,7 @@ duet_status_t duet_env_decode(const uint8_t *data, size_t len, duet_env_t *env, 
         goto fail;
     }
     memcpy(env->from, s, sl);
+    env->from[sl] = 0;
     what = "to";
     if ((e = rd_blob(&r, false, &s, &sl)))
         goto fail;
@@ -795,6 +854,7 @@ duet_status_t duet_env_decode(const uint8_t *data, size_t len, duet_env_t *env, 
         goto fail;
     }
     memcpy(env->to, s, sl);
+    env->to[sl] = 0;
     uint64_t *u64s[] = {&env->seq, &env->epoch, &env->trace, &env->reply_to};
     const char *names[] = {"seq", "epoch", "trace", "reply_to"};
     for (int i = 0; i < 4; i++) {
@@ -832,7 +892,7 @@ duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_
         return duet_errorf(DUET_ERR_INVALID,
                            "message from '%s' (node '%s') to '%s': unknown type 0x%x", env.from, pn,
                            env.to, env.type);
-    size_t used;
+    size_t used = 0;
     uint8_t *mem = NULL;
     /* message header and body in one allocation */
     st = schema_decode_ex(&t->schema, data + off, len - off, &used, sizeof(duet_msg_t), &mem);

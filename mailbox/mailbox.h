@@ -261,6 +261,30 @@ DUET_API const char *duet_zep_endpoint(const duet_zep_t *ep);
 /* Number of connections the ZAP handler refused (for tests and metrics). */
 DUET_API uint64_t duet_zep_refused(duet_zep_t *ep);
 
+/* Direct senders. A thread other than the ROUTER's owner (an actor loop) may
+ * open its own send-only DEALER to a peer's bound address and send frames on
+ * it without a hand-off to the owner. Its routing id is "<node>\x1f<tag>";
+ * duet_zep_recv reports such a sender by its node name alone. With CURVE on,
+ * it authenticates with this node's keys. DUET_ERR_AGAIN from send: not
+ * connected yet (ZMQ_IMMEDIATE) or its pipe is full; keep the frame and
+ * retry. One thread uses a DEALER; close it on that thread. */
+DUET_API duet_status_t duet_zep_dealer_open(duet_zep_t *ep, unsigned tag, const char *peer,
+                                            const char *addr, const char *server_key,
+                                            void **sock_out);
+DUET_API duet_status_t duet_zep_dealer_send(void *sock, const void *data, size_t len);
+/* Another ROUTER in ep's context with ep's options (routing id, limits,
+ * CURVE server role under ep's ZAP handler and allow-list), bound to
+ * `bind`: an inbound socket that a thread other than ep's owner reads.
+ * Destroy it with duet_zep_destroy before ep. */
+DUET_API duet_status_t duet_zep_create_sibling(duet_zep_t *ep, const char *bind,
+                                               duet_zep_t **sib_out);
+/* linger_ms: how long queued frames may still go out after the close. */
+DUET_API void duet_zep_dealer_close(void **sock_p, int linger_ms);
+/* As duet_zep_recv, but into `buf` (reused: no allocation per frame once
+ * it has grown); buf->len is the frame's size. */
+DUET_API duet_status_t duet_zep_recv_buf(duet_zep_t *ep, char peer_out[DUET_NAME_MAX],
+                                         duet_buf_t *buf);
+
 /* ---- simulated network ------------------------------------------------- */
 
 /* A discrete-event scheduler on virtual time (ns). Everything runs in the

@@ -26,6 +26,9 @@ struct duet_zep {
     uint8_t (*allow)[32];
     size_t nallow;
     atomic_uint_fast64_t refused;
+    bool has_curve; /* direct senders authenticate with these */
+    duet_curve_keys_t curve;
+    int64_t maxsz;
 };
 
 bool duet_zep_has_curve(void)
@@ -149,6 +152,11 @@ duet_status_t duet_zep_create(const duet_zep_config_t *cfg, duet_zep_t **ep_out)
     }
     int one = 1, zero = 0, hwm = 100000;
     int64_t maxsz = (int64_t)(cfg->max_msg_size ? cfg->max_msg_size : DUET_MSG_SIZE_DEFAULT);
+    ep->maxsz = maxsz;
+    if (cfg->curve) {
+        ep->has_curve = true;
+        ep->curve = *cfg->curve;
+    }
     /* +256: the frame cap applies to our payload; leave room for nothing else */
     if (zmq_setsockopt(ep->sock, ZMQ_ROUTING_ID, cfg->node, strlen(cfg->node)) ||
         zmq_setsockopt(ep->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one)) ||
@@ -284,8 +292,17 @@ duet_status_t duet_zep_send(duet_zep_t *ep, const char *peer, const void *data, 
     return DUET_OK;
 }
 
-duet_status_t duet_zep_recv(duet_zep_t *ep, char peer_out[DUET_NAME_MAX], uint8_t **data_out,
-                            size_t *len_out)
+/* A direct sender's routing id is "<node>\x1f<tag>": the sender is <node>. */
+static size_t peer_name_len(const uint8_t *id, size_t n)
+{
+    const void *sep = memchr(id, 0x1f, n);
+    return sep ? (size_t)((const uint8_t *)sep - id) : n;
+}
+
+/* Receive one [routing id, payload] message; hand the payload to `take`. */
+static duet_status_t recv_common(duet_zep_t *ep, char peer_out[DUET_NAME_MAX],
+                                 duet_status_t (*take)(void *ctx, const void *d, size_t n),
+                                 void *ctx)
 {
     zmq_msg_t id, body;
     zmq_msg_init(&id);
@@ -303,7 +320,7 @@ duet_status_t duet_zep_recv(duet_zep_t *ep, char peer_out[DUET_NAME_MAX], uint8_
         st = duet_errorf(DUET_ERR_PROTOCOL, "node %s: frame without payload", ep->node);
         goto out;
     }
-    size_t idn = zmq_msg_size(&id);
+    size_t idn = peer_name_len(zmq_msg_data(&id), zmq_msg_size(&id));
     if (idn == 0 || idn >= DUET_NAME_MAX) {
         st = duet_errorf(DUET_ERR_PROTOCOL, "node %s: peer routing id of %zu bytes", ep->node, idn);
         goto out_drain;
@@ -312,17 +329,10 @@ duet_status_t duet_zep_recv(duet_zep_t *ep, char peer_out[DUET_NAME_MAX], uint8_
         st = duet_errorf(DUET_ERR_PROTOCOL, "node %s: multi-frame message", ep->node);
         goto out_drain;
     }
-    size_t n = zmq_msg_size(&body);
-    uint8_t *d = duet_malloc(n ? n : 1);
-    if (!d) {
-        st = duet_errorf(DUET_ERR_NOMEM, "node %s: recv of %zu bytes", ep->node, n);
+    if ((st = take(ctx, zmq_msg_data(&body), zmq_msg_size(&body))))
         goto out;
-    }
-    memcpy(d, zmq_msg_data(&body), n);
     memcpy(peer_out, zmq_msg_data(&id), idn);
     peer_out[idn] = 0;
-    *data_out = d;
-    *len_out = n;
     goto out;
 out_drain:
     while (zmq_msg_more(&body)) {
@@ -335,6 +345,158 @@ out:
     zmq_msg_close(&body);
     zmq_msg_close(&id);
     return st;
+}
+
+typedef struct take_heap {
+    uint8_t *data;
+    size_t len;
+} take_heap_t;
+
+static duet_status_t take_heap(void *ctx, const void *d, size_t n)
+{
+    take_heap_t *t = ctx;
+    if (!(t->data = duet_malloc(n ? n : 1)))
+        return duet_errorf(DUET_ERR_NOMEM, "recv of %zu bytes", n);
+    memcpy(t->data, d, n);
+    t->len = n;
+    return DUET_OK;
+}
+
+static duet_status_t take_buf(void *ctx, const void *d, size_t n)
+{
+    duet_buf_t *b = ctx;
+    b->len = 0;
+    return duet_buf_append(b, d, n);
+}
+
+duet_status_t duet_zep_recv(duet_zep_t *ep, char peer_out[DUET_NAME_MAX], uint8_t **data_out,
+                            size_t *len_out)
+{
+    take_heap_t t = {NULL, 0};
+    duet_status_t st = recv_common(ep, peer_out, take_heap, &t);
+    if (st)
+        return st;
+    *data_out = t.data;
+    *len_out = t.len;
+    return DUET_OK;
+}
+
+duet_status_t duet_zep_recv_buf(duet_zep_t *ep, char peer_out[DUET_NAME_MAX], duet_buf_t *buf)
+{
+    return recv_common(ep, peer_out, take_buf, buf);
+}
+
+duet_status_t duet_zep_dealer_open(duet_zep_t *ep, unsigned tag, const char *peer,
+                                   const char *addr, const char *server_key, void **sock_out)
+{
+    char rid[DUET_NAME_MAX + 16];
+    int rn = snprintf(rid, sizeof(rid), "%s\x1f%u", ep->node, tag);
+    if (rn < 0 || (size_t)rn >= sizeof(rid) || rn > 255)
+        return duet_errorf(DUET_ERR_INVALID, "node %s: routing id too long", ep->node);
+    void *s = zmq_socket(ep->ctx, ZMQ_DEALER);
+    if (!s)
+        return zerr("zmq_socket (dealer)", ep->node);
+    int one = 1, zero = 0, hwm = 100000;
+    duet_status_t st;
+    if (zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, (size_t)rn) ||
+        zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof(one)) ||
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero)) ||
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof(hwm)) ||
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &ep->maxsz, sizeof(ep->maxsz))) {
+        st = zerr("dealer setsockopt", ep->node);
+        goto err_close;
+    }
+    if (ep->has_curve && server_key) {
+        if (strlen(server_key) != 40 ||
+            zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_key, 40) ||
+            zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, ep->curve.public_z85, 40) ||
+            zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, ep->curve.secret_z85, 40)) {
+            st = duet_errorf(DUET_ERR_INVALID, "node %s: peer %s: bad CURVE server key", ep->node,
+                             peer);
+            goto err_close;
+        }
+    }
+    if (zmq_connect(s, addr)) {
+        st = duet_errorf(DUET_ERR_IO, "node %s: connect to %s at %s: %s", ep->node, peer, addr,
+                         zmq_strerror(zmq_errno()));
+        goto err_close;
+    }
+    *sock_out = s;
+    return DUET_OK;
+err_close:
+    zmq_close(s);
+    return st;
+}
+
+duet_status_t duet_zep_create_sibling(duet_zep_t *ep, const char *bind, duet_zep_t **sib_out)
+{
+    if (is_wildcard(bind))
+        return duet_errorf(DUET_ERR_INVALID, "node %s: refusing a wildcard bind (%s)", ep->node,
+                           bind);
+    duet_zep_t *sb = duet_calloc(1, sizeof(*sb));
+    if (!sb)
+        return duet_errorf(DUET_ERR_NOMEM, "zmq endpoint");
+    duet_status_t st;
+    snprintf(sb->node, sizeof(sb->node), "%s", ep->node);
+    sb->ctx = ep->ctx;
+    sb->maxsz = ep->maxsz;
+    if (!(sb->sock = zmq_socket(ep->ctx, ZMQ_ROUTER))) {
+        st = zerr("zmq_socket", ep->node);
+        goto err_free;
+    }
+    int one = 1, zero = 0, hwm = 100000;
+    if (zmq_setsockopt(sb->sock, ZMQ_ROUTING_ID, ep->node, strlen(ep->node)) ||
+        zmq_setsockopt(sb->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one)) ||
+        zmq_setsockopt(sb->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof(one)) ||
+        zmq_setsockopt(sb->sock, ZMQ_LINGER, &zero, sizeof(zero)) ||
+        zmq_setsockopt(sb->sock, ZMQ_MAXMSGSIZE, &sb->maxsz, sizeof(sb->maxsz)) ||
+        zmq_setsockopt(sb->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) ||
+        zmq_setsockopt(sb->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm))) {
+        st = zerr("setsockopt", ep->node);
+        goto err_sock;
+    }
+    if (ep->has_curve &&
+        (zmq_setsockopt(sb->sock, ZMQ_CURVE_SERVER, &one, sizeof(one)) ||
+         zmq_setsockopt(sb->sock, ZMQ_CURVE_SECRETKEY, ep->curve.secret_z85, 40) ||
+         zmq_setsockopt(sb->sock, ZMQ_CURVE_PUBLICKEY, ep->curve.public_z85, 40) ||
+         zmq_setsockopt(sb->sock, ZMQ_ZAP_DOMAIN, "duet", 4))) {
+        st = zerr("CURVE options", ep->node);
+        goto err_sock;
+    }
+    if (zmq_bind(sb->sock, bind)) {
+        st = duet_errorf(DUET_ERR_IO, "node %s: bind %s: %s", ep->node, bind,
+                         zmq_strerror(zmq_errno()));
+        goto err_sock;
+    }
+    size_t n = sizeof(sb->endpoint);
+    if (zmq_getsockopt(sb->sock, ZMQ_LAST_ENDPOINT, sb->endpoint, &n))
+        snprintf(sb->endpoint, sizeof(sb->endpoint), "%s", bind);
+    *sib_out = sb;
+    return DUET_OK;
+err_sock:
+    zmq_close(sb->sock);
+err_free:
+    duet_free(sb);
+    return st;
+}
+
+duet_status_t duet_zep_dealer_send(void *sock, const void *data, size_t len)
+{
+    if (zmq_send(sock, data, len, ZMQ_DONTWAIT) >= 0)
+        return DUET_OK;
+    int e = zmq_errno();
+    if (e == EAGAIN || e == EHOSTUNREACH)
+        return DUET_ERR_AGAIN;
+    return duet_errorf(DUET_ERR_IO, "direct send: %s", zmq_strerror(e));
+}
+
+void duet_zep_dealer_close(void **sock_p, int linger_ms)
+{
+    if (!sock_p || !*sock_p)
+        return;
+    zmq_setsockopt(*sock_p, ZMQ_LINGER, &linger_ms, sizeof(linger_ms));
+    zmq_close(*sock_p);
+    *sock_p = NULL;
 }
 
 const char *duet_zep_endpoint(const duet_zep_t *ep)

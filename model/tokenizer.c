@@ -1243,7 +1243,7 @@ static duet_status_t dec_step_run(const dec_step_t *ds, bool raw, const toklist_
     case DEC_BYTEFALLBACK: {
         size_t run_start = 0, run_n = 0;
         for (size_t i = 0; i <= in->n && st == DUET_OK; i++) {
-            uint8_t byte;
+            uint8_t byte = 0;
             const char *s = i < in->n ? (const char *)in->buf.data + in->off[i] : NULL;
             if (s && parse_byte_token(s, in->len[i], &byte)) {
                 if (run_n++ == 0)

@@ -626,7 +626,8 @@ static void load_actor(lctx_t *c, const ynode_t *map, size_t idx)
     a.pub.compute.backend = DUET_COMPUTE_CPU;
     a.pub.compute.threads = 1;
     int count = 1;
-    bool device_given = false;
+    bool device_given = false, have_device_key = false; /* cuda:N / device: N */
+    int device_key = 0;
     topo_loc_t at_device = {0};
     if (kind == DUET_ACTOR_GATEWAY && duet__topo_set_str(&a.pub.listen, "127.0.0.1:8000"))
         c->st = DUET_ERR_NOMEM;
@@ -665,17 +666,11 @@ static void load_actor(lctx_t *c, const ynode_t *map, size_t idx)
             a.at_backend = v->at;
             load_backend(c, v, key, &a, &device_given);
             break;
-        case AK_DEVICE: {
-            int dev = 0;
+        case AK_DEVICE:
             at_device = v->at;
-            if (want_int(c, v, key, &dev)) {
-                if (device_given && dev != a.pub.compute.device)
-                    lissue(c, v->at, key, "device %d contradicts backend cuda:%d", dev,
-                           a.pub.compute.device);
-                a.pub.compute.device = dev;
-            }
+            if (want_int(c, v, key, &device_key))
+                have_device_key = true;
             break;
-        }
         case AK_THREADS:
             a.at_threads = v->at;
             want_int(c, v, key, &a.pub.compute.threads);
@@ -687,9 +682,15 @@ static void load_actor(lctx_t *c, const ynode_t *map, size_t idx)
             break;
         }
     }
-    if (at_device.line && a.pub.compute.backend != DUET_COMPUTE_CUDA) {
+    if (have_device_key) {
         path_join(key, sizeof(key), path, "device");
-        lissue(c, at_device, key, "device applies to backend cuda only");
+        if (a.pub.compute.backend != DUET_COMPUTE_CUDA)
+            lissue(c, at_device, key, "device applies to backend cuda only");
+        else if (device_given && device_key != a.pub.compute.device)
+            lissue(c, at_device, key, "device %d contradicts backend cuda:%d", device_key,
+                   a.pub.compute.device);
+        else
+            a.pub.compute.device = device_key;
     }
     if (!a.pub.node && !seen[AK_NODE].line) {
         path_join(key, sizeof(key), path, "node");

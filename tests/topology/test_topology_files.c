@@ -409,6 +409,9 @@ static const bad_case_t bad_cases[] = {
      "actors[2].backend", "unknown backend 'gpu'"},
     {"device on cpu", HEAD RS "  - {kind: attention, node: a, device: 1}\n" ALL8, 7,
      "actors[2].device", "cuda only"},
+    {"device contradicts backend",
+     HEAD RS "  - {kind: attention, node: a, device: 2, backend: 'cuda:1'}\n" ALL8, 7,
+     "actors[2].device", "device 2 contradicts backend cuda:1"},
     {"threads zero", HEAD RS "  - {kind: attention, node: a, threads: 0}\n" ALL8, 7,
      "actors[2].threads", "between 1 and"},
     {"duplicate key", "model: /m\nmodel: /n\n", 2, "model",
@@ -665,6 +668,29 @@ static void test_limits(void **state)
     assert_null(t);
 }
 
+/* backend: cuda with device: N, in either order, equals backend: cuda:N */
+static void test_cuda_device(void **state)
+{
+    (void)state;
+    duet_topo_validate_opts_t opts = {.n_experts = 8};
+    const char *texts[] = {
+        HEAD RS "  - {kind: attention, node: a, backend: cuda, device: 3}\n" ALL8,
+        HEAD RS "  - {kind: attention, node: a, device: 3, backend: cuda}\n" ALL8,
+        HEAD RS "  - {kind: attention, node: a, backend: 'cuda:3', device: 3}\n" ALL8,
+        HEAD RS "  - {kind: attention, node: a, backend: 'cuda:3'}\n" ALL8,
+    };
+    for (size_t i = 0; i < DUET_ARRAY_LEN(texts); i++) {
+        duet_topology_t *t = NULL;
+        assert_int_equal(
+            duet_topology_parse(texts[i], strlen(texts[i]), "cuda.yaml", NULL, &opts, &t, NULL),
+            DUET_OK);
+        const duet_topo_actor_t *a = duet_topology_attention(t, 0);
+        assert_int_equal(a->compute.backend, DUET_COMPUTE_CUDA);
+        assert_int_equal(a->compute.device, 3);
+        duet_topology_destroy(&t);
+    }
+}
+
 static void test_names(void **state)
 {
     (void)state;
@@ -702,6 +728,7 @@ int main(void)
         cmocka_unit_test(test_relative_model),
         cmocka_unit_test(test_api_validation),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_cuda_device),
         cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,650 @@
+/* attention shard actor ("attn/<a>") — attention weights, KV cache, routing.
+ *
+ * Takes: pipe.table (router; the first one makes the shard ready), pipe.step
+ * (scheduler; one iteration split into m micro-batches), pipe.result (expert
+ * shards), pipe.free (scheduler), sys.down (a monitored expert shard died),
+ * sys.timer (progress watchdog).
+ * Sends: pipe.ready, pipe.step_done (scheduler), pipe.dispatch (expert
+ * shards, after the round's M2N write), pipe.load (router).
+ *
+ * A step starts every micro-batch: each runs its attention halves until
+ * its first sparse layer, writes round r = (iter·S + j)·m + i to every
+ * expert shard and waits. Whichever micro-batch's round is complete (a
+ * pipe.result from every expert shard) combines and runs on to its next
+ * sparse layer, so micro-batch i+1's attention overlaps the experts' work
+ * on micro-batch i. When all micro-batches ran their last layer the step
+ * ends with their sampled tokens. */
+#include <stdio.h>
+#include <string.h>
+
+#include "actors/pipe_int.h"
+#include "model/kvcache.h"
+
+#define MOD "attn"
+
+typedef struct ub_state {
+    duet_ubatch_t *ub;
+    duet_dispatch_t d;
+    int32_t n_seqs, n_tok;
+    duet_seq_input_t *in; /* [max_seqs] */
+    uint64_t *req;        /* [max_seqs] */
+    int32_t *tok;         /* [max_tokens] */
+    int layer, sparse_j;
+    bool begun, done, waiting;
+    uint64_t round;
+    uint8_t *got;       /* [N] */
+    uint32_t *got_rows; /* [N] */
+    int n_got;
+    int32_t *dest_n;    /* [N] */
+    int32_t *dest_rows; /* [N * max_rows]: dispatch row of each row sent */
+    float *y;           /* [max_rows * hidden] */
+} ub_state_t;
+
+typedef struct attn {
+    duet_pipe_attn_arg_t a;
+    const duet_pipe_geom_t *g;
+    const duet_config_t *cfg;
+    duet_kvcache_t *kv;
+    duet_fwd_t *fwd;
+    ub_state_t *ubs;
+    int max_rows;
+    size_t rowb;
+    /* request -> KV sequence */
+    uint64_t *map_req;
+    int32_t *map_seq;
+    int map_n, map_cap;
+    /* routing table */
+    bool have_table;
+    uint64_t table_version;
+    uint32_t *off;
+    int32_t *shards;
+    size_t n_shards;
+    uint32_t *rr;
+    /* step */
+    bool busy, broken;
+    char why[512];
+    uint64_t iter;
+    int ubs_done;
+    uint64_t last_progress;
+    uint64_t *res_req;
+    int32_t *res_tok;
+    int res_n, res_cap;
+    uint64_t *load;
+    int32_t *dexp, *dcnt; /* [N * E] groups per destination */
+    int32_t *dng;         /* [N] */
+    duet_sampling_params_t *sp;
+    int32_t *sampled;
+} attn_t;
+
+static int map_find(const attn_t *s, uint64_t req)
+{
+    for (int i = 0; i < s->map_n; i++)
+        if (s->map_req[i] == req)
+            return i;
+    return -1;
+}
+
+static duet_status_t send_step_done(duet_actor_t *self, attn_t *s, const char *err)
+{
+    duet_pipe_step_done_t d = {
+        .shard = s->a.shard,
+        .iter = s->iter,
+        .req = {s->res_req, err ? 0 : (size_t)s->res_n},
+        .token = {s->res_tok, err ? 0 : (size_t)s->res_n},
+        .error = (char *)(err ? err : ""),
+    };
+    return duet_send(self, "scheduler", &duet_pipe_msg_step_done, &d);
+}
+
+static void report_load(duet_actor_t *self, attn_t *s)
+{
+    duet_pipe_load_t l = {.shard = s->a.shard, .rows = {s->load, (size_t)s->cfg->n_experts}};
+    if (duet_send(self, "router", &duet_pipe_msg_load, &l) == DUET_OK)
+        memset(s->load, 0, sizeof(uint64_t) * (size_t)s->cfg->n_experts);
+}
+
+/* The step failed: undo what did not finish, tell the scheduler. The shard
+ * keeps no half-done state; rounds of this step that arrive later find
+ * nothing waiting and are dropped as stray. */
+static duet_status_t step_fail(duet_actor_t *self, attn_t *s, const char *why)
+{
+    DUET_LOG_W(MOD, "%s: step %llu failed: %s", duet_actor_name(self),
+               (unsigned long long)s->iter, why);
+    for (int i = 0; i < s->g->m; i++) {
+        ub_state_t *u = &s->ubs[i];
+        if (u->begun && !u->done)
+            duet_fwd_abort(s->fwd, u->ub);
+        u->begun = u->done = u->waiting = false;
+    }
+    /* the M2N rings are now out of step with the expert shards */
+    if (!s->broken) {
+        s->broken = true;
+        snprintf(s->why, sizeof(s->why), "%s", why);
+    }
+    s->busy = false;
+    duet_status_t st = send_step_done(self, s, why);
+    s->iter++;
+    return st;
+}
+
+static duet_status_t step_finish(duet_actor_t *self, attn_t *s)
+{
+    s->busy = false;
+    for (int i = 0; i < s->g->m; i++)
+        s->ubs[i].begun = s->ubs[i].done = false;
+    duet_status_t st = send_step_done(self, s, NULL);
+    atomic_fetch_add(&s->a.counters->steps, 1);
+    s->iter++;
+    report_load(self, s);
+    return st;
+}
+
+/* Write micro-batch i's rows of sparse layer `layer` as round `round`. */
+static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, uint64_t round)
+{
+    ub_state_t *u = &s->ubs[i];
+    const int N = s->g->n_expert_shards, E = s->cfg->n_experts;
+    const int hidden = s->cfg->hidden;
+    duet_status_t st;
+    u->d.n_rows = 0;
+    if (u->n_seqs > 0) {
+        const int32_t *ids;
+        const float *w;
+        int32_t k;
+        if (!duet_ubatch_routes(u->ub, &ids, &w, &k))
+            return duet_errorf(DUET_ERR_INTERNAL, "layer %d: sparse layer without routes", layer);
+        st = duet_dispatch_build(&u->d, ids, w, duet_ubatch_n_tokens(u->ub), k);
+        if (st)
+            return st;
+    }
+    for (int d = 0; d < N; d++)
+        u->dest_n[d] = s->dng[d] = 0;
+    for (int e = 0; e < E && u->d.n_rows > 0; e++) {
+        int32_t cnt = u->d.count[e];
+        if (!cnt)
+            continue;
+        uint32_t lo0 = s->off[e], nr = s->off[e + 1] - s->off[e];
+        if (nr == 0)
+            return duet_errorf(DUET_ERR_NOT_FOUND, "expert %d has no expert shard in table v%llu",
+                               e, (unsigned long long)s->table_version);
+        s->load[e] += (uint64_t)cnt;
+        /* spread the expert's rows over its replicas, rotating the start */
+        for (uint32_t k = 0; k < nr; k++) {
+            int32_t lo = (int32_t)((int64_t)cnt * k / nr), hi = (int32_t)((int64_t)cnt * (k + 1) / nr);
+            if (hi <= lo)
+                continue;
+            int dst = s->shards[lo0 + (k + s->rr[e]) % nr];
+            s->dexp[dst * E + s->dng[dst]] = e;
+            s->dcnt[dst * E + s->dng[dst]] = hi - lo;
+            s->dng[dst]++;
+            for (int32_t r = lo; r < hi; r++)
+                u->dest_rows[(size_t)dst * s->max_rows + u->dest_n[dst]++] = u->d.offset[e] + r;
+        }
+        s->rr[e]++;
+    }
+    const float *x = u->n_seqs > 0 ? duet_ubatch_normed(u->ub) : NULL;
+    uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
+    size_t slot = (size_t)(round % (uint64_t)s->g->ring);
+    for (int d = 0; d < N; d++) {
+        size_t off = (slot * (size_t)N + (size_t)d) * s->g->slot_size;
+        uint8_t *buf = base + off;
+        duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, (uint32_t)u->dest_n[d], round};
+        memcpy(buf, &h, sizeof(h));
+        for (int32_t j = 0; j < u->dest_n[d]; j++) {
+            int32_t row = u->dest_rows[(size_t)d * s->max_rows + j];
+            memcpy(buf + sizeof(h) + (size_t)j * s->rowb,
+                   x + (size_t)u->d.row_token[row] * (size_t)hidden, s->rowb);
+        }
+        size_t len = sizeof(h) + (size_t)u->dest_n[d] * s->rowb;
+        st = duet_m2n_send(s->a.dispatch, round, (uint32_t)d, s->a.send_mr, off, len,
+                           (int64_t)s->g->round_timeout_ms * 1000000);
+        if (st)
+            return duet_error_wrap(st, "dispatch round %llu to expert/%d",
+                                   (unsigned long long)round, d);
+        duet_pipe_dispatch_t m = {
+            .round = round,
+            .layer = layer,
+            .shard = s->a.shard,
+            .experts = {s->dexp + (size_t)d * E, (size_t)s->dng[d]},
+            .counts = {s->dcnt + (size_t)d * E, (size_t)s->dng[d]},
+        };
+        char to[32];
+        snprintf(to, sizeof(to), "expert/%d", d);
+        st = duet_send(self, to, &duet_pipe_msg_dispatch, &m);
+        if (st)
+            return duet_error_wrap(st, "pipe.dispatch to %s", to);
+    }
+    return DUET_OK;
+}
+
+/* Run micro-batch i until it waits for a round or is finished. */
+static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
+{
+    ub_state_t *u = &s->ubs[i];
+    const int L = s->cfg->n_layers;
+    duet_status_t st;
+    while (u->layer < L) {
+        int l = u->layer;
+        if (u->n_seqs > 0 && (st = duet_fwd_attention(s->fwd, u->ub, l)))
+            return duet_error_wrap(st, "layer %d attention", l);
+        if (!s->cfg->sparse_layer[l]) {
+            u->layer++;
+            continue;
+        }
+        uint64_t round = (s->iter * (uint64_t)s->g->n_sparse + (uint64_t)u->sparse_j) *
+                             (uint64_t)s->g->m +
+                         (uint64_t)i;
+        if ((st = dispatch(self, s, i, l, round)))
+            return st;
+        u->waiting = true;
+        u->round = round;
+        u->n_got = 0;
+        memset(u->got, 0, (size_t)s->g->n_expert_shards);
+        return DUET_OK;
+    }
+    if (u->n_seqs > 0) {
+        int32_t rows = 0;
+        if ((st = duet_fwd_logits(s->fwd, u->ub, &rows)))
+            return duet_error_wrap(st, "logits");
+        if (rows > 0 && (st = duet_fwd_sample(s->fwd, u->ub, s->sp, s->sampled)))
+            return duet_error_wrap(st, "sample");
+        int32_t r = 0;
+        for (int32_t k = 0; k < u->n_seqs; k++) {
+            if (u->in[k].logits == DUET_LOGITS_NONE)
+                continue;
+            if (s->res_n >= s->res_cap || r >= rows)
+                return duet_errorf(DUET_ERR_INTERNAL, "more sampled rows than expected");
+            s->res_req[s->res_n] = u->req[k];
+            s->res_tok[s->res_n++] = s->sampled[r++];
+        }
+    }
+    u->done = true;
+    if (++s->ubs_done == s->g->m)
+        return step_finish(self, s);
+    return DUET_OK;
+}
+
+/* Every expert shard's rows for micro-batch i's round are in: combine. */
+static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
+{
+    ub_state_t *u = &s->ubs[i];
+    const int N = s->g->n_expert_shards;
+    duet_status_t st = duet_m2n_recv(s->a.combine, u->round,
+                                     (int64_t)s->g->round_timeout_ms * 1000000);
+    if (st)
+        return duet_error_wrap(st, "round %llu results", (unsigned long long)u->round);
+    for (int d = 0; d < N; d++) {
+        const void *data;
+        size_t len;
+        if ((st = duet_m2n_data(s->a.combine, u->round, (uint32_t)d, &data, &len)))
+            return st;
+        duet_pipe_hdr_t h;
+        if (len < sizeof(h))
+            return duet_errorf(DUET_ERR_PROTOCOL, "round %llu from expert/%d: %zu bytes",
+                               (unsigned long long)u->round, d, len);
+        memcpy(&h, data, sizeof(h));
+        if (h.magic != DUET_PIPE_MAGIC || h.round != u->round ||
+            h.rows != (uint32_t)u->dest_n[d] || h.rows != u->got_rows[d] ||
+            len != sizeof(h) + (size_t)h.rows * s->rowb)
+            return duet_errorf(DUET_ERR_PROTOCOL,
+                               "round %llu from expert/%d: data for round %llu with %u rows "
+                               "(%zu bytes), expected %d rows",
+                               (unsigned long long)u->round, d, (unsigned long long)h.round,
+                               h.rows, len, u->dest_n[d]);
+        const uint8_t *q = (const uint8_t *)data + sizeof(h);
+        for (uint32_t j = 0; j < h.rows; j++) {
+            int32_t row = u->dest_rows[(size_t)d * s->max_rows + j];
+            memcpy(u->y + (size_t)row * (size_t)s->cfg->hidden, q + (size_t)j * s->rowb, s->rowb);
+        }
+    }
+    if ((st = duet_m2n_release(s->a.combine, u->round)))
+        return st;
+    if (u->n_seqs > 0 && u->d.n_rows > 0 &&
+        (st = duet_fwd_combine(s->fwd, u->ub, u->layer, u->y, u->d.row_token, u->d.row_weight,
+                               u->d.n_rows)))
+        return duet_error_wrap(st, "layer %d combine", u->layer);
+    u->waiting = false;
+    u->layer++;
+    u->sparse_j++;
+    return advance(self, s, i);
+}
+
+static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step_t *m)
+{
+    char why[640];
+    if (s->broken) {
+        snprintf(why, sizeof(why), "%s: unavailable: %s", duet_actor_name(self), s->why);
+        s->iter = m->iter + 1;
+        return send_step_done(self, s, why);
+    }
+    size_t n = m->req.count;
+    const int M = s->g->m;
+    if (s->busy || m->iter != s->iter || m->ub.count != n || m->ntok.count != n ||
+        m->flags.count != n) {
+        snprintf(why, sizeof(why), "bad pipe.step (iter %llu, expected %llu, busy %d)",
+                 (unsigned long long)m->iter, (unsigned long long)s->iter, s->busy);
+        return send_step_done(self, s, why);
+    }
+    const uint64_t *req = m->req.data;
+    const int32_t *ubi = m->ub.data, *ntok = m->ntok.data, *tokens = m->tokens.data;
+    const uint32_t *flags = m->flags.data;
+    for (int i = 0; i < M; i++) {
+        ub_state_t *u = &s->ubs[i];
+        u->n_seqs = u->n_tok = 0;
+        u->layer = u->sparse_j = 0;
+        u->begun = u->done = u->waiting = false;
+    }
+    s->res_n = 0;
+    s->ubs_done = 0;
+    size_t pos = 0;
+    /* validate everything before touching the KV cache */
+    int32_t seqs_in[64] = {0}, toks_in[64] = {0};
+    for (size_t k = 0; k < n; k++) {
+        if (ubi[k] < 0 || ubi[k] >= M || M > 64 || ntok[k] < 1 ||
+            pos + (size_t)ntok[k] > m->tokens.count ||
+            ++seqs_in[ubi[k]] > s->g->max_seqs_ub ||
+            (toks_in[ubi[k]] += ntok[k]) > s->g->max_tokens_ub ||
+            ((flags[k] & DUET_PIPE_SEQ_NEW) != 0) == (map_find(s, req[k]) >= 0)) {
+            snprintf(why, sizeof(why), "bad pipe.step entry %zu (req %llu)", k,
+                     (unsigned long long)req[k]);
+            return step_fail(self, s, why);
+        }
+        pos += (size_t)ntok[k];
+    }
+    pos = 0;
+    for (size_t k = 0; k < n; k++) {
+        ub_state_t *u = &s->ubs[ubi[k]];
+        int mi = map_find(s, req[k]);
+        if (mi < 0) {
+            int32_t seq;
+            if (s->map_n == s->map_cap || duet_kvcache_seq_open(s->kv, &seq)) {
+                snprintf(why, sizeof(why), "no KV sequence left for req %llu",
+                         (unsigned long long)req[k]);
+                return step_fail(self, s, why);
+            }
+            mi = s->map_n++;
+            s->map_req[mi] = req[k];
+            s->map_seq[mi] = seq;
+        }
+        memcpy(u->tok + u->n_tok, tokens + pos, sizeof(int32_t) * (size_t)ntok[k]);
+        u->req[u->n_seqs] = req[k];
+        u->in[u->n_seqs++] = (duet_seq_input_t){
+            s->map_seq[mi], ntok[k], u->tok + u->n_tok,
+            (flags[k] & DUET_PIPE_SEQ_LOGITS) ? DUET_LOGITS_LAST : DUET_LOGITS_NONE};
+        u->n_tok += ntok[k];
+        pos += (size_t)ntok[k];
+    }
+    s->busy = true;
+    s->last_progress = duet_actor_now_ns(self);
+    duet_status_t st;
+    for (int i = 0; i < M; i++) {
+        ub_state_t *u = &s->ubs[i];
+        if (u->n_seqs == 0)
+            continue;
+        if ((st = duet_fwd_begin(s->fwd, u->ub, u->n_seqs, u->in))) {
+            snprintf(why, sizeof(why), "micro-batch %d: %s", i, duet_error());
+            return step_fail(self, s, why);
+        }
+        u->begun = true;
+    }
+    for (int i = 0; i < M && s->busy; i++) {
+        if ((st = advance(self, s, i))) {
+            snprintf(why, sizeof(why), "micro-batch %d: %s", i, duet_error());
+            return step_fail(self, s, why);
+        }
+    }
+    return DUET_OK;
+}
+
+static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_result_t *r)
+{
+    char why[1200];
+    int i = -1;
+    for (int k = 0; k < s->g->m && s->busy; k++)
+        if (s->ubs[k].waiting && s->ubs[k].round == r->round)
+            i = k;
+    if (i < 0 || r->expert_shard < 0 || r->expert_shard >= s->g->n_expert_shards) {
+        atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+        DUET_LOG_D(MOD, "%s: stray pipe.result round %llu from expert/%d",
+                   duet_actor_name(self), (unsigned long long)r->round, r->expert_shard);
+        return DUET_OK;
+    }
+    ub_state_t *u = &s->ubs[i];
+    if (u->got[r->expert_shard]) {
+        atomic_fetch_add(&s->a.counters->dropped_dup, 1);
+        return DUET_OK;
+    }
+    if (r->error[0]) {
+        snprintf(why, sizeof(why), "expert/%d failed round %llu: %s", r->expert_shard,
+                 (unsigned long long)r->round, r->error);
+        return step_fail(self, s, why);
+    }
+    u->got[r->expert_shard] = 1;
+    u->got_rows[r->expert_shard] = r->rows;
+    s->last_progress = duet_actor_now_ns(self);
+    if (++u->n_got < s->g->n_expert_shards)
+        return DUET_OK;
+    duet_status_t st = complete(self, s, i);
+    if (st && s->busy) {
+        snprintf(why, sizeof(why), "micro-batch %d: %s", i, duet_error());
+        return step_fail(self, s, why);
+    }
+    return DUET_OK;
+}
+
+static duet_status_t on_table(duet_actor_t *self, attn_t *s, const duet_pipe_table_t *t)
+{
+    const int E = s->cfg->n_experts;
+    const uint32_t *off = t->offsets.data;
+    const int32_t *sh = t->shards.data;
+    if (t->offsets.count != (size_t)E + 1 || off[0] != 0 || off[E] != t->shards.count) {
+        DUET_LOG_W(MOD, "%s: malformed routing table v%llu ignored", duet_actor_name(self),
+                   (unsigned long long)t->version);
+        return DUET_OK;
+    }
+    for (int e = 0; e < E; e++)
+        if (off[e + 1] < off[e])
+            return DUET_OK;
+    for (size_t k = 0; k < t->shards.count; k++)
+        if (sh[k] < 0 || sh[k] >= s->g->n_expert_shards)
+            return DUET_OK;
+    if (s->have_table && t->version <= s->table_version)
+        return DUET_OK;
+    /* a new table applies from the next round dispatched */
+    int32_t *ns = duet_realloc_array(s->shards, t->shards.count ? t->shards.count : 1,
+                                     sizeof(int32_t));
+    if (!ns)
+        return DUET_ERR_NOMEM;
+    s->shards = ns;
+    memcpy(s->shards, sh, sizeof(int32_t) * t->shards.count);
+    memcpy(s->off, off, sizeof(uint32_t) * (size_t)(E + 1));
+    s->table_version = t->version;
+    if (!s->have_table) {
+        s->have_table = true;
+        duet_pipe_ready_t r = {.shard = s->a.shard};
+        return duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
+    }
+    return DUET_OK;
+}
+
+static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
+{
+    attn_t *s = state;
+    const duet_pipe_result_t *res = duet_pipe_msg_result_body(msg);
+    if (res)
+        return on_result(self, s, res);
+    const duet_pipe_step_t *step = duet_pipe_msg_step_body(msg);
+    if (step)
+        return on_step(self, s, step);
+    const duet_pipe_free_t *fr = duet_pipe_msg_free_body(msg);
+    if (fr) {
+        const uint64_t *req = fr->req.data;
+        for (size_t k = 0; k < fr->req.count; k++) {
+            int mi = map_find(s, req[k]);
+            if (mi < 0)
+                continue;
+            duet_kvcache_seq_close(s->kv, s->map_seq[mi]);
+            s->map_req[mi] = s->map_req[s->map_n - 1];
+            s->map_seq[mi] = s->map_seq[s->map_n - 1];
+            s->map_n--;
+        }
+        return DUET_OK;
+    }
+    const duet_pipe_table_t *t = duet_pipe_msg_table_body(msg);
+    if (t)
+        return on_table(self, s, t);
+    const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
+    if (dn) {
+        char why[640];
+        snprintf(why, sizeof(why), "expert shard %s is down (%s)", dn->actor, dn->reason);
+        if (s->busy)
+            return step_fail(self, s, why);
+        if (!s->broken) {
+            s->broken = true;
+            snprintf(s->why, sizeof(s->why), "%.500s", why);
+        }
+        return DUET_OK;
+    }
+    const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
+    if (tm) {
+        uint64_t now = duet_actor_now_ns(self);
+        if (s->busy && now - s->last_progress > (uint64_t)s->g->round_timeout_ms * 1000000) {
+            char why[640];
+            int n = snprintf(why, sizeof(why), "no progress for %u ms; waiting for",
+                             s->g->round_timeout_ms);
+            for (int i = 0; i < s->g->m; i++) {
+                ub_state_t *u = &s->ubs[i];
+                if (!u->waiting)
+                    continue;
+                for (int d = 0; d < s->g->n_expert_shards && n > 0 && (size_t)n < sizeof(why);
+                     d++)
+                    if (!u->got[d])
+                        n += snprintf(why + n, sizeof(why) - (size_t)n, " expert/%d (round %llu)",
+                                      d, (unsigned long long)u->round);
+            }
+            return step_fail(self, s, why);
+        }
+        return DUET_OK;
+    }
+    return DUET_OK; /* other messages are not for us */
+}
+
+static void attn_stop(duet_actor_t *self, void *state, const char *reason)
+{
+    (void)self, (void)reason;
+    attn_t *s = state;
+    if (!s)
+        return;
+    for (int i = 0; s->ubs && i < s->g->m; i++) {
+        ub_state_t *u = &s->ubs[i];
+        duet_ubatch_destroy(&u->ub);
+        duet_dispatch_cleanup(&u->d);
+        duet_free(u->in);
+        duet_free(u->req);
+        duet_free(u->tok);
+        duet_free(u->got);
+        duet_free(u->got_rows);
+        duet_free(u->dest_n);
+        duet_free(u->dest_rows);
+        if (u->y)
+            s->a.be->ops->buf_free(s->a.be, u->y);
+    }
+    duet_free(s->ubs);
+    duet_fwd_destroy(&s->fwd);
+    duet_kvcache_destroy(&s->kv);
+    duet_free(s->map_req);
+    duet_free(s->map_seq);
+    duet_free(s->off);
+    duet_free(s->shards);
+    duet_free(s->rr);
+    duet_free(s->res_req);
+    duet_free(s->res_tok);
+    duet_free(s->load);
+    duet_free(s->dexp);
+    duet_free(s->dcnt);
+    duet_free(s->dng);
+    duet_free(s->sp);
+    duet_free(s->sampled);
+    duet_free(s);
+}
+
+static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
+{
+    attn_t *s = duet_calloc(1, sizeof(*s));
+    if (!s)
+        return DUET_ERR_NOMEM;
+    *state_out = s;
+    s->a = *(const duet_pipe_attn_arg_t *)arg;
+    s->g = s->a.geom;
+    s->cfg = &s->a.model->cfg;
+    const int M = s->g->m, N = s->g->n_expert_shards, E = s->cfg->n_experts;
+    const int mt = s->g->max_tokens_ub, ms = s->g->max_seqs_ub;
+    s->max_rows = mt * s->cfg->top_k;
+    s->rowb = sizeof(float) * (size_t)s->cfg->hidden;
+    duet_status_t st;
+    duet_kvcache_opts_t ko = {.block_size = s->a.kv_block_size,
+                              .n_blocks = s->a.kv_blocks,
+                              .max_seqs = 256};
+    if ((st = duet_kvcache_create(s->a.be, s->cfg, &ko, &s->kv)))
+        return st;
+    duet_fwd_opts_t fo = {.max_tokens = mt, .max_seqs = ms, .max_logits = ms};
+    if ((st = duet_fwd_create(s->a.be, s->a.model, s->kv, &fo, &s->fwd)))
+        return st;
+    s->map_cap = 256;
+    s->map_req = duet_calloc((size_t)s->map_cap, sizeof(uint64_t));
+    s->map_seq = duet_calloc((size_t)s->map_cap, sizeof(int32_t));
+    s->off = duet_calloc((size_t)E + 1, sizeof(uint32_t));
+    s->shards = duet_calloc(1, sizeof(int32_t));
+    s->rr = duet_calloc((size_t)E, sizeof(uint32_t));
+    s->res_cap = M * ms;
+    s->res_req = duet_calloc((size_t)s->res_cap, sizeof(uint64_t));
+    s->res_tok = duet_calloc((size_t)s->res_cap, sizeof(int32_t));
+    s->load = duet_calloc((size_t)E, sizeof(uint64_t));
+    s->dexp = duet_calloc((size_t)N * (size_t)E, sizeof(int32_t));
+    s->dcnt = duet_calloc((size_t)N * (size_t)E, sizeof(int32_t));
+    s->dng = duet_calloc((size_t)N, sizeof(int32_t));
+    s->sp = duet_calloc((size_t)ms, sizeof(*s->sp));
+    s->sampled = duet_calloc((size_t)ms, sizeof(int32_t));
+    s->ubs = duet_calloc((size_t)M, sizeof(ub_state_t));
+    if (!s->map_req || !s->map_seq || !s->off || !s->shards || !s->rr || !s->res_req ||
+        !s->res_tok || !s->load || !s->dexp || !s->dcnt || !s->dng || !s->sp || !s->sampled ||
+        !s->ubs)
+        return DUET_ERR_NOMEM;
+    for (int k = 0; k < ms; k++)
+        s->sp[k] = (duet_sampling_params_t){0.0f, 0, 1.0f, 0}; /* greedy */
+    for (int i = 0; i < M; i++) {
+        ub_state_t *u = &s->ubs[i];
+        if ((st = duet_ubatch_create(s->fwd, &u->ub)) ||
+            (st = duet_dispatch_init(&u->d, E, s->max_rows)))
+            return st;
+        u->in = duet_calloc((size_t)ms, sizeof(duet_seq_input_t));
+        u->req = duet_calloc((size_t)ms, sizeof(uint64_t));
+        u->tok = duet_calloc((size_t)mt, sizeof(int32_t));
+        u->got = duet_calloc((size_t)N, 1);
+        u->got_rows = duet_calloc((size_t)N, sizeof(uint32_t));
+        u->dest_n = duet_calloc((size_t)N, sizeof(int32_t));
+        u->dest_rows = duet_calloc((size_t)N * (size_t)s->max_rows, sizeof(int32_t));
+        if (!u->in || !u->req || !u->tok || !u->got || !u->got_rows || !u->dest_n ||
+            !u->dest_rows)
+            return DUET_ERR_NOMEM;
+        void *y;
+        if ((st = s->a.be->ops->buf_alloc(s->a.be, s->rowb * (size_t)s->max_rows, &y)))
+            return st;
+        u->y = y;
+    }
+    for (int d = 0; d < N; d++) {
+        char name[32];
+        snprintf(name, sizeof(name), "expert/%d", d);
+        if ((st = duet_monitor(self, name, NULL)))
+            return duet_error_wrap(st, "monitor %s", name);
+    }
+    uint64_t period = s->g->round_timeout_ms / 4 ? s->g->round_timeout_ms / 4 : 1;
+    return duet_timer_start(self, period, period, 0, NULL);
+}
+
+const duet_actor_ops_t duet__pipe_attention_ops = {
+    .kind = "attention",
+    .start = attn_start,
+    .handle = attn_handle,
+    .stop = attn_stop,
+};

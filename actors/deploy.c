@@ -1,0 +1,576 @@
+/* deploy — a whole pipeline deployment in one process: models loaded by
+ * role, one data-plane context per shard with its M2N (dispatch) and N2M
+ * (combine) groups wired up directly, one node per actor (ZeroMQ inproc on
+ * real threads, or a simnet on virtual time), and a "client" actor that
+ * collects the streamed tokens for duet_pipe_wait / duet_pipe_result.
+ *
+ * Nodes: "ctl" (client, scheduler, router), "a<i>" (attn/<i>), "e<s>"
+ * (expert/<s>). Spawn order: client and scheduler, expert shards,
+ * attention shards (they monitor the expert shards), router (its first
+ * table makes the attention shards ready). */
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "actors/pipe_int.h"
+
+#define MOD "pipe"
+
+typedef struct pres {
+    uint64_t req;
+    int32_t *tok;
+    int32_t n, cap;
+    bool done;
+    char error[256];
+} pres_t;
+
+struct duet_pipe {
+    duet_pipe_config_t cfg;
+    duet_pipe_geom_t geom;
+    duet_pipe_counters_t counters;
+    int A, S;
+    duet_model_t *amodel;
+    duet_model_t **emodel;
+    duet_backend_t **be; /* A + S */
+    duet_rdma_sim_t *rsim;
+    duet_rdma_ctx_t **ctx; /* A + S */
+    duet_m2n_t **disp, **comb; /* A + S: attention first */
+    duet_rdma_mr_t **mr;       /* A + S */
+    duet_pipe_attn_arg_t *aarg;
+    duet_pipe_expert_arg_t *earg;
+    duet_pipe_router_arg_t rarg;
+    duet_pipe_sched_arg_t sarg;
+    int **experts; /* copies of the placement */
+    duet_registry_t *reg;
+    void *zctx;
+    duet_simnet_t *sim;
+    duet_node_t **nodes; /* ctl, a0.., e0.. */
+    int n_nodes;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pres_t *res;
+    size_t n_res, cap_res;
+};
+
+void duet_pipe_register_types(void)
+{
+    duet_msg_type_register(&duet_pipe_msg_submit);
+    duet_msg_type_register(&duet_pipe_msg_token);
+    duet_msg_type_register(&duet_pipe_msg_ready);
+    duet_msg_type_register(&duet_pipe_msg_step_done);
+    duet_msg_type_register(&duet_pipe_msg_step);
+    duet_msg_type_register(&duet_pipe_msg_free);
+    duet_msg_type_register(&duet_pipe_msg_result);
+    duet_msg_type_register(&duet_pipe_msg_dispatch);
+    duet_msg_type_register(&duet_pipe_msg_table);
+    duet_msg_type_register(&duet_pipe_msg_load);
+}
+
+/* ---- client actor ----------------------------------------------------------- */
+
+static pres_t *res_find(duet_pipe_t *p, uint64_t req)
+{
+    for (size_t i = 0; i < p->n_res; i++)
+        if (p->res[i].req == req)
+            return &p->res[i];
+    return NULL;
+}
+
+static duet_status_t client_start(duet_actor_t *self, void *arg, void **state_out)
+{
+    (void)self;
+    *state_out = arg;
+    return DUET_OK;
+}
+
+static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
+{
+    (void)self;
+    duet_pipe_t *p = state;
+    const duet_pipe_token_t *t = duet_pipe_msg_token_body(msg);
+    if (!t)
+        return DUET_OK;
+    pthread_mutex_lock(&p->mu);
+    pres_t *r = res_find(p, t->req);
+    if (r && !r->done) {
+        if (t->error[0]) {
+            snprintf(r->error, sizeof(r->error), "%s", t->error);
+        } else if (t->index == r->n && r->n < r->cap) {
+            r->tok[r->n++] = t->token;
+        } else {
+            snprintf(r->error, sizeof(r->error), "token %d out of order (have %d)", t->index,
+                     r->n);
+        }
+        r->done = t->done || r->error[0];
+    }
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return DUET_OK;
+}
+
+static const duet_actor_ops_t client_ops = {
+    .kind = "client",
+    .start = client_start,
+    .handle = client_handle,
+};
+
+/* ---- bring-up ------------------------------------------------------------- */
+
+static duet_status_t wire_data_plane(duet_pipe_t *p)
+{
+    const int A = p->A, S = p->S;
+    const duet_pipe_geom_t *g = &p->geom;
+    duet_status_t st;
+    const char *prov = p->cfg.provider ? p->cfg.provider : "sim";
+    if (!strcmp(prov, "sim") && (st = duet_rdma_sim_create(&p->rsim)))
+        return st;
+    for (int i = 0; i < A + S; i++) {
+        duet_rdma_ctx_params_t cp = {.provider = prov, .sim = p->rsim};
+        if ((st = duet_rdma_ctx_create(&cp, &p->ctx[i])))
+            return duet_error_wrap(st, "data plane %s", prov);
+        bool attn = i < A;
+        duet_m2n_params_t dp = {.ctx = p->ctx[i],
+                                .n_senders = (uint32_t)A,
+                                .n_receivers = (uint32_t)S,
+                                .is_sender = attn,
+                                .rank = (uint32_t)(attn ? i : i - A),
+                                .slots = (uint32_t)g->ring,
+                                .slot_size = g->slot_size,
+                                .group_id = 1};
+        duet_m2n_params_t cp2 = dp;
+        cp2.n_senders = (uint32_t)S;
+        cp2.n_receivers = (uint32_t)A;
+        cp2.is_sender = !attn;
+        cp2.group_id = 2;
+        if ((st = duet_m2n_create(&dp, &p->disp[i])) || (st = duet_m2n_create(&cp2, &p->comb[i])))
+            return st;
+        size_t len = (size_t)g->ring * (size_t)(attn ? S : A) * g->slot_size;
+        if ((st = duet_rdma_mr_alloc(p->ctx[i], len, DUET_RDMA_ACCESS_LOCAL, &p->mr[i])))
+            return st;
+    }
+    /* exchange what M2N's info calls say, as the control plane would */
+    uint8_t info[DUET_M2N_INFO_MAX];
+    size_t n;
+    for (int a = 0; a < A; a++) {
+        for (int s = 0; s < S; s++) {
+            duet_m2n_t *pairs[2][2] = {{p->disp[a], p->disp[A + s]}, {p->comb[A + s], p->comb[a]}};
+            uint32_t rank_of[2][2] = {{(uint32_t)a, (uint32_t)s}, {(uint32_t)s, (uint32_t)a}};
+            for (int k = 0; k < 2; k++) {
+                duet_m2n_t *snd = pairs[k][0], *rcv = pairs[k][1];
+                uint32_t sr = rank_of[k][0], rr = rank_of[k][1];
+                if ((st = duet_m2n_info(snd, rr, info, sizeof(info), &n)) ||
+                    (st = duet_m2n_connect(rcv, sr, info, n)) ||
+                    (st = duet_m2n_info(rcv, sr, info, sizeof(info), &n)) ||
+                    (st = duet_m2n_connect(snd, rr, info, n)))
+                    return duet_error_wrap(st, "connect attn/%d and expert/%d", a, s);
+            }
+        }
+    }
+    return DUET_OK;
+}
+
+static duet_status_t make_nodes(duet_pipe_t *p)
+{
+    const int A = p->A, S = p->S;
+    duet_status_t st;
+    static atomic_uint seq;
+    unsigned id = atomic_fetch_add(&seq, 1);
+    p->n_nodes = 1 + A + S;
+    p->nodes = duet_calloc((size_t)p->n_nodes, sizeof(duet_node_t *));
+    if (!p->nodes)
+        return DUET_ERR_NOMEM;
+    if ((st = duet_registry_create(&p->reg)))
+        return st;
+    bool sim = p->cfg.control == DUET_PIPE_CONTROL_SIM;
+    if (sim) {
+        duet_simnet_config_t sc = {.seed = p->cfg.sim_seed,
+                                   .latency_min_ns = 0,
+                                   .latency_max_ns = p->cfg.sim_latency_max_ns};
+        if ((st = duet_simnet_create(&sc, &p->sim)))
+            return st;
+    } else {
+        p->zctx = zmq_ctx_new();
+        if (!p->zctx)
+            return duet_errorf(DUET_ERR_IO, "zmq_ctx_new failed");
+    }
+    char names[p->n_nodes][DUET_NAME_MAX];
+    char addr[256];
+    for (int i = 0; i < p->n_nodes; i++) {
+        if (i == 0)
+            snprintf(names[i], DUET_NAME_MAX, "ctl");
+        else if (i <= A)
+            snprintf(names[i], DUET_NAME_MAX, "a%d", i - 1);
+        else
+            snprintf(names[i], DUET_NAME_MAX, "e%d", i - 1 - A);
+        snprintf(addr, sizeof(addr), "inproc://duet-pipe-%d-%u-%s", (int)getpid(), id, names[i]);
+        if ((st = duet_registry_add_node(p->reg, names[i], sim ? NULL : addr, NULL)))
+            return st;
+    }
+    for (int i = 0; i < A; i++) {
+        snprintf(addr, sizeof(addr), "attn/%d", i);
+        duet_registry_add_actor(p->reg, addr, names[1 + i]);
+    }
+    for (int s = 0; s < S; s++) {
+        snprintf(addr, sizeof(addr), "expert/%d", s);
+        duet_registry_add_actor(p->reg, addr, names[1 + A + s]);
+    }
+    duet_registry_add_actor(p->reg, "scheduler", "ctl");
+    duet_registry_add_actor(p->reg, "router", "ctl");
+    duet_registry_add_actor(p->reg, "client", "ctl");
+    for (int i = 0; i < p->n_nodes; i++) {
+        snprintf(addr, sizeof(addr), "inproc://duet-pipe-%d-%u-%s", (int)getpid(), id, names[i]);
+        duet_node_config_t nc = {.name = names[i], .registry = p->reg};
+        if (sim)
+            nc.sim = p->sim;
+        else {
+            nc.bind = addr;
+            nc.zmq_ctx = p->zctx;
+        }
+        if ((st = duet_node_create(&nc, &p->nodes[i])))
+            return duet_error_wrap(st, "node %s", names[i]);
+    }
+    return DUET_OK;
+}
+
+duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
+{
+    duet_status_t st;
+    if (!cfg || !cfg->model_dir || cfg->n_attention < 1 || cfg->n_expert_shards < 1 ||
+        cfg->micro_batches < 1 || cfg->micro_batches > 64 || !cfg->shard_experts ||
+        !cfg->shard_n_experts)
+        return duet_errorf(DUET_ERR_INVALID,
+                           "pipeline: need a model, >= 1 attention and expert shard, "
+                           "1 <= m <= 64 and an expert placement");
+    duet_pipe_t *p = duet_calloc(1, sizeof(*p));
+    if (!p)
+        return DUET_ERR_NOMEM;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->cfg = *cfg;
+    p->A = cfg->n_attention;
+    p->S = cfg->n_expert_shards;
+    const int A = p->A, S = p->S;
+    duet_pipe_register_types();
+
+    duet_load_opts_t ao = {.role = DUET_ROLE_ATTENTION};
+    if ((st = duet_model_load(cfg->model_dir, &ao, &p->amodel)))
+        goto err;
+    const duet_config_t *mc = &p->amodel->cfg;
+    /* placement: every expert somewhere, ids in range, none twice on a shard */
+    uint32_t *offsets = duet_calloc((size_t)mc->n_experts + 1, sizeof(uint32_t));
+    p->rarg.offsets = offsets;
+    p->experts = duet_calloc((size_t)S, sizeof(int *));
+    if (!offsets || !p->experts) {
+        st = DUET_ERR_NOMEM;
+        goto err;
+    }
+    size_t total = 0;
+    for (int s = 0; s < S; s++) {
+        for (int k = 0; k < cfg->shard_n_experts[s]; k++) {
+            int e = cfg->shard_experts[s][k];
+            if (e < 0 || e >= mc->n_experts) {
+                st = duet_errorf(DUET_ERR_INVALID, "expert shard %d: expert %d out of range 0..%d",
+                                 s, e, mc->n_experts - 1);
+                goto err;
+            }
+            offsets[e + 1]++;
+            total++;
+        }
+    }
+    for (int e = 0; e < mc->n_experts; e++) {
+        if (!offsets[e + 1]) {
+            st = duet_errorf(DUET_ERR_INVALID, "expert %d is not placed on any expert shard", e);
+            goto err;
+        }
+        offsets[e + 1] += offsets[e];
+    }
+    p->rarg.shards = duet_calloc(total, sizeof(int32_t));
+    uint32_t *fill = duet_calloc((size_t)mc->n_experts, sizeof(uint32_t));
+    if (!p->rarg.shards || !fill) {
+        duet_free(fill);
+        st = DUET_ERR_NOMEM;
+        goto err;
+    }
+    for (int s = 0; s < S; s++)
+        for (int k = 0; k < cfg->shard_n_experts[s]; k++) {
+            int e = cfg->shard_experts[s][k];
+            p->rarg.shards[offsets[e] + fill[e]++] = s;
+        }
+    duet_free(fill);
+    p->rarg.n_attention = A;
+    p->rarg.n_experts = mc->n_experts;
+
+    int budget = cfg->token_budget > 0 ? cfg->token_budget : 256;
+    duet_pipe_geom_t *g = &p->geom;
+    g->n_attention = A;
+    g->n_expert_shards = S;
+    g->m = cfg->micro_batches;
+    g->max_tokens_ub = (budget + g->m - 1) / g->m;
+    if (g->max_tokens_ub < 16)
+        g->max_tokens_ub = budget < 16 ? budget : 16;
+    g->max_seqs_ub = cfg->max_seqs > 0 ? cfg->max_seqs : 32;
+    for (int l = 0; l < mc->n_layers; l++)
+        g->n_sparse += mc->sparse_layer[l] ? 1 : 0;
+    g->slot_size = sizeof(duet_pipe_hdr_t) +
+                   (size_t)g->max_tokens_ub * (size_t)mc->top_k * sizeof(float) * (size_t)mc->hidden;
+    g->ring = 2 * g->m;
+    g->round_timeout_ms = cfg->round_timeout_ms ? cfg->round_timeout_ms : 5000;
+
+    p->emodel = duet_calloc((size_t)S, sizeof(duet_model_t *));
+    p->be = duet_calloc((size_t)(A + S), sizeof(duet_backend_t *));
+    p->ctx = duet_calloc((size_t)(A + S), sizeof(duet_rdma_ctx_t *));
+    p->disp = duet_calloc((size_t)(A + S), sizeof(duet_m2n_t *));
+    p->comb = duet_calloc((size_t)(A + S), sizeof(duet_m2n_t *));
+    p->mr = duet_calloc((size_t)(A + S), sizeof(duet_rdma_mr_t *));
+    p->aarg = duet_calloc((size_t)A, sizeof(*p->aarg));
+    p->earg = duet_calloc((size_t)S, sizeof(*p->earg));
+    if (!p->emodel || !p->be || !p->ctx || !p->disp || !p->comb || !p->mr || !p->aarg ||
+        !p->earg) {
+        st = DUET_ERR_NOMEM;
+        goto err;
+    }
+    for (int s = 0; s < S; s++) {
+        p->experts[s] = duet_calloc((size_t)cfg->shard_n_experts[s] + 1, sizeof(int));
+        if (!p->experts[s]) {
+            st = DUET_ERR_NOMEM;
+            goto err;
+        }
+        memcpy(p->experts[s], cfg->shard_experts[s], sizeof(int) * (size_t)cfg->shard_n_experts[s]);
+        duet_load_opts_t eo = {.role = DUET_ROLE_EXPERT,
+                               .experts = p->experts[s],
+                               .n_experts = cfg->shard_n_experts[s]};
+        if ((st = duet_model_load(cfg->model_dir, &eo, &p->emodel[s])))
+            goto err;
+    }
+    duet_backend_opts_t bo = {.n_threads = cfg->threads > 0 ? cfg->threads : 1};
+    for (int i = 0; i < A + S; i++)
+        if ((st = duet_backend_open("cpu", &bo, &p->be[i])))
+            goto err;
+    if ((st = wire_data_plane(p)))
+        goto err;
+    if ((st = make_nodes(p)))
+        goto err;
+
+    int kvb = cfg->kv_blocks > 0 ? cfg->kv_blocks : 512;
+    int kvbs = cfg->kv_block_size > 0 ? cfg->kv_block_size : 16;
+    p->sarg = (duet_pipe_sched_arg_t){.geom = g,
+                                      .token_budget = budget,
+                                      .kv_blocks = kvb,
+                                      .kv_block_size = kvbs,
+                                      .max_seq_len = mc->max_pos,
+                                      .counters = &p->counters};
+    duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
+    if ((st = duet_spawn(p->nodes[0], "client", &client_ops, p, NULL)) ||
+        (st = duet_spawn(p->nodes[0], "scheduler", &duet__pipe_scheduler_ops, &p->sarg, NULL)))
+        goto err;
+    char name[32];
+    for (int s = 0; s < S; s++) {
+        p->earg[s] = (duet_pipe_expert_arg_t){.shard = s,
+                                              .geom = g,
+                                              .model = p->emodel[s],
+                                              .be = p->be[A + s],
+                                              .experts = p->experts[s],
+                                              .n_experts = cfg->shard_n_experts[s],
+                                              .ctx = p->ctx[A + s],
+                                              .dispatch = p->disp[A + s],
+                                              .combine = p->comb[A + s],
+                                              .send_mr = p->mr[A + s],
+                                              .counters = &p->counters};
+        snprintf(name, sizeof(name), "expert/%d", s);
+        if ((st = duet_spawn(p->nodes[1 + A + s], name, &duet__pipe_expert_ops, &p->earg[s], &thr)))
+            goto err;
+    }
+    for (int a = 0; a < A; a++) {
+        p->aarg[a] = (duet_pipe_attn_arg_t){.shard = a,
+                                            .geom = g,
+                                            .model = p->amodel,
+                                            .be = p->be[a],
+                                            .kv_blocks = kvb,
+                                            .kv_block_size = kvbs,
+                                            .ctx = p->ctx[a],
+                                            .dispatch = p->disp[a],
+                                            .combine = p->comb[a],
+                                            .send_mr = p->mr[a],
+                                            .counters = &p->counters};
+        snprintf(name, sizeof(name), "attn/%d", a);
+        if ((st = duet_spawn(p->nodes[1 + a], name, &duet__pipe_attention_ops, &p->aarg[a], &thr)))
+            goto err;
+    }
+    if ((st = duet_spawn(p->nodes[0], "router", &duet__pipe_router_ops, &p->rarg, NULL)))
+        goto err;
+    *out = p;
+    return DUET_OK;
+err:
+    duet_error_wrap(st, "pipeline");
+    {
+        duet_pipe_t *q = p;
+        char keep[1024];
+        snprintf(keep, sizeof(keep), "%s", duet_error());
+        duet_pipe_destroy(&q);
+        return duet_errorf(st, "%s", keep);
+    }
+}
+
+void duet_pipe_destroy(duet_pipe_t **p_p)
+{
+    if (!p_p || !*p_p)
+        return;
+    duet_pipe_t *p = *p_p;
+    *p_p = NULL;
+    /* actors first (they borrow everything below), attention before experts */
+    for (int i = 0; p->nodes && i < p->n_nodes; i++)
+        duet_node_destroy(&p->nodes[i]);
+    duet_free(p->nodes);
+    duet_registry_destroy(&p->reg);
+    duet_simnet_destroy(&p->sim);
+    if (p->zctx)
+        zmq_ctx_term(p->zctx);
+    for (int i = 0; p->ctx && i < p->A + p->S; i++) {
+        duet_m2n_destroy(&p->disp[i]);
+        duet_m2n_destroy(&p->comb[i]);
+        duet_rdma_mr_dereg(&p->mr[i]);
+        duet_rdma_ctx_destroy(&p->ctx[i]);
+    }
+    duet_rdma_sim_destroy(&p->rsim);
+    for (int i = 0; p->be && i < p->A + p->S; i++)
+        duet_backend_close(&p->be[i]);
+    for (int s = 0; p->emodel && s < p->S; s++)
+        duet_model_destroy(&p->emodel[s]);
+    for (int s = 0; p->experts && s < p->S; s++)
+        duet_free(p->experts[s]);
+    duet_model_destroy(&p->amodel);
+    duet_free(p->experts);
+    duet_free(p->emodel);
+    duet_free(p->be);
+    duet_free(p->ctx);
+    duet_free(p->disp);
+    duet_free(p->comb);
+    duet_free(p->mr);
+    duet_free(p->aarg);
+    duet_free(p->earg);
+    duet_free(p->rarg.offsets);
+    duet_free(p->rarg.shards);
+    for (size_t i = 0; i < p->n_res; i++)
+        duet_free(p->res[i].tok);
+    duet_free(p->res);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    duet_free(p);
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+duet_status_t duet_pipe_submit(duet_pipe_t *p, uint64_t req, const int32_t *prompt, int32_t n,
+                               int32_t max_new, int32_t eos)
+{
+    if (n < 0 || max_new < 0)
+        return duet_errorf(DUET_ERR_INVALID, "request %llu: negative size",
+                           (unsigned long long)req);
+    pthread_mutex_lock(&p->mu);
+    duet_status_t st = DUET_OK;
+    if (res_find(p, req))
+        st = duet_errorf(DUET_ERR_INVALID, "request id %llu already used", (unsigned long long)req);
+    else if ((st = duet_vec_reserve((void **)&p->res, &p->cap_res, p->n_res + 1, sizeof(pres_t))) ==
+             DUET_OK) {
+        pres_t *r = &p->res[p->n_res];
+        memset(r, 0, sizeof(*r));
+        r->req = req;
+        r->cap = max_new > 0 ? max_new : 1;
+        r->tok = duet_calloc((size_t)r->cap, sizeof(int32_t));
+        if (!r->tok)
+            st = DUET_ERR_NOMEM;
+        else
+            p->n_res++;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (st)
+        return st;
+    duet_pipe_submit_t m = {.req = req,
+                            .prompt = {(void *)prompt, (size_t)n},
+                            .max_new = max_new,
+                            .eos = eos,
+                            .reply_to = "client"};
+    return duet_node_send(p->nodes[0], "client", "scheduler", &duet_pipe_msg_submit, &m);
+}
+
+static bool reached(duet_pipe_t *p, uint64_t req, int32_t n_tokens)
+{
+    pres_t *r = res_find(p, req);
+    return !r || r->done || r->n >= n_tokens;
+}
+
+duet_status_t duet_pipe_wait(duet_pipe_t *p, uint64_t req, int32_t n_tokens, uint32_t timeout_ms)
+{
+    if (p->sim) {
+        uint64_t until = duet_simnet_now(p->sim) + (uint64_t)timeout_ms * 1000000ull;
+        for (;;) {
+            if (reached(p, req, n_tokens))
+                return DUET_OK;
+            if (duet_simnet_now(p->sim) > until || !duet_simnet_step(p->sim))
+                return duet_errorf(DUET_ERR_TIMEOUT, "request %llu: no result in %u ms (virtual)",
+                                   (unsigned long long)req, timeout_ms);
+        }
+    }
+    uint64_t deadline = duet_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    pthread_mutex_lock(&p->mu);
+    duet_status_t st = DUET_OK;
+    while (!reached(p, req, n_tokens)) {
+        uint64_t now = duet_now_ns();
+        if (now >= deadline) {
+            st = duet_errorf(DUET_ERR_TIMEOUT, "request %llu: no result in %u ms",
+                             (unsigned long long)req, timeout_ms);
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t left = deadline - now;
+        if (left > 50000000ull)
+            left = 50000000ull;
+        ts.tv_nsec += (long)(left % 1000000000ull);
+        ts.tv_sec += (time_t)(left / 1000000000ull) + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+int32_t duet_pipe_result(duet_pipe_t *p, uint64_t req, int32_t *out, int32_t cap, bool *done,
+                         char *error, size_t error_cap)
+{
+    pthread_mutex_lock(&p->mu);
+    pres_t *r = res_find(p, req);
+    int32_t n = 0;
+    if (r) {
+        n = r->n < cap ? r->n : cap;
+        if (out && n > 0)
+            memcpy(out, r->tok, sizeof(int32_t) * (size_t)n);
+    }
+    if (done)
+        *done = r ? r->done : false;
+    if (error && error_cap)
+        snprintf(error, error_cap, "%s", r ? r->error : "no such request");
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard)
+{
+    if (shard < 0 || shard >= p->S)
+        return duet_errorf(DUET_ERR_RANGE, "no expert shard %d", shard);
+    char name[32];
+    snprintf(name, sizeof(name), "expert/%d", shard);
+    return duet_kill(p->nodes[1 + p->A + shard], name, "killed");
+}
+
+void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)
+{
+    out->rounds_expert = atomic_load(&p->counters.rounds_expert);
+    out->dropped_stray = atomic_load(&p->counters.dropped_stray);
+    out->dropped_dup = atomic_load(&p->counters.dropped_dup);
+    out->steps = atomic_load(&p->counters.steps);
+}

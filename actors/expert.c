@@ -1,0 +1,351 @@
+/* expert shard actor ("expert/<s>") — the experts placed on it, every layer.
+ *
+ * Takes: pipe.dispatch (one per attention shard and round, after that
+ * shard's M2N write of the round's rows).
+ * Sends: pipe.result to every attention shard, after the N2M write of its
+ * rows back.
+ *
+ * Rounds are computed strictly in order, each once pipe.dispatch for it
+ * has come from EVERY attention shard (an empty dispatch still counts): the
+ * rows of all shards are gathered per expert, each held expert runs one
+ * FFN over all its rows, and each shard gets its rows back in the order it
+ * sent them. A pipe.dispatch for a round already computed or a second one
+ * from the same shard is dropped and counted; one that names an expert not
+ * held here fails that round for everyone with a clear error. */
+#include <stdio.h>
+#include <string.h>
+
+#include "actors/pipe_int.h"
+
+#define MOD "expert"
+
+typedef struct pend {
+    bool used;
+    uint64_t round;
+    int layer;
+    int n_got;
+    char error[256];
+    uint8_t *got;   /* [M] */
+    int32_t *ng;    /* [M] */
+    int32_t *exp;   /* [M * E] */
+    int32_t *cnt;   /* [M * E] */
+} pend_t;
+
+typedef struct expert {
+    duet_pipe_expert_arg_t a;
+    const duet_pipe_geom_t *g;
+    const duet_config_t *cfg;
+    duet_experts_t *ex;
+    int M, E, P;
+    size_t rowb;
+    int32_t *hidx; /* expert id -> held index, -1 */
+    pend_t *pend;  /* [P] ring by round */
+    uint64_t next;
+    bool broken;
+    char why[256];
+    int max_rows; /* rows from one attention shard in one round */
+    float *x, *y;
+    int32_t *tot, *xoff, *cur; /* [n held] */
+    int32_t *srcpos;            /* [M * max_rows] */
+    int32_t *nsrc;              /* [M] */
+} expert_t;
+
+static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t round, int layer,
+                                  const char *err)
+{
+    duet_status_t st = DUET_OK;
+    uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
+    size_t slot = (size_t)(round % (uint64_t)s->g->ring);
+    for (int a = 0; a < s->M; a++) {
+        uint32_t rows = err ? 0 : (uint32_t)s->nsrc[a];
+        size_t off = (slot * (size_t)s->M + (size_t)a) * s->g->slot_size;
+        uint8_t *buf = base + off;
+        duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, rows, round};
+        memcpy(buf, &h, sizeof(h));
+        for (uint32_t j = 0; j < rows; j++)
+            memcpy(buf + sizeof(h) + (size_t)j * s->rowb,
+                   s->y + (size_t)s->srcpos[(size_t)a * s->max_rows + j] * (size_t)s->cfg->hidden,
+                   s->rowb);
+        duet_status_t ws = duet_m2n_send(s->a.combine, round, (uint32_t)a, s->a.send_mr, off,
+                                         sizeof(h) + (size_t)rows * s->rowb,
+                                         (int64_t)s->g->round_timeout_ms * 1000000);
+        char werr[256] = "";
+        if (ws) {
+            snprintf(werr, sizeof(werr), "N2M write of round %llu: %s", (unsigned long long)round,
+                     duet_error());
+            if (!st)
+                st = ws;
+        }
+        duet_pipe_result_t r = {
+            .round = round,
+            .layer = layer,
+            .expert_shard = s->a.shard,
+            .rows = rows,
+            .error = (char *)(err ? err : werr),
+        };
+        char to[32];
+        snprintf(to, sizeof(to), "attn/%d", a);
+        duet_status_t ms = duet_send(self, to, &duet_pipe_msg_result, &r);
+        if (ms)
+            DUET_LOG_W(MOD, "%s: pipe.result to %s: %s", duet_actor_name(self), to,
+                       duet_error());
+    }
+    return st;
+}
+
+/* Gather, compute and return round p->round. */
+static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
+{
+    const int H = s->a.n_experts;
+    uint64_t r = p->round;
+    duet_status_t st;
+    char err[512];
+    if (p->error[0]) {
+        snprintf(err, sizeof(err), "%s", p->error);
+        goto fail;
+    }
+    if ((st = duet_m2n_recv(s->a.dispatch, r, (int64_t)s->g->round_timeout_ms * 1000000))) {
+        snprintf(err, sizeof(err), "%s: round %llu data: %s", duet_actor_name(self),
+                 (unsigned long long)r, duet_error());
+        goto fail_broken;
+    }
+    for (int h = 0; h < H; h++)
+        s->tot[h] = s->cur[h] = 0;
+    for (int a = 0; a < s->M; a++)
+        for (int g = 0; g < p->ng[a]; g++)
+            s->tot[s->hidx[p->exp[a * s->E + g]]] += p->cnt[a * s->E + g];
+    int32_t total = 0;
+    for (int h = 0; h < H; h++) {
+        s->xoff[h] = total;
+        total += s->tot[h];
+    }
+    for (int a = 0; a < s->M; a++) {
+        const void *data;
+        size_t len;
+        if ((st = duet_m2n_data(s->a.dispatch, r, (uint32_t)a, &data, &len))) {
+            snprintf(err, sizeof(err), "round %llu from attn/%d: %s", (unsigned long long)r, a,
+                     duet_error());
+            goto fail_broken;
+        }
+        int32_t rows = 0;
+        for (int g = 0; g < p->ng[a]; g++)
+            rows += p->cnt[a * s->E + g];
+        duet_pipe_hdr_t h;
+        if (len >= sizeof(h))
+            memcpy(&h, data, sizeof(h));
+        if (len < sizeof(h) || h.magic != DUET_PIPE_MAGIC || h.round != r ||
+            h.rows != (uint32_t)rows || len != sizeof(h) + (size_t)rows * s->rowb ||
+            rows > s->max_rows) {
+            snprintf(err, sizeof(err),
+                     "round %llu from attn/%d: data (%zu bytes) does not match its "
+                     "pipe.dispatch (%d rows)",
+                     (unsigned long long)r, a, len, rows);
+            goto fail_broken;
+        }
+        const uint8_t *q = (const uint8_t *)data + sizeof(h);
+        int32_t j = 0;
+        for (int g = 0; g < p->ng[a]; g++) {
+            int hh = s->hidx[p->exp[a * s->E + g]];
+            for (int32_t c = 0; c < p->cnt[a * s->E + g]; c++, j++) {
+                int32_t dst = s->xoff[hh] + s->cur[hh]++;
+                memcpy(s->x + (size_t)dst * (size_t)s->cfg->hidden, q + (size_t)j * s->rowb,
+                       s->rowb);
+                s->srcpos[(size_t)a * s->max_rows + j] = dst;
+            }
+        }
+        s->nsrc[a] = rows;
+    }
+    if ((st = duet_m2n_release(s->a.dispatch, r))) {
+        snprintf(err, sizeof(err), "release round %llu: %s", (unsigned long long)r, duet_error());
+        goto fail_broken;
+    }
+    if (total > 0 && (st = duet_experts_forward(s->ex, p->layer, H, s->a.experts, s->tot, s->x,
+                                                s->y))) {
+        snprintf(err, sizeof(err), "%s: layer %d: %s", duet_actor_name(self), p->layer,
+                 duet_error());
+        goto fail_broken;
+    }
+    atomic_fetch_add(&s->a.counters->rounds_expert, 1);
+    st = send_results(self, s, r, p->layer, NULL);
+    if (st) {
+        s->broken = true;
+        snprintf(s->why, sizeof(s->why), "%s", duet_error());
+    }
+    return DUET_OK;
+fail_broken:
+fail:
+    /* the round stays unreleased in the ring: later rounds cannot follow */
+    if (!s->broken) {
+        s->broken = true;
+        snprintf(s->why, sizeof(s->why), "%.255s", err);
+    }
+    DUET_LOG_W(MOD, "%s: %s", duet_actor_name(self), err);
+    for (int a = 0; a < s->M; a++)
+        s->nsrc[a] = 0;
+    send_results(self, s, r, p->layer, err);
+    return DUET_OK;
+}
+
+static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pipe_dispatch_t *d)
+{
+    if (d->shard < 0 || d->shard >= s->M || d->round < s->next ||
+        d->round >= s->next + (uint64_t)s->P) {
+        atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+        DUET_LOG_D(MOD, "%s: stray pipe.dispatch round %llu from attn/%d (next %llu)",
+                   duet_actor_name(self), (unsigned long long)d->round, d->shard,
+                   (unsigned long long)s->next);
+        return DUET_OK;
+    }
+    pend_t *p = &s->pend[d->round % (uint64_t)s->P];
+    if (!p->used) {
+        p->used = true;
+        p->round = d->round;
+        p->layer = d->layer;
+        p->n_got = 0;
+        p->error[0] = 0;
+        memset(p->got, 0, (size_t)s->M);
+    }
+    if (p->got[d->shard]) {
+        atomic_fetch_add(&s->a.counters->dropped_dup, 1);
+        return DUET_OK;
+    }
+    const int32_t *ex = d->experts.data, *cn = d->counts.data;
+    size_t ng = d->experts.count;
+    if (ng != d->counts.count || ng > (size_t)s->E)
+        snprintf(p->error, sizeof(p->error), "attn/%d round %llu: malformed pipe.dispatch",
+                 d->shard, (unsigned long long)d->round);
+    else if (d->layer != p->layer || d->layer < 0 || d->layer >= s->cfg->n_layers)
+        snprintf(p->error, sizeof(p->error), "round %llu: layer %d from attn/%d, expected %d",
+                 (unsigned long long)d->round, d->layer, d->shard, p->layer);
+    int32_t rows = 0;
+    for (size_t g = 0; g < ng && !p->error[0]; g++) {
+        if (ex[g] < 0 || ex[g] >= s->E || s->hidx[ex[g]] < 0 || cn[g] < 0)
+            snprintf(p->error, sizeof(p->error),
+                     "%s does not hold expert %d (attn/%d, round %llu)", duet_actor_name(self),
+                     ex[g], d->shard, (unsigned long long)d->round);
+        else
+            rows += cn[g];
+        p->exp[d->shard * s->E + (int)g] = ex[g];
+        p->cnt[d->shard * s->E + (int)g] = cn[g];
+    }
+    if (rows > s->max_rows && !p->error[0])
+        snprintf(p->error, sizeof(p->error), "attn/%d round %llu: %d rows, at most %d",
+                 d->shard, (unsigned long long)d->round, rows, s->max_rows);
+    p->ng[d->shard] = p->error[0] ? 0 : (int32_t)ng;
+    p->got[d->shard] = 1;
+    p->n_got++;
+    /* run every round that is now complete, in order */
+    for (;;) {
+        pend_t *q = &s->pend[s->next % (uint64_t)s->P];
+        if (!q->used || q->round != s->next || q->n_got < s->M)
+            break;
+        if (s->broken && !q->error[0])
+            snprintf(q->error, sizeof(q->error), "%s", s->why);
+        duet_status_t st = run_round(self, s, q);
+        q->used = false;
+        s->next++;
+        if (st)
+            return st;
+    }
+    return DUET_OK;
+}
+
+static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
+{
+    expert_t *s = state;
+    const duet_pipe_dispatch_t *d = duet_pipe_msg_dispatch_body(msg);
+    if (d)
+        return on_dispatch(self, s, d);
+    return DUET_OK;
+}
+
+static void expert_stop(duet_actor_t *self, void *state, const char *reason)
+{
+    (void)self, (void)reason;
+    expert_t *s = state;
+    if (!s)
+        return;
+    for (int i = 0; s->pend && i < s->P; i++) {
+        duet_free(s->pend[i].got);
+        duet_free(s->pend[i].ng);
+        duet_free(s->pend[i].exp);
+        duet_free(s->pend[i].cnt);
+    }
+    duet_free(s->pend);
+    duet_experts_destroy(&s->ex);
+    if (s->x)
+        s->a.be->ops->buf_free(s->a.be, s->x);
+    if (s->y)
+        s->a.be->ops->buf_free(s->a.be, s->y);
+    duet_free(s->hidx);
+    duet_free(s->tot);
+    duet_free(s->xoff);
+    duet_free(s->cur);
+    duet_free(s->srcpos);
+    duet_free(s->nsrc);
+    duet_free(s);
+}
+
+static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_out)
+{
+    (void)self;
+    expert_t *s = duet_calloc(1, sizeof(*s));
+    if (!s)
+        return DUET_ERR_NOMEM;
+    *state_out = s;
+    s->a = *(const duet_pipe_expert_arg_t *)arg;
+    s->g = s->a.geom;
+    s->cfg = &s->a.model->cfg;
+    s->M = s->g->n_attention;
+    s->E = s->cfg->n_experts;
+    s->P = 4 * s->g->m + 4;
+    s->rowb = sizeof(float) * (size_t)s->cfg->hidden;
+    s->max_rows = s->g->max_tokens_ub * s->cfg->top_k;
+    const int H = s->a.n_experts;
+    duet_status_t st;
+    int32_t cap = s->max_rows * s->M;
+    if ((st = duet_experts_create(s->a.be, s->a.model, cap, &s->ex)))
+        return st;
+    void *x, *y;
+    if ((st = s->a.be->ops->buf_alloc(s->a.be, s->rowb * (size_t)cap, &x)))
+        return st;
+    s->x = x;
+    if ((st = s->a.be->ops->buf_alloc(s->a.be, s->rowb * (size_t)cap, &y)))
+        return st;
+    s->y = y;
+    s->hidx = duet_calloc((size_t)s->E, sizeof(int32_t));
+    s->tot = duet_calloc((size_t)H + 1, sizeof(int32_t));
+    s->xoff = duet_calloc((size_t)H + 1, sizeof(int32_t));
+    s->cur = duet_calloc((size_t)H + 1, sizeof(int32_t));
+    s->srcpos = duet_calloc((size_t)s->M * (size_t)s->max_rows, sizeof(int32_t));
+    s->nsrc = duet_calloc((size_t)s->M, sizeof(int32_t));
+    s->pend = duet_calloc((size_t)s->P, sizeof(pend_t));
+    if (!s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend)
+        return DUET_ERR_NOMEM;
+    for (int e = 0; e < s->E; e++)
+        s->hidx[e] = -1;
+    for (int h = 0; h < H; h++) {
+        int e = s->a.experts[h];
+        if (e < 0 || e >= s->E || s->hidx[e] >= 0)
+            return duet_errorf(DUET_ERR_INVALID, "expert shard %d: bad expert id %d",
+                               s->a.shard, e);
+        s->hidx[e] = h;
+    }
+    for (int i = 0; i < s->P; i++) {
+        pend_t *p = &s->pend[i];
+        p->got = duet_calloc((size_t)s->M, 1);
+        p->ng = duet_calloc((size_t)s->M, sizeof(int32_t));
+        p->exp = duet_calloc((size_t)s->M * (size_t)s->E, sizeof(int32_t));
+        p->cnt = duet_calloc((size_t)s->M * (size_t)s->E, sizeof(int32_t));
+        if (!p->got || !p->ng || !p->exp || !p->cnt)
+            return DUET_ERR_NOMEM;
+    }
+    return DUET_OK;
+}
+
+const duet_actor_ops_t duet__pipe_expert_ops = {
+    .kind = "expert",
+    .start = expert_start,
+    .handle = expert_handle,
+    .stop = expert_stop,
+};

@@ -1,0 +1,87 @@
+/* Private to actors/: the arguments the bring-up hands each pipeline actor.
+ * Everything pointed to is owned by the bring-up (deploy.c) and outlives
+ * the actors; an actor uses its own objects from its own thread only. */
+#ifndef DUET_ACTORS_PIPE_INT_H
+#define DUET_ACTORS_PIPE_INT_H
+
+#include <stdatomic.h>
+
+#include "actors/pipeline.h"
+#include "model/backend.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "rdma/rdma.h"
+
+/* Rows on the data plane: a header, then rows of `hidden` floats. */
+#define DUET_PIPE_MAGIC 0x44554554u /* "DUET" */
+typedef struct duet_pipe_hdr {
+    uint32_t magic;
+    uint32_t rows;
+    uint64_t round;
+} duet_pipe_hdr_t;
+
+typedef struct duet_pipe_counters {
+    atomic_uint_fast64_t rounds_expert;
+    atomic_uint_fast64_t dropped_stray;
+    atomic_uint_fast64_t dropped_dup;
+    atomic_uint_fast64_t steps;
+} duet_pipe_counters_t;
+
+typedef struct duet_pipe_geom {
+    int n_attention, n_expert_shards, m;
+    int max_tokens_ub; /* tokens one micro-batch may carry */
+    int max_seqs_ub;
+    int n_sparse; /* sparse layers (rounds per micro-batch and iteration) */
+    size_t slot_size;
+    int ring; /* send-buffer depth in rounds */
+    uint32_t round_timeout_ms;
+} duet_pipe_geom_t;
+
+typedef struct duet_pipe_attn_arg {
+    int shard;
+    const duet_pipe_geom_t *geom;
+    const duet_model_t *model; /* attention role */
+    duet_backend_t *be;
+    int kv_blocks, kv_block_size;
+    duet_rdma_ctx_t *ctx;
+    duet_m2n_t *dispatch; /* sender */
+    duet_m2n_t *combine;  /* receiver */
+    duet_rdma_mr_t *send_mr;
+    duet_pipe_counters_t *counters;
+} duet_pipe_attn_arg_t;
+
+typedef struct duet_pipe_expert_arg {
+    int shard;
+    const duet_pipe_geom_t *geom;
+    const duet_model_t *model; /* expert role */
+    duet_backend_t *be;
+    const int *experts;
+    int n_experts;
+    duet_rdma_ctx_t *ctx;
+    duet_m2n_t *dispatch; /* receiver */
+    duet_m2n_t *combine;  /* sender */
+    duet_rdma_mr_t *send_mr;
+    duet_pipe_counters_t *counters;
+} duet_pipe_expert_arg_t;
+
+typedef struct duet_pipe_router_arg {
+    int n_attention;
+    int n_experts;
+    uint32_t *offsets; /* n_experts + 1 */
+    int32_t *shards;
+} duet_pipe_router_arg_t;
+
+typedef struct duet_pipe_sched_arg {
+    const duet_pipe_geom_t *geom;
+    int token_budget;
+    int kv_blocks, kv_block_size;
+    int max_seq_len;
+    duet_pipe_counters_t *counters;
+} duet_pipe_sched_arg_t;
+
+extern const duet_actor_ops_t duet__pipe_attention_ops;
+extern const duet_actor_ops_t duet__pipe_expert_ops;
+extern const duet_actor_ops_t duet__pipe_router_ops;
+extern const duet_actor_ops_t duet__pipe_scheduler_ops;
+
+#endif

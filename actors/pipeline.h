@@ -1,0 +1,276 @@
+/* pipeline — the disaggregated serving pipeline: scheduler, router,
+ * attention shards and expert shards as actors, their message schemas, and
+ * a one-process bring-up of a whole deployment (tests, `duet generate
+ * --topology`).
+ *
+ * Protocol (control plane = actor messages; bulk rows = rdma M2N/N2M):
+ *
+ *   client ──pipe.submit──▶ scheduler
+ *   scheduler ──pipe.step{iter, per-sequence ub/tokens}──▶ attn/a   (every shard
+ *              runs every iteration, an idle one with an empty batch)
+ *   router ──pipe.table{version, expert → shards}──▶ attn/a ──pipe.ready──▶ scheduler
+ *   attn/a, per micro-batch i and sparse layer j, round r = (iter·S + j)·m + i:
+ *       M2N write (slot r, header {magic, round, rows}) to every expert shard,
+ *       then pipe.dispatch{round, layer, experts[], counts[]} to each.
+ *   expert/s, once pipe.dispatch for round r came from EVERY attention shard
+ *       (rounds strictly in order): data from the ring, grouped FFN, N2M write
+ *       of each shard's rows back, then pipe.result{round, rows} to each.
+ *   attn/a, once pipe.result for r came from every expert shard: combine, the
+ *       micro-batch's next layer; after the last: logits, sampling.
+ *   attn/a ──pipe.step_done{iter, req[], token[], error}──▶ scheduler
+ *   scheduler ──pipe.token{req, index, token, done, error}──▶ client
+ *   scheduler ──pipe.free{req[]}──▶ attn/a (KV freed)
+ *   attn/a ──pipe.load{per-expert rows}──▶ router
+ *
+ * Late, duplicate or stray pipe.dispatch / pipe.result messages (a round not
+ * awaited, a sender already counted) are counted and dropped; data whose
+ * header does not match its control message fails the step with PROTOCOL.
+ * A dead expert shard (monitor DOWN) or a step that makes no progress for
+ * round_timeout_ms fails the in-flight step with a clear error; the shard then
+ * refuses further steps and the scheduler ends every affected request with
+ * that error. */
+#ifndef DUET_ACTORS_PIPELINE_H
+#define DUET_ACTORS_PIPELINE_H
+
+#include "actors/actors.h"
+#include "base/base.h"
+#include "mailbox/mailbox.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- messages ------------------------------------------------------------ */
+
+typedef struct duet_pipe_submit {
+    uint64_t req;
+    duet_array_t prompt; /* int32 token ids */
+    int32_t max_new;
+    int32_t eos; /* -1: none */
+    char *reply_to;
+} duet_pipe_submit_t;
+
+static const duet_field_t duet_pipe_submit_fields[] = {
+    DUET_FIELD(duet_pipe_submit_t, req, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_submit_t, prompt, DUET_F_ARR_I32, 1 << 20),
+    DUET_FIELD(duet_pipe_submit_t, max_new, DUET_F_I32),
+    DUET_FIELD(duet_pipe_submit_t, eos, DUET_F_I32),
+    DUET_FIELD_MAX(duet_pipe_submit_t, reply_to, DUET_F_STR, 127),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_submit, DUET_MSG_RANGE_SCHEDULER + 0x20, "pipe.submit",
+                duet_pipe_submit_t, duet_pipe_submit_fields)
+
+typedef struct duet_pipe_token {
+    uint64_t req;
+    int32_t index; /* of the generated token; -1 with an error before any */
+    int32_t token;
+    bool done;
+    char *error; /* "" = none */
+} duet_pipe_token_t;
+
+static const duet_field_t duet_pipe_token_fields[] = {
+    DUET_FIELD(duet_pipe_token_t, req, DUET_F_U64),
+    DUET_FIELD(duet_pipe_token_t, index, DUET_F_I32),
+    DUET_FIELD(duet_pipe_token_t, token, DUET_F_I32),
+    DUET_FIELD(duet_pipe_token_t, done, DUET_F_BOOL),
+    DUET_FIELD_MAX(duet_pipe_token_t, error, DUET_F_STR, 1023),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_token, DUET_MSG_RANGE_SCHEDULER + 0x21, "pipe.token",
+                duet_pipe_token_t, duet_pipe_token_fields)
+
+typedef struct duet_pipe_ready {
+    int32_t shard;
+} duet_pipe_ready_t;
+
+static const duet_field_t duet_pipe_ready_fields[] = {
+    DUET_FIELD(duet_pipe_ready_t, shard, DUET_F_I32),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_ready, DUET_MSG_RANGE_SCHEDULER + 0x22, "pipe.ready",
+                duet_pipe_ready_t, duet_pipe_ready_fields)
+
+/* Tokens sampled in one iteration, one per sequence that asked for logits. */
+typedef struct duet_pipe_step_done {
+    int32_t shard;
+    uint64_t iter;
+    duet_array_t req;   /* uint64 */
+    duet_array_t token; /* int32 */
+    char *error;        /* "" = ok; otherwise the step failed as a whole */
+} duet_pipe_step_done_t;
+
+static const duet_field_t duet_pipe_step_done_fields[] = {
+    DUET_FIELD(duet_pipe_step_done_t, shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_step_done_t, iter, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_step_done_t, req, DUET_F_ARR_U64, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_done_t, token, DUET_F_ARR_I32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_done_t, error, DUET_F_STR, 1023),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_step_done, DUET_MSG_RANGE_SCHEDULER + 0x23, "pipe.step_done",
+                duet_pipe_step_done_t, duet_pipe_step_done_fields)
+
+enum {
+    DUET_PIPE_SEQ_LOGITS = 1u << 0, /* sample a token after this chunk */
+    DUET_PIPE_SEQ_NEW = 1u << 1,    /* first chunk: open a KV sequence */
+};
+
+/* One iteration of one attention shard: sequence k is request req[k] in
+ * micro-batch ub[k] with ntok[k] tokens (concatenated in `tokens`). */
+typedef struct duet_pipe_step {
+    uint64_t iter;
+    duet_array_t req;    /* uint64 */
+    duet_array_t ub;     /* int32 */
+    duet_array_t ntok;   /* int32 */
+    duet_array_t flags;  /* uint32 DUET_PIPE_SEQ_* */
+    duet_array_t tokens; /* int32 */
+} duet_pipe_step_t;
+
+static const duet_field_t duet_pipe_step_fields[] = {
+    DUET_FIELD(duet_pipe_step_t, iter, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_step_t, req, DUET_F_ARR_U64, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, ub, DUET_F_ARR_I32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, ntok, DUET_F_ARR_I32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, flags, DUET_F_ARR_U32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, tokens, DUET_F_ARR_I32, 1 << 20),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_step, DUET_MSG_RANGE_ATTENTION + 0x20, "pipe.step",
+                duet_pipe_step_t, duet_pipe_step_fields)
+
+typedef struct duet_pipe_free {
+    duet_array_t req; /* uint64 */
+} duet_pipe_free_t;
+
+static const duet_field_t duet_pipe_free_fields[] = {
+    DUET_FIELD_MAX(duet_pipe_free_t, req, DUET_F_ARR_U64, 1 << 16),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_free, DUET_MSG_RANGE_ATTENTION + 0x21, "pipe.free",
+                duet_pipe_free_t, duet_pipe_free_fields)
+
+/* Expert shard s's rows for attention shard `shard`'s round are in the N2M
+ * ring (error != "": the round failed there). */
+typedef struct duet_pipe_result {
+    uint64_t round;
+    int32_t layer;
+    int32_t expert_shard;
+    uint32_t rows;
+    char *error;
+} duet_pipe_result_t;
+
+static const duet_field_t duet_pipe_result_fields[] = {
+    DUET_FIELD(duet_pipe_result_t, round, DUET_F_U64),
+    DUET_FIELD(duet_pipe_result_t, layer, DUET_F_I32),
+    DUET_FIELD(duet_pipe_result_t, expert_shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_result_t, rows, DUET_F_U32),
+    DUET_FIELD_MAX(duet_pipe_result_t, error, DUET_F_STR, 1023),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_result, DUET_MSG_RANGE_ATTENTION + 0x22, "pipe.result",
+                duet_pipe_result_t, duet_pipe_result_fields)
+
+/* Attention shard `shard` wrote round `round` (layer `layer`) into the M2N
+ * ring: counts[g] rows of expert experts[g], grouped in that order. */
+typedef struct duet_pipe_dispatch {
+    uint64_t round;
+    int32_t layer;
+    int32_t shard;
+    duet_array_t experts; /* int32 */
+    duet_array_t counts;  /* int32 */
+} duet_pipe_dispatch_t;
+
+static const duet_field_t duet_pipe_dispatch_fields[] = {
+    DUET_FIELD(duet_pipe_dispatch_t, round, DUET_F_U64),
+    DUET_FIELD(duet_pipe_dispatch_t, layer, DUET_F_I32),
+    DUET_FIELD(duet_pipe_dispatch_t, shard, DUET_F_I32),
+    DUET_FIELD_MAX(duet_pipe_dispatch_t, experts, DUET_F_ARR_I32, 4096),
+    DUET_FIELD_MAX(duet_pipe_dispatch_t, counts, DUET_F_ARR_I32, 4096),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_dispatch, DUET_MSG_RANGE_EXPERT + 0x20, "pipe.dispatch",
+                duet_pipe_dispatch_t, duet_pipe_dispatch_fields)
+
+/* Routing table: expert e is served by shards[offsets[e] .. offsets[e+1]). */
+typedef struct duet_pipe_table {
+    uint64_t version;
+    duet_array_t offsets; /* uint32, n_experts + 1 */
+    duet_array_t shards;  /* int32 */
+} duet_pipe_table_t;
+
+static const duet_field_t duet_pipe_table_fields[] = {
+    DUET_FIELD(duet_pipe_table_t, version, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_table_t, offsets, DUET_F_ARR_U32, 4097),
+    DUET_FIELD_MAX(duet_pipe_table_t, shards, DUET_F_ARR_I32, 1 << 16),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_table, DUET_MSG_RANGE_ROUTER + 0x20, "pipe.table",
+                duet_pipe_table_t, duet_pipe_table_fields)
+
+typedef struct duet_pipe_load {
+    int32_t shard;
+    duet_array_t rows; /* uint64 per expert, since the last report */
+} duet_pipe_load_t;
+
+static const duet_field_t duet_pipe_load_fields[] = {
+    DUET_FIELD(duet_pipe_load_t, shard, DUET_F_I32),
+    DUET_FIELD_MAX(duet_pipe_load_t, rows, DUET_F_ARR_U64, 4096),
+};
+DUET_MSG_DEFINE(duet_pipe_msg_load, DUET_MSG_RANGE_ROUTER + 0x21, "pipe.load", duet_pipe_load_t,
+                duet_pipe_load_fields)
+
+/* Register every pipe.* type (idempotent). */
+DUET_API void duet_pipe_register_types(void);
+
+/* ---- deployment in one process -------------------------------------------- */
+
+typedef enum duet_pipe_control {
+    DUET_PIPE_CONTROL_INPROC = 0, /* one node per actor, ZeroMQ inproc, real threads */
+    DUET_PIPE_CONTROL_SIM = 1,    /* one node per actor on a simnet (virtual time, one thread) */
+} duet_pipe_control_t;
+
+typedef struct duet_pipe_config {
+    const char *model_dir;
+    int n_attention;
+    int n_expert_shards;
+    const int *const *shard_experts; /* [n_expert_shards] expert ids held by each */
+    const int *shard_n_experts;      /* [n_expert_shards] */
+    int micro_batches;               /* m >= 1 */
+    int token_budget;                /* tokens per attention shard per iteration (0: 256) */
+    int max_seqs;                    /* sequences per micro-batch (0: 32) */
+    int kv_blocks;                   /* per attention shard (0: 512) */
+    int kv_block_size;               /* 0: 16 */
+    const char *provider;            /* data plane: "sim" (default), "shm", "tcp" */
+    duet_pipe_control_t control;
+    uint64_t sim_seed;                /* simulation: seed of the simnet */
+    uint64_t sim_latency_max_ns;      /* simulation: link latency in [0, this] */
+    uint32_t round_timeout_ms;        /* a step without progress fails after this (0: 5000) */
+    int threads;                      /* compute threads per shard (0: 1) */
+} duet_pipe_config_t;
+
+typedef struct duet_pipe duet_pipe_t;
+
+/* Load the model by role, create the data plane and the nodes, spawn the
+ * actors and wait until every attention shard is ready. */
+DUET_API duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out);
+DUET_API void duet_pipe_destroy(duet_pipe_t **p_p);
+
+/* Submit a request (thread-safe; ids unique per deployment). eos < 0: none. */
+DUET_API duet_status_t duet_pipe_submit(duet_pipe_t *p, uint64_t req, const int32_t *prompt,
+                                        int32_t n, int32_t max_new, int32_t eos);
+/* Wait until request `req` has at least `n_tokens` tokens or is done.
+ * timeout_ms of wall time (threads) or virtual time (simulation). */
+DUET_API duet_status_t duet_pipe_wait(duet_pipe_t *p, uint64_t req, int32_t n_tokens,
+                                      uint32_t timeout_ms);
+/* The tokens of `req` so far (copied into out, at most cap); *done and
+ * error (may be NULL; "" = none, cap 256) as of now. Returns the count. */
+DUET_API int32_t duet_pipe_result(duet_pipe_t *p, uint64_t req, int32_t *out, int32_t cap,
+                                  bool *done, char *error, size_t error_cap);
+/* Kill expert shard s (fault injection). */
+DUET_API duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard);
+
+/* Per-deployment counters (late/duplicate/stray control messages dropped). */
+typedef struct duet_pipe_stats {
+    uint64_t rounds_expert;   /* rounds computed by all expert shards */
+    uint64_t dropped_stray;   /* pipe.dispatch / pipe.result for a round not awaited */
+    uint64_t dropped_dup;     /* a second message for a (round, sender) */
+    uint64_t steps;           /* iterations completed by all attention shards */
+} duet_pipe_stats_t;
+DUET_API void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DUET_ACTORS_PIPELINE_H */

@@ -1,0 +1,392 @@
+/* The disaggregated pipeline (actors/pipeline.h) against the single-process
+ * engine and HF: for tests/fixtures/mixtral-tiny and models/pycoder-moe,
+ * every request's greedy tokens must equal the engine's (each prompt run
+ * alone) exactly, and HF's reference continuation (mixtral-tiny: up to the
+ * first step whose HF top-1/top-2 margin is below 1e-3; pycoder: all of
+ * them). Deployments: 1 attention + 1 expert shard, 2 + 4, replicated hot
+ * experts, m = 1..4, staggered arrivals, a small KV pool that makes
+ * requests queue, ZeroMQ inproc control on threads and the simnet with
+ * seeds. A killed expert shard without a replica ends its requests with an
+ * error in bounded time. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "../model/forward_ref.h"
+#include "actors/pipeline.h"
+
+#define MIXTRAL DUET_FIXTURES "/mixtral-tiny"
+#define PYCODER DUET_MODELS "/pycoder-moe"
+#define MAXP 8
+
+typedef struct suite {
+    const char *dir;
+    int n;
+    int32_t *ids[MAXP];
+    int32_t n_ids[MAXP];
+    int32_t *hf[MAXP];
+    float *margin[MAXP]; /* NULL: compare every step */
+    int32_t n_hf;
+    int32_t *eng[MAXP]; /* engine greedy, n_hf tokens */
+    int n_experts;
+} suite_t;
+
+static suite_t g_mix, g_py;
+
+static int engine_greedy(duet_backend_t *be, const duet_model_t *m, suite_t *s)
+{
+    for (int i = 0; i < s->n; i++) {
+        duet_engine_opts_t o = {0};
+        o.fwd.max_tokens = s->n_ids[i] + 1;
+        o.fwd.max_seqs = 1;
+        o.kv.n_blocks = 128;
+        o.kv.max_seqs = 1;
+        duet_engine_t *e = NULL;
+        if (duet_engine_create(be, m, &o, &e))
+            return -1;
+        int32_t seq, cur;
+        duet_kvcache_seq_open(duet_engine_kv(e), &seq);
+        duet_seq_input_t in = {seq, s->n_ids[i], s->ids[i], DUET_LOGITS_LAST};
+        duet_sampling_params_t sp = {0.0f, 0, 1.0f, 0};
+        s->eng[i] = malloc(sizeof(int32_t) * (size_t)s->n_hf);
+        for (int32_t t = 0; t < s->n_hf; t++) {
+            if (duet_engine_step(e, 1, &in, NULL, NULL) || duet_engine_sample(e, &sp, &cur)) {
+                duet_engine_destroy(&e);
+                return -1;
+            }
+            s->eng[i][t] = cur;
+            in = (duet_seq_input_t){seq, 1, &s->eng[i][t], DUET_LOGITS_LAST};
+        }
+        duet_engine_destroy(&e);
+    }
+    return 0;
+}
+
+static ref_set_t g_ref;
+static json_t *g_json;
+
+static int32_t *json_ids(const json_t *arr, int32_t *n)
+{
+    *n = (int32_t)json_array_size(arr);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(*n ? *n : 1));
+    for (int32_t i = 0; i < *n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return ids;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    duet_backend_t *be = NULL;
+    duet_backend_opts_t bo = {.n_threads = 1};
+    if (duet_backend_open("cpu", &bo, &be))
+        return -1;
+    /* mixtral-tiny: reference.safetensors */
+    if (ref_load(MIXTRAL, &g_ref))
+        return -1;
+    g_mix.dir = MIXTRAL;
+    g_mix.n = g_ref.n < MAXP ? g_ref.n : MAXP;
+    g_mix.n_hf = g_ref.p[0].n_greedy;
+    for (int i = 0; i < g_mix.n; i++) {
+        g_mix.ids[i] = (int32_t *)g_ref.p[i].ids;
+        g_mix.n_ids[i] = g_ref.p[i].n;
+        g_mix.hf[i] = (int32_t *)g_ref.p[i].greedy;
+        g_mix.margin[i] = (float *)g_ref.p[i].margin;
+    }
+    /* pycoder-moe: reference.json */
+    json_error_t jerr;
+    g_json = json_load_file(PYCODER "/reference.json", 0, &jerr);
+    if (!g_json)
+        return -1;
+    const json_t *gr = json_object_get(g_json, "greedy");
+    g_py.dir = PYCODER;
+    g_py.n = (int)json_array_size(gr);
+    for (int i = 0; i < g_py.n; i++) {
+        const json_t *g = json_array_get(gr, (size_t)i);
+        g_py.ids[i] = json_ids(json_object_get(g, "prompt_ids"), &g_py.n_ids[i]);
+        int32_t n;
+        g_py.hf[i] = json_ids(json_object_get(g, "greedy"), &n);
+        g_py.n_hf = n;
+    }
+    suite_t *all[2] = {&g_mix, &g_py};
+    for (int k = 0; k < 2; k++) {
+        duet_model_t *m = NULL;
+        if (duet_model_load(all[k]->dir, NULL, &m))
+            return -1;
+        all[k]->n_experts = m->cfg.n_experts;
+        int rc = engine_greedy(be, m, all[k]);
+        duet_model_destroy(&m);
+        if (rc)
+            return -1;
+    }
+    duet_backend_close(&be);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < g_py.n; i++) {
+        free(g_py.ids[i]);
+        free(g_py.hf[i]);
+        free(g_py.eng[i]);
+    }
+    for (int i = 0; i < g_mix.n; i++)
+        free(g_mix.eng[i]);
+    json_decref(g_json);
+    ref_free(&g_ref);
+    return 0;
+}
+
+/* Placement: S shards; expert e on shard e % S; `hot` experts also on the
+ * shard after their own (a replica). */
+typedef struct placement {
+    int ids[16][64];
+    int n[16];
+    const int *rows[16];
+} placement_t;
+
+static void place(placement_t *p, int n_experts, int S, int hot)
+{
+    memset(p, 0, sizeof(*p));
+    for (int e = 0; e < n_experts; e++) {
+        int s = e % S;
+        p->ids[s][p->n[s]++] = e;
+        if (e < hot && S > 1) {
+            int r = (s + 1) % S;
+            p->ids[r][p->n[r]++] = e;
+        }
+    }
+    for (int s = 0; s < S; s++)
+        p->rows[s] = p->ids[s];
+}
+
+typedef struct run_opts {
+    int A, S, m, hot;
+    duet_pipe_control_t control;
+    uint64_t seed;
+    int copies;     /* each prompt submitted this many times */
+    bool stagger;   /* later requests arrive while earlier ones decode */
+    int kv_blocks;  /* 0: default */
+    int budget;     /* 0: default */
+} run_opts_t;
+
+/* Returns mismatches against the engine (and HF). */
+static int run(const suite_t *su, const run_opts_t *ro)
+{
+    placement_t pl;
+    place(&pl, su->n_experts, ro->S, ro->hot);
+    duet_pipe_config_t cfg = {
+        .model_dir = su->dir,
+        .n_attention = ro->A,
+        .n_expert_shards = ro->S,
+        .shard_experts = pl.rows,
+        .shard_n_experts = pl.n,
+        .micro_batches = ro->m,
+        .token_budget = ro->budget ? ro->budget : 64,
+        .kv_blocks = ro->kv_blocks,
+        .kv_block_size = 16,
+        .control = ro->control,
+        .sim_seed = ro->seed,
+        .sim_latency_max_ns = 200000,
+    };
+    duet_pipe_t *p = NULL;
+    duet_status_t st = duet_pipe_create(&cfg, &p);
+    if (st)
+        print_message("pipe: %s\n", duet_error());
+    assert_int_equal(st, DUET_OK);
+    int copies = ro->copies ? ro->copies : 1;
+    int nreq = su->n * copies;
+    for (int k = 0; k < nreq; k++) {
+        int i = k % su->n;
+        if (ro->stagger && k > 0 && k % 2 == 0) /* wait for a token of the previous one */
+            assert_int_equal(duet_pipe_wait(p, (uint64_t)k - 1, 1 + k % 3, 60000), DUET_OK);
+        assert_int_equal(duet_pipe_submit(p, (uint64_t)k, su->ids[i], su->n_ids[i], su->n_hf, -1),
+                         DUET_OK);
+    }
+    int bad = 0, compared = 0;
+    int32_t out[256];
+    for (int k = 0; k < nreq; k++) {
+        int i = k % su->n;
+        st = duet_pipe_wait(p, (uint64_t)k, su->n_hf, 60000);
+        if (st)
+            print_message("wait %d: %s\n", k, duet_error());
+        assert_int_equal(st, DUET_OK);
+        bool done;
+        char err[256];
+        int32_t n = duet_pipe_result(p, (uint64_t)k, out, 256, &done, err, sizeof(err));
+        if (err[0])
+            print_message("req %d: %s\n", k, err);
+        assert_string_equal(err, "");
+        assert_true(done);
+        assert_int_equal(n, su->n_hf);
+        bool live = true;
+        for (int32_t t = 0; t < n; t++) {
+            if (out[t] != su->eng[i][t]) {
+                print_message("req %d (prompt %d) step %d: got %d, engine %d\n", k, i, t, out[t],
+                              su->eng[i][t]);
+                bad++;
+                break;
+            }
+            if (su->margin[i] && su->margin[i][t] < REF_MARGIN_MIN)
+                live = false;
+            if (live) {
+                compared++;
+                if (out[t] != su->hf[i][t]) {
+                    print_message("req %d step %d: got %d, HF %d\n", k, t, out[t], su->hf[i][t]);
+                    bad++;
+                    live = false;
+                }
+            }
+        }
+    }
+    duet_pipe_stats_t ps;
+    duet_pipe_stats(p, &ps);
+    print_message("  %s A=%d S=%d m=%d hot=%d %s: %d requests, %d HF tokens compared, "
+                  "%d mismatches, %llu expert rounds, %llu steps\n",
+                  strrchr(su->dir, '/') + 1, ro->A, ro->S, ro->m, ro->hot,
+                  ro->control == DUET_PIPE_CONTROL_SIM ? "sim" : "inproc", nreq, compared, bad,
+                  (unsigned long long)ps.rounds_expert, (unsigned long long)ps.steps);
+    assert_true(compared >= su->n);
+    duet_pipe_destroy(&p);
+    assert_null(p);
+    return bad;
+}
+
+static void test_mixtral_1x1_m1(void **state)
+{
+    (void)state;
+    run_opts_t o = {.A = 1, .S = 1, .m = 1};
+    assert_int_equal(run(&g_mix, &o), 0);
+}
+
+static void test_mixtral_1x1_m2_m3_m4(void **state)
+{
+    (void)state;
+    for (int m = 2; m <= 4; m++) {
+        run_opts_t o = {.A = 1, .S = 1, .m = m};
+        assert_int_equal(run(&g_mix, &o), 0);
+    }
+}
+
+static void test_mixtral_2x4(void **state)
+{
+    (void)state;
+    for (int m = 1; m <= 4; m += 3) {
+        run_opts_t o = {.A = 2, .S = 4, .m = m, .copies = 2, .stagger = true};
+        assert_int_equal(run(&g_mix, &o), 0);
+    }
+}
+
+static void test_mixtral_replicated(void **state)
+{
+    (void)state;
+    run_opts_t o = {.A = 2, .S = 3, .m = 3, .hot = 3, .copies = 2, .stagger = true};
+    assert_int_equal(run(&g_mix, &o), 0);
+}
+
+/* A KV pool of 12 blocks holds few requests at once: the rest queue. */
+static void test_mixtral_kv_queueing(void **state)
+{
+    (void)state;
+    run_opts_t o = {.A = 2, .S = 2, .m = 2, .copies = 3, .kv_blocks = 12, .budget = 24};
+    assert_int_equal(run(&g_mix, &o), 0);
+}
+
+static void test_mixtral_sim_seeds(void **state)
+{
+    (void)state;
+    for (uint64_t seed = 1; seed <= 3; seed++) {
+        run_opts_t o = {.A = 2, .S = 3, .m = (int)seed + 1, .hot = 2, .control =
+                        DUET_PIPE_CONTROL_SIM, .seed = seed, .copies = 2, .stagger = true};
+        assert_int_equal(run(&g_mix, &o), 0);
+    }
+}
+
+static void test_pycoder_1x1(void **state)
+{
+    (void)state;
+    run_opts_t o = {.A = 1, .S = 1, .m = 2};
+    assert_int_equal(run(&g_py, &o), 0);
+}
+
+static void test_pycoder_2x4(void **state)
+{
+    (void)state;
+    run_opts_t o = {.A = 2, .S = 4, .m = 3, .hot = 2, .stagger = true};
+    assert_int_equal(run(&g_py, &o), 0);
+}
+
+static void test_pycoder_sim(void **state)
+{
+    (void)state;
+    run_opts_t o = {.A = 2, .S = 2, .m = 4, .control = DUET_PIPE_CONTROL_SIM, .seed = 7};
+    assert_int_equal(run(&g_py, &o), 0);
+}
+
+/* expert/1 (no replica) is killed mid-generation: every request ends with
+ * an error naming it, within the round timeout; later requests fail fast. */
+static void test_dead_expert_shard(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, g_mix.n_experts, 2, 0);
+    duet_pipe_config_t cfg = {
+        .model_dir = MIXTRAL,
+        .n_attention = 1,
+        .n_expert_shards = 2,
+        .shard_experts = pl.rows,
+        .shard_n_experts = pl.n,
+        .micro_batches = 2,
+        .token_budget = 64,
+        .round_timeout_ms = 1000,
+    };
+    duet_pipe_t *p = NULL;
+    assert_int_equal(duet_pipe_create(&cfg, &p), DUET_OK);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(duet_pipe_submit(p, (uint64_t)k, g_mix.ids[k + 1], g_mix.n_ids[k + 1],
+                                          400, -1),
+                         DUET_OK);
+    assert_int_equal(duet_pipe_wait(p, 0, 2, 30000), DUET_OK);
+    uint64_t t0 = duet_now_ns();
+    assert_int_equal(duet_pipe_kill_expert(p, 1), DUET_OK);
+    char err[256];
+    bool done;
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(duet_pipe_wait(p, (uint64_t)k, 1000000, 10000), DUET_OK);
+        duet_pipe_result(p, (uint64_t)k, NULL, 0, &done, err, sizeof(err));
+        assert_true(done);
+        print_message("  req %d: %s\n", k, err);
+        assert_non_null(strstr(err, "expert/1"));
+    }
+    double secs = (double)(duet_now_ns() - t0) / 1e9;
+    print_message("  all ended %.3f s after the kill\n", secs);
+    assert_true(secs < 5.0);
+    assert_int_equal(duet_pipe_submit(p, 10, g_mix.ids[1], g_mix.n_ids[1], 4, -1), DUET_OK);
+    assert_int_equal(duet_pipe_wait(p, 10, 100, 5000), DUET_OK);
+    duet_pipe_result(p, 10, NULL, 0, &done, err, sizeof(err));
+    assert_true(done);
+    assert_true(err[0] != 0);
+    duet_pipe_destroy(&p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mixtral_1x1_m1),
+        cmocka_unit_test(test_mixtral_1x1_m2_m3_m4),
+        cmocka_unit_test(test_mixtral_2x4),
+        cmocka_unit_test(test_mixtral_replicated),
+        cmocka_unit_test(test_mixtral_kv_queueing),
+        cmocka_unit_test(test_mixtral_sim_seeds),
+        cmocka_unit_test(test_pycoder_1x1),
+        cmocka_unit_test(test_pycoder_2x4),
+        cmocka_unit_test(test_pycoder_sim),
+        cmocka_unit_test(test_dead_expert_shard),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
