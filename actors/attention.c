@@ -53,6 +53,10 @@ typedef struct attn {
     uint64_t *map_req;
     int32_t *map_seq;
     int map_n, map_cap;
+    /* data plane: expert shards wired both ways */
+    uint8_t *wired;
+    int n_wired;
+    bool ready_sent;
     /* routing table */
     bool have_table;
     uint64_t table_version;
@@ -432,6 +436,29 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
     return DUET_OK;
 }
 
+static duet_status_t maybe_ready(duet_actor_t *self, attn_t *s)
+{
+    if (s->ready_sent || !s->have_table || s->n_wired < s->g->n_expert_shards)
+        return DUET_OK;
+    s->ready_sent = true;
+    duet_pipe_ready_t r = {.shard = s->a.shard};
+    return duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
+}
+
+static duet_status_t on_wire(duet_actor_t *self, attn_t *s, const duet_pipe_wire_t *w)
+{
+    if (w->rank < 0 || w->rank >= s->g->n_expert_shards || s->wired[w->rank]) {
+        atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+        return DUET_OK;
+    }
+    duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
+    if (st)
+        return duet_error_wrap(st, "%s: wiring expert/%d", duet_actor_name(self), w->rank);
+    s->wired[w->rank] = 1;
+    s->n_wired++;
+    return maybe_ready(self, s);
+}
+
 static duet_status_t on_table(duet_actor_t *self, attn_t *s, const duet_pipe_table_t *t)
 {
     const int E = s->cfg->n_experts;
@@ -459,12 +486,8 @@ static duet_status_t on_table(duet_actor_t *self, attn_t *s, const duet_pipe_tab
     memcpy(s->shards, sh, sizeof(int32_t) * t->shards.count);
     memcpy(s->off, off, sizeof(uint32_t) * (size_t)(E + 1));
     s->table_version = t->version;
-    if (!s->have_table) {
-        s->have_table = true;
-        duet_pipe_ready_t r = {.shard = s->a.shard};
-        return duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
-    }
-    return DUET_OK;
+    s->have_table = true;
+    return maybe_ready(self, s);
 }
 
 static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
@@ -493,6 +516,9 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
     const duet_pipe_table_t *t = duet_pipe_msg_table_body(msg);
     if (t)
         return on_table(self, s, t);
+    const duet_pipe_wire_t *w = duet_pipe_msg_wire_body(msg);
+    if (w)
+        return on_wire(self, s, w);
     const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
     if (dn) {
         char why[640];
@@ -550,6 +576,8 @@ static void attn_stop(duet_actor_t *self, void *state, const char *reason)
             s->a.be->ops->buf_free(s->a.be, u->y);
     }
     duet_free(s->ubs);
+    duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    duet_free(s->wired);
     duet_fwd_destroy(&s->fwd);
     duet_kvcache_destroy(&s->kv);
     duet_free(s->map_req);
@@ -632,11 +660,20 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
             return st;
         u->y = y;
     }
+    s->wired = duet_calloc((size_t)N, 1);
+    if (!s->wired)
+        return DUET_ERR_NOMEM;
+    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, &s->a.ctx,
+                                 &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
+        return st;
     for (int d = 0; d < N; d++) {
         char name[32];
         snprintf(name, sizeof(name), "expert/%d", d);
         if ((st = duet_monitor(self, name, NULL)))
             return duet_error_wrap(st, "monitor %s", name);
+        if ((st = duet__pipe_dp_send_wire(self, name, s->a.shard, d, s->a.dispatch,
+                                          s->a.combine)))
+            return duet_error_wrap(st, "pipe.wire to %s", name);
     }
     uint64_t period = s->g->round_timeout_ms / 4 ? s->g->round_timeout_ms / 4 : 1;
     return duet_timer_start(self, period, period, 0, NULL);

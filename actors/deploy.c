@@ -37,9 +37,6 @@ struct duet_pipe {
     duet_model_t **emodel;
     duet_backend_t **be; /* A + S */
     duet_rdma_sim_t *rsim;
-    duet_rdma_ctx_t **ctx; /* A + S */
-    duet_m2n_t **disp, **comb; /* A + S: attention first */
-    duet_rdma_mr_t **mr;       /* A + S */
     duet_pipe_attn_arg_t *aarg;
     duet_pipe_expert_arg_t *earg;
     duet_pipe_router_arg_t rarg;
@@ -56,18 +53,14 @@ struct duet_pipe {
     size_t n_res, cap_res;
 };
 
+#define DUET_PIPE_MSG_DEFINE(var, type_id, type_name, T, fields)                                   \
+    const duet_msg_type_t var = {(type_id), (type_name), DUET_SCHEMA(type_name, T, fields)};
+DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DEFINE)
+
 void duet_pipe_register_types(void)
 {
-    duet_msg_type_register(&duet_pipe_msg_submit);
-    duet_msg_type_register(&duet_pipe_msg_token);
-    duet_msg_type_register(&duet_pipe_msg_ready);
-    duet_msg_type_register(&duet_pipe_msg_step_done);
-    duet_msg_type_register(&duet_pipe_msg_step);
-    duet_msg_type_register(&duet_pipe_msg_free);
-    duet_msg_type_register(&duet_pipe_msg_result);
-    duet_msg_type_register(&duet_pipe_msg_dispatch);
-    duet_msg_type_register(&duet_pipe_msg_table);
-    duet_msg_type_register(&duet_pipe_msg_load);
+#define DUET_PIPE_MSG_REGISTER(var, type_id, type_name, T, fields) duet_msg_type_register(&var);
+    DUET_PIPE_MESSAGES(DUET_PIPE_MSG_REGISTER)
 }
 
 /* ---- client actor ----------------------------------------------------------- */
@@ -120,57 +113,65 @@ static const duet_actor_ops_t client_ops = {
 
 /* ---- bring-up ------------------------------------------------------------- */
 
-static duet_status_t wire_data_plane(duet_pipe_t *p)
+duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
+                                 const duet_pipe_geom_t *g, bool attention, int rank,
+                                 duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
+                                 duet_rdma_mr_t **mr)
 {
-    const int A = p->A, S = p->S;
-    const duet_pipe_geom_t *g = &p->geom;
+    const int A = g->n_attention, S = g->n_expert_shards;
     duet_status_t st;
-    const char *prov = p->cfg.provider ? p->cfg.provider : "sim";
-    if (!strcmp(prov, "sim") && (st = duet_rdma_sim_create(&p->rsim)))
+    duet_rdma_ctx_params_t cp = {.provider = provider ? provider : "sim", .sim = rsim};
+    if ((st = duet_rdma_ctx_create(&cp, ctx)))
+        return duet_error_wrap(st, "data plane %s", cp.provider);
+    duet_m2n_params_t dp = {.ctx = *ctx,
+                            .n_senders = (uint32_t)A,
+                            .n_receivers = (uint32_t)S,
+                            .is_sender = attention,
+                            .rank = (uint32_t)rank,
+                            .slots = (uint32_t)g->ring,
+                            .slot_size = g->slot_size,
+                            .group_id = 1};
+    duet_m2n_params_t cp2 = dp;
+    cp2.n_senders = (uint32_t)S;
+    cp2.n_receivers = (uint32_t)A;
+    cp2.is_sender = !attention;
+    cp2.group_id = 2;
+    if ((st = duet_m2n_create(&dp, disp)) || (st = duet_m2n_create(&cp2, comb)))
         return st;
-    for (int i = 0; i < A + S; i++) {
-        duet_rdma_ctx_params_t cp = {.provider = prov, .sim = p->rsim};
-        if ((st = duet_rdma_ctx_create(&cp, &p->ctx[i])))
-            return duet_error_wrap(st, "data plane %s", prov);
-        bool attn = i < A;
-        duet_m2n_params_t dp = {.ctx = p->ctx[i],
-                                .n_senders = (uint32_t)A,
-                                .n_receivers = (uint32_t)S,
-                                .is_sender = attn,
-                                .rank = (uint32_t)(attn ? i : i - A),
-                                .slots = (uint32_t)g->ring,
-                                .slot_size = g->slot_size,
-                                .group_id = 1};
-        duet_m2n_params_t cp2 = dp;
-        cp2.n_senders = (uint32_t)S;
-        cp2.n_receivers = (uint32_t)A;
-        cp2.is_sender = !attn;
-        cp2.group_id = 2;
-        if ((st = duet_m2n_create(&dp, &p->disp[i])) || (st = duet_m2n_create(&cp2, &p->comb[i])))
-            return st;
-        size_t len = (size_t)g->ring * (size_t)(attn ? S : A) * g->slot_size;
-        if ((st = duet_rdma_mr_alloc(p->ctx[i], len, DUET_RDMA_ACCESS_LOCAL, &p->mr[i])))
-            return st;
-    }
-    /* exchange what M2N's info calls say, as the control plane would */
-    uint8_t info[DUET_M2N_INFO_MAX];
-    size_t n;
-    for (int a = 0; a < A; a++) {
-        for (int s = 0; s < S; s++) {
-            duet_m2n_t *pairs[2][2] = {{p->disp[a], p->disp[A + s]}, {p->comb[A + s], p->comb[a]}};
-            uint32_t rank_of[2][2] = {{(uint32_t)a, (uint32_t)s}, {(uint32_t)s, (uint32_t)a}};
-            for (int k = 0; k < 2; k++) {
-                duet_m2n_t *snd = pairs[k][0], *rcv = pairs[k][1];
-                uint32_t sr = rank_of[k][0], rr = rank_of[k][1];
-                if ((st = duet_m2n_info(snd, rr, info, sizeof(info), &n)) ||
-                    (st = duet_m2n_connect(rcv, sr, info, n)) ||
-                    (st = duet_m2n_info(rcv, sr, info, sizeof(info), &n)) ||
-                    (st = duet_m2n_connect(snd, rr, info, n)))
-                    return duet_error_wrap(st, "connect attn/%d and expert/%d", a, s);
-            }
-        }
-    }
+    size_t len = (size_t)g->ring * (size_t)(attention ? S : A) * g->slot_size;
+    return duet_rdma_mr_alloc(*ctx, len, DUET_RDMA_ACCESS_LOCAL, mr);
+}
+
+void duet__pipe_dp_close(duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
+                         duet_rdma_mr_t **mr)
+{
+    duet_m2n_destroy(disp);
+    duet_m2n_destroy(comb);
+    duet_rdma_mr_dereg(mr);
+    duet_rdma_ctx_destroy(ctx);
+}
+
+duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer,
+                                    const duet_pipe_wire_t *w)
+{
+    duet_status_t st;
+    if ((st = duet_m2n_connect(disp, (uint32_t)peer, w->disp.data, w->disp.len)) ||
+        (st = duet_m2n_connect(comb, (uint32_t)peer, w->comb.data, w->comb.len)))
+        return duet_error_wrap(st, "data plane to shard %d", peer);
     return DUET_OK;
+}
+
+duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, int my_rank, int peer,
+                                      duet_m2n_t *disp, duet_m2n_t *comb)
+{
+    uint8_t di[DUET_M2N_INFO_MAX], ci[DUET_M2N_INFO_MAX];
+    size_t dn, cn;
+    duet_status_t st;
+    if ((st = duet_m2n_info(disp, (uint32_t)peer, di, sizeof(di), &dn)) ||
+        (st = duet_m2n_info(comb, (uint32_t)peer, ci, sizeof(ci), &cn)))
+        return st;
+    duet_pipe_wire_t w = {.rank = my_rank, .disp = {di, dn}, .comb = {ci, cn}};
+    return duet_send(self, to, &duet_pipe_msg_wire, &w);
 }
 
 static duet_status_t make_nodes(duet_pipe_t *p)
@@ -322,13 +323,9 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
 
     p->emodel = duet_calloc((size_t)S, sizeof(duet_model_t *));
     p->be = duet_calloc((size_t)(A + S), sizeof(duet_backend_t *));
-    p->ctx = duet_calloc((size_t)(A + S), sizeof(duet_rdma_ctx_t *));
-    p->disp = duet_calloc((size_t)(A + S), sizeof(duet_m2n_t *));
-    p->comb = duet_calloc((size_t)(A + S), sizeof(duet_m2n_t *));
-    p->mr = duet_calloc((size_t)(A + S), sizeof(duet_rdma_mr_t *));
     p->aarg = duet_calloc((size_t)A, sizeof(*p->aarg));
     p->earg = duet_calloc((size_t)S, sizeof(*p->earg));
-    if (!p->emodel || !p->be || !p->ctx || !p->disp || !p->comb || !p->mr || !p->aarg ||
+    if (!p->emodel || !p->be || !p->aarg ||
         !p->earg) {
         st = DUET_ERR_NOMEM;
         goto err;
@@ -350,7 +347,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     for (int i = 0; i < A + S; i++)
         if ((st = duet_backend_open("cpu", &bo, &p->be[i])))
             goto err;
-    if ((st = wire_data_plane(p)))
+    const char *prov = cfg->provider ? cfg->provider : "sim";
+    if (!strcmp(prov, "sim") && (st = duet_rdma_sim_create(&p->rsim)))
         goto err;
     if ((st = make_nodes(p)))
         goto err;
@@ -375,10 +373,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                               .be = p->be[A + s],
                                               .experts = p->experts[s],
                                               .n_experts = cfg->shard_n_experts[s],
-                                              .ctx = p->ctx[A + s],
-                                              .dispatch = p->disp[A + s],
-                                              .combine = p->comb[A + s],
-                                              .send_mr = p->mr[A + s],
+                                              .provider = prov,
+                                              .rsim = p->rsim,
                                               .counters = &p->counters};
         snprintf(name, sizeof(name), "expert/%d", s);
         if ((st = duet_spawn(p->nodes[1 + A + s], name, &duet__pipe_expert_ops, &p->earg[s], &thr)))
@@ -391,10 +387,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                             .be = p->be[a],
                                             .kv_blocks = kvb,
                                             .kv_block_size = kvbs,
-                                            .ctx = p->ctx[a],
-                                            .dispatch = p->disp[a],
-                                            .combine = p->comb[a],
-                                            .send_mr = p->mr[a],
+                                            .provider = prov,
+                                            .rsim = p->rsim,
                                             .counters = &p->counters};
         snprintf(name, sizeof(name), "attn/%d", a);
         if ((st = duet_spawn(p->nodes[1 + a], name, &duet__pipe_attention_ops, &p->aarg[a], &thr)))
@@ -429,12 +423,6 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
     duet_simnet_destroy(&p->sim);
     if (p->zctx)
         zmq_ctx_term(p->zctx);
-    for (int i = 0; p->ctx && i < p->A + p->S; i++) {
-        duet_m2n_destroy(&p->disp[i]);
-        duet_m2n_destroy(&p->comb[i]);
-        duet_rdma_mr_dereg(&p->mr[i]);
-        duet_rdma_ctx_destroy(&p->ctx[i]);
-    }
     duet_rdma_sim_destroy(&p->rsim);
     for (int i = 0; p->be && i < p->A + p->S; i++)
         duet_backend_close(&p->be[i]);
@@ -446,10 +434,6 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
     duet_free(p->experts);
     duet_free(p->emodel);
     duet_free(p->be);
-    duet_free(p->ctx);
-    duet_free(p->disp);
-    duet_free(p->comb);
-    duet_free(p->mr);
     duet_free(p->aarg);
     duet_free(p->earg);
     duet_free(p->rarg.offsets);
@@ -565,6 +549,24 @@ duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard)
     char name[32];
     snprintf(name, sizeof(name), "expert/%d", shard);
     return duet_kill(p->nodes[1 + p->A + shard], name, "killed");
+}
+
+duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms)
+{
+    if (shard < 0 || shard >= p->S)
+        return duet_errorf(DUET_ERR_RANGE, "no expert shard %d", shard);
+    char name[32];
+    snprintf(name, sizeof(name), "expert/%d", shard);
+    return duet_stall(p->nodes[1 + p->A + shard], name, (uint64_t)ms * 1000000ull);
+}
+
+bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64_t *now_ns)
+{
+    if (!p->sim)
+        return false;
+    *delivered = duet_simnet_delivered(p->sim);
+    *now_ns = duet_simnet_now(p->sim);
+    return true;
 }
 
 void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)

@@ -48,6 +48,7 @@ typedef struct expert {
     int32_t *tot, *xoff, *cur; /* [n held] */
     int32_t *srcpos;            /* [M * max_rows] */
     int32_t *nsrc;              /* [M] */
+    uint8_t *wired;             /* [M] */
 } expert_t;
 
 static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t round, int layer,
@@ -256,6 +257,22 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
     const duet_pipe_dispatch_t *d = duet_pipe_msg_dispatch_body(msg);
     if (d)
         return on_dispatch(self, s, d);
+    const duet_pipe_wire_t *w = duet_pipe_msg_wire_body(msg);
+    if (w) {
+        /* an attention shard's info: connect, answer with ours */
+        if (w->rank < 0 || w->rank >= s->M || s->wired[w->rank]) {
+            atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+            return DUET_OK;
+        }
+        duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
+        if (st)
+            return duet_error_wrap(st, "%s: wiring attn/%d", duet_actor_name(self), w->rank);
+        s->wired[w->rank] = 1;
+        char to[32];
+        snprintf(to, sizeof(to), "attn/%d", w->rank);
+        return duet__pipe_dp_send_wire(self, to, s->a.shard, w->rank, s->a.dispatch,
+                                       s->a.combine);
+    }
     return DUET_OK;
 }
 
@@ -272,6 +289,8 @@ static void expert_stop(duet_actor_t *self, void *state, const char *reason)
         duet_free(s->pend[i].cnt);
     }
     duet_free(s->pend);
+    duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    duet_free(s->wired);
     duet_experts_destroy(&s->ex);
     if (s->x)
         s->a.be->ops->buf_free(s->a.be, s->x);
@@ -320,7 +339,8 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->srcpos = duet_calloc((size_t)s->M * (size_t)s->max_rows, sizeof(int32_t));
     s->nsrc = duet_calloc((size_t)s->M, sizeof(int32_t));
     s->pend = duet_calloc((size_t)s->P, sizeof(pend_t));
-    if (!s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend)
+    s->wired = duet_calloc((size_t)s->M, 1);
+    if (!s->wired || !s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend)
         return DUET_ERR_NOMEM;
     for (int e = 0; e < s->E; e++)
         s->hidx[e] = -1;
@@ -331,6 +351,9 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
                                s->a.shard, e);
         s->hidx[e] = h;
     }
+    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, &s->a.ctx,
+                                 &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
+        return st;
     for (int i = 0; i < s->P; i++) {
         pend_t *p = &s->pend[i];
         p->got = duet_calloc((size_t)s->M, 1);

@@ -43,11 +43,14 @@ typedef struct duet_pipe_attn_arg {
     const duet_model_t *model; /* attention role */
     duet_backend_t *be;
     int kv_blocks, kv_block_size;
+    const char *provider;  /* data plane */
+    duet_rdma_sim_t *rsim; /* provider "sim" */
+    duet_pipe_counters_t *counters;
+    /* set by the actor itself (duet__pipe_dp_open) */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* sender */
     duet_m2n_t *combine;  /* receiver */
     duet_rdma_mr_t *send_mr;
-    duet_pipe_counters_t *counters;
 } duet_pipe_attn_arg_t;
 
 typedef struct duet_pipe_expert_arg {
@@ -57,11 +60,14 @@ typedef struct duet_pipe_expert_arg {
     duet_backend_t *be;
     const int *experts;
     int n_experts;
+    const char *provider;
+    duet_rdma_sim_t *rsim;
+    duet_pipe_counters_t *counters;
+    /* set by the actor itself */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* receiver */
     duet_m2n_t *combine;  /* sender */
     duet_rdma_mr_t *send_mr;
-    duet_pipe_counters_t *counters;
 } duet_pipe_expert_arg_t;
 
 typedef struct duet_pipe_router_arg {
@@ -78,6 +84,22 @@ typedef struct duet_pipe_sched_arg {
     int max_seq_len;
     duet_pipe_counters_t *counters;
 } duet_pipe_sched_arg_t;
+
+/* A shard's data plane: its context, its end of the dispatch group
+ * (attention sends, experts receive) and of the combine group (the other
+ * way), and its registered send buffers (ring x peers x slot). */
+duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
+                                 const duet_pipe_geom_t *g, bool attention, int rank,
+                                 duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
+                                 duet_rdma_mr_t **mr);
+void duet__pipe_dp_close(duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
+                         duet_rdma_mr_t **mr);
+/* Connect this shard's two groups to peer `peer` with the info it sent. */
+duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer,
+                                    const duet_pipe_wire_t *w);
+/* Send peer `peer` (actor `to`) this shard's info for it. */
+duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, int my_rank, int peer,
+                                      duet_m2n_t *disp, duet_m2n_t *comb);
 
 extern const duet_actor_ops_t duet__pipe_attention_ops;
 extern const duet_actor_ops_t duet__pipe_expert_ops;

@@ -8,7 +8,9 @@
  *   client ──pipe.submit──▶ scheduler
  *   scheduler ──pipe.step{iter, per-sequence ub/tokens}──▶ attn/a   (every shard
  *              runs every iteration, an idle one with an empty batch)
+ *   attn/a ──pipe.wire{M2N/N2M info}──▶ expert/s ──pipe.wire──▶ attn/a (data plane up)
  *   router ──pipe.table{version, expert → shards}──▶ attn/a ──pipe.ready──▶ scheduler
+ *              (ready = table + every expert shard wired)
  *   attn/a, per micro-batch i and sparse layer j, round r = (iter·S + j)·m + i:
  *       M2N write (slot r, header {magic, round, rows}) to every expert shard,
  *       then pipe.dispatch{round, layer, experts[], counts[]} to each.
@@ -57,8 +59,6 @@ static const duet_field_t duet_pipe_submit_fields[] = {
     DUET_FIELD(duet_pipe_submit_t, eos, DUET_F_I32),
     DUET_FIELD_MAX(duet_pipe_submit_t, reply_to, DUET_F_STR, 127),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_submit, DUET_MSG_RANGE_SCHEDULER + 0x20, "pipe.submit",
-                duet_pipe_submit_t, duet_pipe_submit_fields)
 
 typedef struct duet_pipe_token {
     uint64_t req;
@@ -75,8 +75,6 @@ static const duet_field_t duet_pipe_token_fields[] = {
     DUET_FIELD(duet_pipe_token_t, done, DUET_F_BOOL),
     DUET_FIELD_MAX(duet_pipe_token_t, error, DUET_F_STR, 1023),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_token, DUET_MSG_RANGE_SCHEDULER + 0x21, "pipe.token",
-                duet_pipe_token_t, duet_pipe_token_fields)
 
 typedef struct duet_pipe_ready {
     int32_t shard;
@@ -85,8 +83,6 @@ typedef struct duet_pipe_ready {
 static const duet_field_t duet_pipe_ready_fields[] = {
     DUET_FIELD(duet_pipe_ready_t, shard, DUET_F_I32),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_ready, DUET_MSG_RANGE_SCHEDULER + 0x22, "pipe.ready",
-                duet_pipe_ready_t, duet_pipe_ready_fields)
 
 /* Tokens sampled in one iteration, one per sequence that asked for logits. */
 typedef struct duet_pipe_step_done {
@@ -104,8 +100,6 @@ static const duet_field_t duet_pipe_step_done_fields[] = {
     DUET_FIELD_MAX(duet_pipe_step_done_t, token, DUET_F_ARR_I32, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_done_t, error, DUET_F_STR, 1023),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_step_done, DUET_MSG_RANGE_SCHEDULER + 0x23, "pipe.step_done",
-                duet_pipe_step_done_t, duet_pipe_step_done_fields)
 
 enum {
     DUET_PIPE_SEQ_LOGITS = 1u << 0, /* sample a token after this chunk */
@@ -131,8 +125,6 @@ static const duet_field_t duet_pipe_step_fields[] = {
     DUET_FIELD_MAX(duet_pipe_step_t, flags, DUET_F_ARR_U32, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_t, tokens, DUET_F_ARR_I32, 1 << 20),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_step, DUET_MSG_RANGE_ATTENTION + 0x20, "pipe.step",
-                duet_pipe_step_t, duet_pipe_step_fields)
 
 typedef struct duet_pipe_free {
     duet_array_t req; /* uint64 */
@@ -141,8 +133,6 @@ typedef struct duet_pipe_free {
 static const duet_field_t duet_pipe_free_fields[] = {
     DUET_FIELD_MAX(duet_pipe_free_t, req, DUET_F_ARR_U64, 1 << 16),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_free, DUET_MSG_RANGE_ATTENTION + 0x21, "pipe.free",
-                duet_pipe_free_t, duet_pipe_free_fields)
 
 /* Expert shard s's rows for attention shard `shard`'s round are in the N2M
  * ring (error != "": the round failed there). */
@@ -161,8 +151,6 @@ static const duet_field_t duet_pipe_result_fields[] = {
     DUET_FIELD(duet_pipe_result_t, rows, DUET_F_U32),
     DUET_FIELD_MAX(duet_pipe_result_t, error, DUET_F_STR, 1023),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_result, DUET_MSG_RANGE_ATTENTION + 0x22, "pipe.result",
-                duet_pipe_result_t, duet_pipe_result_fields)
 
 /* Attention shard `shard` wrote round `round` (layer `layer`) into the M2N
  * ring: counts[g] rows of expert experts[g], grouped in that order. */
@@ -181,8 +169,6 @@ static const duet_field_t duet_pipe_dispatch_fields[] = {
     DUET_FIELD_MAX(duet_pipe_dispatch_t, experts, DUET_F_ARR_I32, 4096),
     DUET_FIELD_MAX(duet_pipe_dispatch_t, counts, DUET_F_ARR_I32, 4096),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_dispatch, DUET_MSG_RANGE_EXPERT + 0x20, "pipe.dispatch",
-                duet_pipe_dispatch_t, duet_pipe_dispatch_fields)
 
 /* Routing table: expert e is served by shards[offsets[e] .. offsets[e+1]). */
 typedef struct duet_pipe_table {
@@ -196,8 +182,6 @@ static const duet_field_t duet_pipe_table_fields[] = {
     DUET_FIELD_MAX(duet_pipe_table_t, offsets, DUET_F_ARR_U32, 4097),
     DUET_FIELD_MAX(duet_pipe_table_t, shards, DUET_F_ARR_I32, 1 << 16),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_table, DUET_MSG_RANGE_ROUTER + 0x20, "pipe.table",
-                duet_pipe_table_t, duet_pipe_table_fields)
 
 typedef struct duet_pipe_load {
     int32_t shard;
@@ -208,8 +192,47 @@ static const duet_field_t duet_pipe_load_fields[] = {
     DUET_FIELD(duet_pipe_load_t, shard, DUET_F_I32),
     DUET_FIELD_MAX(duet_pipe_load_t, rows, DUET_F_ARR_U64, 4096),
 };
-DUET_MSG_DEFINE(duet_pipe_msg_load, DUET_MSG_RANGE_ROUTER + 0x21, "pipe.load", duet_pipe_load_t,
-                duet_pipe_load_fields)
+
+/* Data-plane wiring, before anything else: attn/a sends each expert/s its
+ * M2N (dispatch, a sends) and N2M (combine, a receives) connection info;
+ * expert/s connects both and answers with its own info for a. A shard is
+ * ready once every pair is connected both ways. */
+typedef struct duet_pipe_wire {
+    int32_t rank;      /* attention shard (to an expert) or expert shard (to attention) */
+    duet_bytes_t disp; /* duet_m2n_info of the dispatch group for the receiver */
+    duet_bytes_t comb; /* the same for the combine group */
+} duet_pipe_wire_t;
+
+static const duet_field_t duet_pipe_wire_fields[] = {
+    DUET_FIELD(duet_pipe_wire_t, rank, DUET_F_I32),
+    DUET_FIELD_MAX(duet_pipe_wire_t, disp, DUET_F_BIN, 1024),
+    DUET_FIELD_MAX(duet_pipe_wire_t, comb, DUET_F_BIN, 1024),
+};
+
+/* Message descriptors: one per type for the whole program (the codec's
+ * registry knows a type by its descriptor's address, so a header-static
+ * DUET_MSG_DEFINE would give every file its own unregistered copy). The
+ * descriptors live in deploy.c; X(var, id, name, T, fields). */
+#define DUET_PIPE_MESSAGES(X) \
+    X(duet_pipe_msg_submit, DUET_MSG_RANGE_SCHEDULER + 0x20, "pipe.submit", duet_pipe_submit_t, duet_pipe_submit_fields) \
+    X(duet_pipe_msg_token, DUET_MSG_RANGE_SCHEDULER + 0x21, "pipe.token", duet_pipe_token_t, duet_pipe_token_fields) \
+    X(duet_pipe_msg_ready, DUET_MSG_RANGE_SCHEDULER + 0x22, "pipe.ready", duet_pipe_ready_t, duet_pipe_ready_fields) \
+    X(duet_pipe_msg_step_done, DUET_MSG_RANGE_SCHEDULER + 0x23, "pipe.step_done", duet_pipe_step_done_t, duet_pipe_step_done_fields) \
+    X(duet_pipe_msg_step, DUET_MSG_RANGE_ATTENTION + 0x20, "pipe.step", duet_pipe_step_t, duet_pipe_step_fields) \
+    X(duet_pipe_msg_free, DUET_MSG_RANGE_ATTENTION + 0x21, "pipe.free", duet_pipe_free_t, duet_pipe_free_fields) \
+    X(duet_pipe_msg_result, DUET_MSG_RANGE_ATTENTION + 0x22, "pipe.result", duet_pipe_result_t, duet_pipe_result_fields) \
+    X(duet_pipe_msg_dispatch, DUET_MSG_RANGE_EXPERT + 0x20, "pipe.dispatch", duet_pipe_dispatch_t, duet_pipe_dispatch_fields) \
+    X(duet_pipe_msg_table, DUET_MSG_RANGE_ROUTER + 0x20, "pipe.table", duet_pipe_table_t, duet_pipe_table_fields) \
+    X(duet_pipe_msg_load, DUET_MSG_RANGE_ROUTER + 0x21, "pipe.load", duet_pipe_load_t, duet_pipe_load_fields) \
+    X(duet_pipe_msg_wire, DUET_MSG_RANGE_EXPERT + 0x21, "pipe.wire", duet_pipe_wire_t, duet_pipe_wire_fields)
+
+#define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields)                        \
+    DUET_API extern const duet_msg_type_t var;                                       \
+    __attribute__((unused)) static inline const T *var##_body(const duet_msg_t *m)  \
+    {                                                                               \
+        return (const T *)duet_msg_body(m, &var);                                    \
+    }
+DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DECLARE)
 
 /* Register every pipe.* type (idempotent). */
 DUET_API void duet_pipe_register_types(void);
@@ -260,6 +283,13 @@ DUET_API int32_t duet_pipe_result(duet_pipe_t *p, uint64_t req, int32_t *out, in
                                   bool *done, char *error, size_t error_cap);
 /* Kill expert shard s (fault injection). */
 DUET_API duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard);
+/* Hold expert shard s's messages for `ms` (an unreachable or hung shard). */
+DUET_API duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms);
+/* Simulation: messages delivered and virtual time so far (equal seeds give
+ * equal runs); false on real threads. (The simnet's trace hash also covers
+ * message bytes, and pipe.wire carries data-plane keys that differ from one
+ * deployment to the next in a process.) */
+DUET_API bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64_t *now_ns);
 
 /* Per-deployment counters (late/duplicate/stray control messages dropped). */
 typedef struct duet_pipe_stats {

@@ -195,7 +195,7 @@ typedef struct loop {
      * that frames for the loop's actor skip the I/O thread (set before the
      * thread starts; the thread reads and destroys it) */
     duet_zep_t *in;
-    duet_buf_t rxbuf;
+    duet_buf_t rxbuf, decbuf;
     struct duet_actor *owner; /* a dedicated loop's actor, once started (holds a ref) */
     atomic_bool pending;      /* lock: the queue is not empty */
     /* the last sender checked on `in`: name -> home node, at registry gen */
@@ -309,6 +309,7 @@ typedef struct lpeer {
     char name[DUET_NAME_MAX]; /* peer node */
     void *sock;               /* NULL: through the I/O thread */
     out_item_t *bl, *bl_tail; /* frames the DEALER did not take yet, in order */
+    bool direct;              /* to a remote loop (key[0] == 0: a free slot) */
 } lpeer_t;
 
 /* Which lpeer a destination actor takes. Re-decided when the registry
@@ -393,6 +394,7 @@ struct duet_node {
 static void loop_wake(loop_t *l);
 static void dispatch(loop_t *l, qent_t *q);
 static void terminate(duet_actor_t *a, const char *reason);
+static void handle_msg(duet_actor_t *a, duet_msg_t *m);
 static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t *wire, size_t len);
 static void timer_free_all(duet_actor_t *a);
 static void sim_loop_step(void *arg);
@@ -1021,16 +1023,24 @@ static void unroutable(duet_node_t *n, out_item_t *it)
  * Returns its index, -1 when out of memory. */
 static long lpeer_get(loop_t *l, const char *key, const char *node, bool direct)
 {
-    for (size_t i = 0; i < l->nlpeers; i++)
+    size_t slot = l->nlpeers;
+    for (size_t i = 0; i < l->nlpeers; i++) {
         if (strcmp(l->lpeers[i].key, key) == 0)
             return (long)i;
+        if (!l->lpeers[i].key[0] && slot == l->nlpeers)
+            slot = i;
+    }
     duet_node_t *n = l->node;
-    void *p = l->lpeers;
-    if (duet_vec_reserve(&p, &l->caplpeers, l->nlpeers + 1, sizeof(lpeer_t)))
-        return -1;
-    l->lpeers = p;
-    lpeer_t *lp = &l->lpeers[l->nlpeers];
+    if (slot == l->nlpeers) {
+        void *p = l->lpeers;
+        if (duet_vec_reserve(&p, &l->caplpeers, l->nlpeers + 1, sizeof(lpeer_t)))
+            return -1;
+        l->lpeers = p;
+        l->nlpeers++;
+    }
+    lpeer_t *lp = &l->lpeers[slot];
     memset(lp, 0, sizeof(*lp));
+    lp->direct = direct;
     snprintf(lp->key, sizeof(lp->key), "%s", key);
     snprintf(lp->name, sizeof(lp->name), "%s", node);
     char addr[256], pkey[41];
@@ -1039,7 +1049,22 @@ static long lpeer_get(loop_t *l, const char *key, const char *node, bool direct)
                              n->cfg.curve && pkey[0] ? pkey : NULL, &lp->sock) != DUET_OK)
         DUET_LOG_W(MOD, "%s (sending through the I/O thread)", duet_error());
     duet_error_clear();
-    return (long)l->nlpeers++;
+    return (long)slot;
+}
+
+/* A remote loop's DEALER that no destination uses any more (its actor
+ * restarted elsewhere or stopped) is closed, so restarts do not pile up
+ * sockets. */
+static void lpeer_retire(loop_t *l, long i)
+{
+    lpeer_t *lp = &l->lpeers[i];
+    if (!lp->direct || lp->bl)
+        return;
+    for (size_t k = 0; k < l->nrc; k++)
+        if (l->rc[k].lp == i)
+            return;
+    duet_zep_dealer_close(&lp->sock, 200);
+    lp->key[0] = 0;
 }
 
 static rcache_t *rcache_get(loop_t *l, const char *to)
@@ -1080,8 +1105,13 @@ static long loop_route(loop_t *l, const char *tnode, const char *to)
     if (same && !rc->direct && use_direct)
         use_direct = false; /* this incarnation has been reached through its node: stay */
     if (!same || use_direct != rc->direct || rc->lp < 0 ||
-        strcmp(l->lpeers[rc->lp].key, use_direct ? direct : tnode) != 0)
+        strcmp(l->lpeers[rc->lp].key, use_direct ? direct : tnode) != 0) {
+        long old = rc->lp;
+        rc->lp = -1;
+        if (old >= 0)
+            lpeer_retire(l, old);
         rc->lp = use_direct ? lpeer_get(l, direct, tnode, true) : lpeer_get(l, tnode, tnode, false);
+    }
     rc->direct = use_direct && rc->lp >= 0;
     rc->gen = gen;
     rc->epoch = epoch;
@@ -1447,7 +1477,8 @@ static void on_direct_frame(loop_t *l, const char *peer, const uint8_t *data, si
 {
     duet_node_t *n = l->node;
     duet_msg_t *m = NULL;
-    if (duet_msg_decode(data, len, &n->lim, peer, &m)) {
+    /* decoded into the loop's scratch: the common case runs it from there */
+    if (duet_msg_decode_scratch(data, len, &n->lim, peer, &l->decbuf, &m)) {
         atomic_fetch_add(&n->st_decode, 1);
         DUET_LOG_W(MOD, "node %s: rejected: %s", n->name, duet_error());
         return;
@@ -1459,7 +1490,6 @@ static void on_direct_frame(loop_t *l, const char *peer, const uint8_t *data, si
         atomic_fetch_add(&n->st_decode, 1);
         DUET_LOG_W(MOD, "node %s: frame from node %s (sender '%s', type 0x%x) refused on a loop "
                    "socket", n->name, peer, env->from, env->type);
-        duet_msg_destroy(&m);
         return;
     }
     duet_actor_t *a = l->owner;
@@ -1468,7 +1498,6 @@ static void on_direct_frame(loop_t *l, const char *peer, const uint8_t *data, si
         /* the loop's own actor, nothing queued ahead of it: run it now */
         atomic_fetch_add(&n->st_delivered, 1);
         handle_msg(a, m);
-        duet_msg_destroy(&m);
         if (a->st == A_RUNNING && a->exit_reason) {
             char *r = a->exit_reason;
             a->exit_reason = NULL;
@@ -1477,8 +1506,13 @@ static void on_direct_frame(loop_t *l, const char *peer, const uint8_t *data, si
         }
         return;
     }
+    /* queued (another actor, or behind entries already queued): an owned copy */
+    if (duet_msg_decode(data, len, &n->lim, peer, &m)) {
+        atomic_fetch_add(&n->st_decode, 1);
+        return;
+    }
     char to[DUET_NAME_MAX];
-    memcpy(to, env->to, sizeof(to));
+    memcpy(to, m->env.to, sizeof(to));
     if (post_local_take(n, to, NULL, 0, &m) == DUET_ERR_NOT_FOUND)
         undeliverable_msg(n, m, "no such actor");
     duet_msg_destroy(&m);
@@ -1628,17 +1662,22 @@ static void *io_main(void *arg)
 static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t *wire, size_t len)
 {
     char tnode[DUET_NAME_MAX];
-    bool local;
-    pthread_mutex_lock(&n->lock);
-    local = tab_get(n, env->to) != NULL;
-    pthread_mutex_unlock(&n->lock);
+    bool local = false;
+    /* a loop thread remembers remote destinations while the registry stays
+     * as it was (a spawn here would have changed it) */
+    rcache_t *rc = NULL;
+    bool cached = tls_loop && tls_loop->node == n && (rc = rcache_get(tls_loop, env->to)) &&
+                  rc->gen && rc->gen == duet__registry_gen(n->reg) && rc->tnode[0];
+    if (!cached) {
+        pthread_mutex_lock(&n->lock);
+        local = tab_get(n, env->to) != NULL;
+        pthread_mutex_unlock(&n->lock);
+    }
     if (local) {
         snprintf(tnode, sizeof(tnode), "%s", n->name);
     } else {
-        rcache_t *rc = NULL;
-        if (tls_loop && tls_loop->node == n && (rc = rcache_get(tls_loop, env->to)) && rc->gen &&
-            rc->gen == duet__registry_gen(n->reg) && rc->tnode[0])
-            memcpy(tnode, rc->tnode, sizeof(tnode)); /* registry unchanged since */
+        if (cached)
+            memcpy(tnode, rc->tnode, sizeof(tnode));
         else if (duet_registry_lookup(n->reg, env->to, tnode, NULL))
             return DUET_ERR_NOT_FOUND;
         if (strcmp(tnode, n->name) == 0)
@@ -2284,20 +2323,25 @@ static void *loop_main(void *arg)
 static void sim_loop_step(void *arg)
 {
     loop_t *l = arg;
-    l->sim_scheduled = false;
     l->sim_ev = 0;
-    pthread_mutex_lock(&l->lock);
-    qent_t *q = l->head;
-    if (q) {
-        l->head = q->next;
-        if (!l->head)
-            l->tail = NULL;
-    }
-    bool more = l->head != NULL;
-    pthread_mutex_unlock(&l->lock);
-    if (q)
+    /* a batch per event (one event per message costs a heap push and pop);
+     * entries queued meanwhile are taken in order, so no wake-up for them */
+    l->sim_scheduled = true;
+    for (int k = 0; k < 64; k++) {
+        pthread_mutex_lock(&l->lock);
+        qent_t *q = l->head;
+        if (q) {
+            l->head = q->next;
+            if (!l->head)
+                l->tail = NULL;
+        }
+        pthread_mutex_unlock(&l->lock);
+        if (!q)
+            break;
         dispatch(l, q);
-    if (more || l->head)
+    }
+    l->sim_scheduled = false;
+    if (l->head)
         loop_wake(l);
 }
 
@@ -2376,6 +2420,7 @@ static void loop_free(loop_t *l)
     duet_strmap_destroy(&l->rcidx);
     duet_zep_destroy(&l->in);
     duet_buf_cleanup(&l->rxbuf);
+    duet_buf_cleanup(&l->decbuf);
     pthread_mutex_destroy(&l->lock);
     duet_free(l);
 }

@@ -53,6 +53,9 @@ static void usage(FILE *f)
                "                     f32: as a fresh float32 load computes them\n"
                "  --ignore-eos       keep generating past end-of-sequence tokens\n"
                "  --stats            print timings to stderr after streaming\n"
+               "  --topology FILE    generate through the deployment FILE (attention and expert\n"
+               "                     shards as actors, in this process; greedy only); the\n"
+               "                     model is the file's unless --model is given\n"
                "  -h, --help         this help\n");
 }
 
@@ -132,7 +135,14 @@ typedef struct gen_opts {
     bool ignore_eos;
     duet_rope_freq_t rope_freq;
     bool stats;
+    const char *topology;
 } gen_opts_t;
+
+/* cmd_generate_topo.c */
+int duet__topology_model_dir(const char *path, char *buf, size_t cap);
+int duet__generate_topology(const char *path, const char *model_dir, const int32_t *prompt,
+                            int32_t n_prompt, int32_t max_tokens, int32_t eos, int threads,
+                            int32_t *gen, int32_t *n_gen, double *secs);
 
 static bool is_eos(const duet_config_t *cfg, int32_t eos_tok, int32_t id)
 {
@@ -140,6 +150,93 @@ static bool is_eos(const duet_config_t *cfg, int32_t eos_tok, int32_t id)
         if (cfg->eos_ids[i] == id)
             return true;
     return cfg->n_eos == 0 && eos_tok >= 0 && id == eos_tok;
+}
+
+/* --topology: the whole continuation through the deployment, then printed
+ * as the engine path prints it. */
+static int run_topology(const gen_opts_t *o, const duet_config_t *cfg, duet_tokenizer_t *tok,
+                        duet_detok_t *detok, const int32_t *prompt, int32_t n_prompt,
+                        double load_ms)
+{
+    if (o->sp.temperature > 0) {
+        fprintf(stderr, "duet generate: --topology generates greedily; drop --temperature\n");
+        return 2;
+    }
+    int32_t eos = -1;
+    if (!o->ignore_eos)
+        eos = cfg->n_eos > 0 ? cfg->eos_ids[0] : (tok ? duet_tokenizer_eos(tok) : -1);
+    int32_t *gen = duet_calloc((size_t)o->max_tokens + 1, sizeof(int32_t));
+    int32_t n_gen = 0;
+    double secs = 0;
+    if (!gen)
+        return 1;
+    if (duet__generate_topology(o->topology, o->model, prompt, n_prompt, (int32_t)o->max_tokens,
+                                eos, (int)o->threads, gen, &n_gen, &secs)) {
+        duet_free(gen);
+        return 1;
+    }
+    const char *finish = "length";
+    if (n_gen > 0 && eos >= 0 && is_eos(cfg, eos, gen[n_gen - 1])) {
+        n_gen--;
+        finish = "eos";
+    }
+    duet_buf_t text = {0};
+    for (int32_t i = 0; i < n_gen; i++) {
+        if (detok) {
+            const char *piece;
+            size_t plen;
+            if (duet_detok_push(detok, gen[i], &piece, &plen))
+                break;
+            if (o->json)
+                duet_buf_append(&text, piece, plen);
+            else
+                fwrite(piece, 1, plen, stdout);
+        } else if (!o->json) {
+            printf("%s%d", i ? "," : "", gen[i]);
+        }
+    }
+    if (detok) {
+        const char *piece;
+        size_t plen;
+        if (!duet_detok_flush(detok, &piece, &plen) && plen) {
+            if (o->json)
+                duet_buf_append(&text, piece, plen);
+            else
+                fwrite(piece, 1, plen, stdout);
+        }
+    }
+    if (o->json) {
+        json_t *j = json_object(), *pids = json_array(), *ids = json_array(), *tm = json_object();
+        for (int32_t i = 0; i < n_prompt; i++)
+            json_array_append_new(pids, json_integer(prompt[i]));
+        for (int32_t i = 0; i < n_gen; i++)
+            json_array_append_new(ids, json_integer(gen[i]));
+        json_object_set_new(j, "model", json_string(o->model));
+        json_object_set_new(j, "topology", json_string(o->topology));
+        json_object_set_new(j, "prompt_ids", pids);
+        json_object_set_new(j, "ids", ids);
+        json_object_set_new(j, "text", tok ? json_stringn(text.data ? (const char *)text.data : "",
+                                                          text.len)
+                                           : json_null());
+        json_object_set_new(j, "finish_reason", json_string(finish));
+        json_object_set_new(tm, "load_ms", json_real(load_ms));
+        json_object_set_new(tm, "generate_ms", json_real(secs * 1e3));
+        json_object_set_new(j, "timings", tm);
+        char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
+        if (s)
+            printf("%s\n", s);
+        free(s);
+        json_decref(j);
+    } else {
+        printf("\n");
+        if (o->stats)
+            fprintf(stderr, "[load %.0f ms | %d tokens through %s in %.0f ms | %s]\n", load_ms,
+                    n_gen, o->topology, secs * 1e3, finish);
+    }
+    fflush(stdout);
+    duet_buf_cleanup(&text);
+    duet_free(gen);
+    return 0;
 }
 
 static int run(const gen_opts_t *o)
@@ -210,6 +307,10 @@ static int run(const gen_opts_t *o)
     }
     if (tok && (st = duet_detok_create(tok, true, &detok))) {
         fprintf(stderr, "duet generate: %s\n", duet_error());
+        goto out;
+    }
+    if (o->topology) {
+        rc = run_topology(o, cfg, tok, detok, prompt, n_prompt, load_ms);
         goto out;
     }
     duet_backend_opts_t bo = {.n_threads = (int)o->threads};
@@ -365,7 +466,8 @@ int duet_cmd_generate(int argc, char **argv)
         O_JSON,
         O_IGNORE_EOS,
         O_STATS,
-        O_ROPE_FREQ
+        O_ROPE_FREQ,
+        O_TOPOLOGY
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -381,6 +483,7 @@ int duet_cmd_generate(int argc, char **argv)
         {"ignore-eos", no_argument, NULL, O_IGNORE_EOS},
         {"stats", no_argument, NULL, O_STATS},
         {"rope-freq", required_argument, NULL, O_ROPE_FREQ},
+        {"topology", required_argument, NULL, O_TOPOLOGY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -436,6 +539,7 @@ int duet_cmd_generate(int argc, char **argv)
             else
                 return fail("--rope-freq wants 'checkpoint' or 'f32', not '%s'", optarg);
             break;
+        case O_TOPOLOGY: o.topology = optarg; break;
         case 'h': usage(stdout); return 0;
         case ':': return fail("option '%s' needs a value", argv[optind - 1]);
         default: return fail("unknown option '%s'", argv[optind - 1]);
@@ -446,6 +550,11 @@ int duet_cmd_generate(int argc, char **argv)
     if (!o.prompt == !o.prompt_ids)
         return fail("%s", o.prompt ? "give --prompt or --prompt-ids, not both"
                                    : "give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
+    if (!o.model && o.topology) {
+        if (duet__topology_model_dir(o.topology, model_buf, sizeof(model_buf)))
+            return 2;
+        o.model = model_buf;
+    }
     if (!o.model) {
         const char *d = duet_cli_default_model(model_buf, sizeof(model_buf));
         if (!d)

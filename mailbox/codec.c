@@ -271,13 +271,8 @@ duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
     /* The envelope is written in place (it is on every message): the same
      * bytes msgpack-c would pack, without a callback per field. */
     size_t room = 1 + 9 + 2 * (3 + DUET_NAME_MAX) + 5 * 9 + 1;
-    if (out->cap < out->len + room) {
-        static const uint8_t zeros[1 + 9 + 2 * (3 + DUET_NAME_MAX) + 5 * 9 + 1];
-        size_t keep = out->len;
-        if (duet_buf_append(out, zeros, room) != DUET_OK)
-            return duet_errorf(DUET_ERR_NOMEM, "encoding envelope");
-        out->len = keep;
-    }
+    if (duet_vec_reserve((void **)&out->data, &out->cap, out->len + room, 1))
+        return duet_errorf(DUET_ERR_NOMEM, "encoding envelope");
     uint8_t *p = out->data + out->len;
     *p++ = 0x98; /* fixarray of 8 */
     p = put_uint(p, env->type);
@@ -770,7 +765,8 @@ static duet_status_t dec_value(dec_t *d, const duet_schema_t *s, uint8_t *out)
 /* Decode into one allocation of `prefix` bytes (for the caller) followed
  * by the value; *mem_out is the allocation, the value starts at prefix. */
 static duet_status_t schema_decode_ex(const duet_schema_t *s, const uint8_t *data, size_t len,
-                                      size_t *used_out, size_t prefix, uint8_t **mem_out)
+                                      size_t *used_out, size_t prefix, duet_buf_t *scratch,
+                                      uint8_t **mem_out)
 {
     dec_t d = {.r = {data, data, data + len}};
     duet_status_t st = dec_value(&d, s, NULL);
@@ -782,14 +778,23 @@ static duet_status_t schema_decode_ex(const duet_schema_t *s, const uint8_t *dat
         return duet_errorf(DUET_ERR_RANGE, "%s: decoding %zu bytes would need %zu bytes", s->name,
                            len, d.need);
     prefix = ALIGN8(prefix);
-    uint8_t *mem = duet_malloc(prefix + head + d.need);
+    size_t total = prefix + head + d.need;
+    uint8_t *mem;
+    if (scratch) { /* reused memory (malloc'd: aligned for any field) */
+        if (duet_vec_reserve((void **)&scratch->data, &scratch->cap, total, 1))
+            return duet_errorf(DUET_ERR_NOMEM, "%s: out of memory (%zu bytes)", s->name, total);
+        mem = scratch->data;
+    } else {
+        mem = duet_malloc(total);
+    }
     if (!mem)
         return duet_errorf(DUET_ERR_NOMEM, "%s: out of memory (%zu bytes)", s->name, head + d.need);
     memset(mem + prefix, 0, head); /* variable parts are zeroed as they are filled */
     dec_t d2 = {.r = {data, data, data + len}, .fill = true, .arena = mem + prefix + head};
     st = dec_value(&d2, s, mem + prefix);
     if (st || d2.used != d.need) {
-        duet_free(mem);
+        if (!scratch)
+            duet_free(mem);
         return st ? st : duet_errorf(DUET_ERR_INTERNAL, "%s: decoder passes disagree", s->name);
     }
     if (used_out)
@@ -802,7 +807,7 @@ duet_status_t duet_schema_decode(const duet_schema_t *s, const uint8_t *data, si
                                  size_t *used_out, void **value_out)
 {
     uint8_t *mem = NULL;
-    duet_status_t st = schema_decode_ex(s, data, len, used_out, 0, &mem);
+    duet_status_t st = schema_decode_ex(s, data, len, used_out, 0, NULL, &mem);
     if (!st)
         *value_out = mem;
     return st;
@@ -874,8 +879,8 @@ fail:
                        env->from, what, rd_what(e), (size_t)(r.p - data));
 }
 
-duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_limits_t *lim,
-                              const char *peer, duet_msg_t **msg_out)
+static duet_status_t msg_decode(const uint8_t *data, size_t len, const duet_codec_limits_t *lim,
+                                const char *peer, duet_buf_t *scratch, duet_msg_t **msg_out)
 {
     const char *pn = peer ? peer : "?";
     if (len > lim_max(lim))
@@ -895,12 +900,14 @@ duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_
     size_t used = 0;
     uint8_t *mem = NULL;
     /* message header and body in one allocation */
-    st = schema_decode_ex(&t->schema, data + off, len - off, &used, sizeof(duet_msg_t), &mem);
+    st = schema_decode_ex(&t->schema, data + off, len - off, &used, sizeof(duet_msg_t), scratch,
+                          &mem);
     if (st)
         return duet_error_wrap(st, "message %s from '%s' (node '%s') to '%s', body at byte %zu",
                                t->name, env.from, pn, env.to, off);
     if (off + used != len) {
-        duet_free(mem);
+        if (!scratch)
+            duet_free(mem);
         return duet_errorf(DUET_ERR_INVALID,
                            "message %s from '%s' (node '%s'): %zu trailing bytes after the body",
                            t->name, env.from, pn, len - off - used);
@@ -911,6 +918,19 @@ duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_
     m->body = mem + ALIGN8(sizeof(duet_msg_t));
     *msg_out = m;
     return DUET_OK;
+}
+
+duet_status_t duet_msg_decode(const uint8_t *data, size_t len, const duet_codec_limits_t *lim,
+                              const char *peer, duet_msg_t **msg_out)
+{
+    return msg_decode(data, len, lim, peer, NULL, msg_out);
+}
+
+duet_status_t duet_msg_decode_scratch(const uint8_t *data, size_t len,
+                                      const duet_codec_limits_t *lim, const char *peer,
+                                      duet_buf_t *scratch, duet_msg_t **msg_out)
+{
+    return msg_decode(data, len, lim, peer, scratch, msg_out);
 }
 
 void duet_msg_destroy(duet_msg_t **msg_p)

@@ -194,6 +194,12 @@ DUET_API duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
 DUET_API duet_status_t duet_msg_decode(const uint8_t *data, size_t len,
                                        const duet_codec_limits_t *lim, const char *peer,
                                        duet_msg_t **msg_out);
+/* The same into `scratch` (grown as needed and reused: no allocation per
+ * message once it is large enough). *msg_out lives in scratch until its
+ * next use; do not pass it to duet_msg_destroy. */
+DUET_API duet_status_t duet_msg_decode_scratch(const uint8_t *data, size_t len,
+                                               const duet_codec_limits_t *lim, const char *peer,
+                                               duet_buf_t *scratch, duet_msg_t **msg_out);
 /* Decode only the envelope (no allocation); *body_off_out = where the body starts. */
 DUET_API duet_status_t duet_env_decode(const uint8_t *data, size_t len, duet_env_t *env_out,
                                        size_t *body_off_out);

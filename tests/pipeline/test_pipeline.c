@@ -173,6 +173,8 @@ typedef struct run_opts {
     bool stagger;   /* later requests arrive while earlier ones decode */
     int kv_blocks;  /* 0: default */
     int budget;     /* 0: default */
+    const char *provider; /* NULL: sim */
+    uint64_t *sim_out;    /* simulation: [delivered, virtual ns] at the end */
 } run_opts_t;
 
 /* Returns mismatches against the engine (and HF). */
@@ -193,6 +195,7 @@ static int run(const suite_t *su, const run_opts_t *ro)
         .control = ro->control,
         .sim_seed = ro->seed,
         .sim_latency_max_ns = 200000,
+        .provider = ro->provider,
     };
     duet_pipe_t *p = NULL;
     duet_status_t st = duet_pipe_create(&cfg, &p);
@@ -252,6 +255,8 @@ static int run(const suite_t *su, const run_opts_t *ro)
                   ro->control == DUET_PIPE_CONTROL_SIM ? "sim" : "inproc", nreq, compared, bad,
                   (unsigned long long)ps.rounds_expert, (unsigned long long)ps.steps);
     assert_true(compared >= su->n);
+    if (ro->sim_out)
+        assert_true(duet_pipe_sim_progress(p, &ro->sim_out[0], &ro->sim_out[1]));
     duet_pipe_destroy(&p);
     assert_null(p);
     return bad;
@@ -303,6 +308,37 @@ static void test_mixtral_sim_seeds(void **state)
     for (uint64_t seed = 1; seed <= 3; seed++) {
         run_opts_t o = {.A = 2, .S = 3, .m = (int)seed + 1, .hot = 2, .control =
                         DUET_PIPE_CONTROL_SIM, .seed = seed, .copies = 2, .stagger = true};
+        assert_int_equal(run(&g_mix, &o), 0);
+    }
+}
+
+/* The same seed gives the same run, event for event. */
+static void test_mixtral_sim_repeatable(void **state)
+{
+    (void)state;
+    uint64_t h[3][2] = {{0}};
+    for (int k = 0; k < 3; k++) {
+        run_opts_t o = {.A = 2, .S = 2, .m = 3, .control = DUET_PIPE_CONTROL_SIM,
+                        .seed = k < 2 ? 42 : 43, .copies = 2, .stagger = true,
+                        .sim_out = h[k]};
+        assert_int_equal(run(&g_mix, &o), 0);
+    }
+    print_message("  seed 42: %llu messages, %llu ns; again: %llu, %llu; seed 43: %llu, %llu\n",
+                  (unsigned long long)h[0][0], (unsigned long long)h[0][1],
+                  (unsigned long long)h[1][0], (unsigned long long)h[1][1],
+                  (unsigned long long)h[2][0], (unsigned long long)h[2][1]);
+    assert_true(h[0][0] > 0);
+    assert_true(h[0][0] == h[1][0] && h[0][1] == h[1][1]);
+    assert_true(h[0][1] != h[2][1]); /* the seed matters */
+}
+
+/* The data plane over the shm and tcp providers (all shards in this process). */
+static void test_mixtral_shm_tcp(void **state)
+{
+    (void)state;
+    const char *prov[2] = {"shm", "tcp"};
+    for (int k = 0; k < 2; k++) {
+        run_opts_t o = {.A = 2, .S = 2, .m = 2, .hot = 1, .provider = prov[k], .stagger = true};
         assert_int_equal(run(&g_mix, &o), 0);
     }
 }
@@ -374,6 +410,40 @@ static void test_dead_expert_shard(void **state)
     duet_pipe_destroy(&p);
 }
 
+/* expert/0 stops answering (stalled past the round timeout): the step
+ * fails with an error naming the shard it waits for, in bounded time. */
+static void test_stalled_expert_shard(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, g_mix.n_experts, 2, 0);
+    duet_pipe_config_t cfg = {
+        .model_dir = MIXTRAL,
+        .n_attention = 1,
+        .n_expert_shards = 2,
+        .shard_experts = pl.rows,
+        .shard_n_experts = pl.n,
+        .micro_batches = 2,
+        .round_timeout_ms = 300,
+    };
+    duet_pipe_t *p = NULL;
+    assert_int_equal(duet_pipe_create(&cfg, &p), DUET_OK);
+    assert_int_equal(duet_pipe_submit(p, 1, g_mix.ids[2], g_mix.n_ids[2], 400, -1), DUET_OK);
+    assert_int_equal(duet_pipe_wait(p, 1, 2, 30000), DUET_OK);
+    uint64_t t0 = duet_now_ns();
+    assert_int_equal(duet_pipe_stall_expert(p, 0, 3000), DUET_OK);
+    assert_int_equal(duet_pipe_wait(p, 1, 1000000, 10000), DUET_OK);
+    char err[256];
+    bool done;
+    duet_pipe_result(p, 1, NULL, 0, &done, err, sizeof(err));
+    double secs = (double)(duet_now_ns() - t0) / 1e9;
+    print_message("  req 1 after %.3f s: %s\n", secs, err);
+    assert_true(done);
+    assert_non_null(strstr(err, "expert/0"));
+    assert_true(secs < 2.5);
+    duet_pipe_destroy(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -383,10 +453,13 @@ int main(void)
         cmocka_unit_test(test_mixtral_replicated),
         cmocka_unit_test(test_mixtral_kv_queueing),
         cmocka_unit_test(test_mixtral_sim_seeds),
+        cmocka_unit_test(test_mixtral_sim_repeatable),
+        cmocka_unit_test(test_mixtral_shm_tcp),
         cmocka_unit_test(test_pycoder_1x1),
         cmocka_unit_test(test_pycoder_2x4),
         cmocka_unit_test(test_pycoder_sim),
         cmocka_unit_test(test_dead_expert_shard),
+        cmocka_unit_test(test_stalled_expert_shard),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
