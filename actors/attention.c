@@ -1,11 +1,14 @@
 /* attention shard actor ("attn/<a>") — attention weights, KV cache, routing.
  *
- * Takes: pipe.table (router; the first one makes the shard ready), pipe.step
+ * Takes: pipe.wire (expert shards' data-plane info), pipe.table (router),
+ * pipe.ready (the scheduler's acknowledgement), pipe.step
  * (scheduler; one iteration split into m micro-batches), pipe.result (expert
  * shards), pipe.free (scheduler), sys.down (a monitored expert shard died),
  * sys.timer (progress watchdog).
- * Sends: pipe.ready, pipe.step_done (scheduler), pipe.dispatch (expert
- * shards, after the round's M2N write), pipe.load (router).
+ * Sends: pipe.wire (expert shards), pipe.hello (router), pipe.ready,
+ * pipe.step_done (scheduler), pipe.dispatch (expert shards, after the
+ * round's M2N write), pipe.load (router). Start-up messages repeat every
+ * 50 ms until answered.
  *
  * A step starts every micro-batch: each runs its attention halves until
  * its first sparse layer, writes round r = (iter·S + j)·m + i to every
@@ -26,9 +29,10 @@ typedef struct ub_state {
     duet_ubatch_t *ub;
     duet_dispatch_t d;
     int32_t n_seqs, n_tok;
-    duet_seq_input_t *in; /* [max_seqs] */
-    uint64_t *req;        /* [max_seqs] */
-    int32_t *tok;         /* [max_tokens] */
+    duet_seq_input_t *in;       /* [max_seqs] */
+    uint64_t *req;              /* [max_seqs] */
+    duet_sampling_params_t *sp; /* [max_seqs] */
+    int32_t *tok;               /* [max_tokens] */
     int layer, sparse_j;
     bool begun, done, waiting;
     uint64_t round;
@@ -55,8 +59,11 @@ typedef struct attn {
     int map_n, map_cap;
     /* data plane: expert shards wired both ways */
     uint8_t *wired;
+    uint64_t *wired_inc; /* [N] incarnation of each expert shard wired with */
     int n_wired;
-    bool ready_sent;
+    bool ready_sent, stepped, acked;
+    uint64_t startup_timer;
+    uint64_t epoch; /* data-plane epoch */
     /* routing table */
     bool have_table;
     uint64_t table_version;
@@ -92,6 +99,7 @@ static duet_status_t send_step_done(duet_actor_t *self, attn_t *s, const char *e
 {
     duet_pipe_step_done_t d = {
         .shard = s->a.shard,
+        .epoch = s->epoch,
         .iter = s->iter,
         .req = {s->res_req, err ? 0 : (size_t)s->res_n},
         .token = {s->res_tok, err ? 0 : (size_t)s->res_n},
@@ -112,8 +120,8 @@ static void report_load(duet_actor_t *self, attn_t *s)
  * nothing waiting and are dropped as stray. */
 static duet_status_t step_fail(duet_actor_t *self, attn_t *s, const char *why)
 {
-    DUET_LOG_W(MOD, "%s: step %llu failed: %s", duet_actor_name(self),
-               (unsigned long long)s->iter, why);
+    DUET_LOG_W(MOD, "%s: step %llu failed: %s", duet_actor_name(self), (unsigned long long)s->iter,
+               why);
     for (int i = 0; i < s->g->m; i++) {
         ub_state_t *u = &s->ubs[i];
         if (u->begun && !u->done)
@@ -174,7 +182,8 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
         s->load[e] += (uint64_t)cnt;
         /* spread the expert's rows over its replicas, rotating the start */
         for (uint32_t k = 0; k < nr; k++) {
-            int32_t lo = (int32_t)((int64_t)cnt * k / nr), hi = (int32_t)((int64_t)cnt * (k + 1) / nr);
+            int32_t lo = (int32_t)((int64_t)cnt * k / nr),
+                    hi = (int32_t)((int64_t)cnt * (k + 1) / nr);
             if (hi <= lo)
                 continue;
             int dst = s->shards[lo0 + (k + s->rr[e]) % nr];
@@ -206,6 +215,7 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
             return duet_error_wrap(st, "dispatch round %llu to expert/%d",
                                    (unsigned long long)round, d);
         duet_pipe_dispatch_t m = {
+            .epoch = s->epoch,
             .round = round,
             .layer = layer,
             .shard = s->a.shard,
@@ -235,9 +245,9 @@ static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
             u->layer++;
             continue;
         }
-        uint64_t round = (s->iter * (uint64_t)s->g->n_sparse + (uint64_t)u->sparse_j) *
-                             (uint64_t)s->g->m +
-                         (uint64_t)i;
+        uint64_t round =
+            (s->iter * (uint64_t)s->g->n_sparse + (uint64_t)u->sparse_j) * (uint64_t)s->g->m +
+            (uint64_t)i;
         if ((st = dispatch(self, s, i, l, round)))
             return st;
         u->waiting = true;
@@ -250,6 +260,10 @@ static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
         int32_t rows = 0;
         if ((st = duet_fwd_logits(s->fwd, u->ub, &rows)))
             return duet_error_wrap(st, "logits");
+        int32_t nr = 0; /* one parameter set per logits row, in input order */
+        for (int32_t k = 0; k < u->n_seqs && nr < s->g->max_seqs_ub; k++)
+            if (u->in[k].logits != DUET_LOGITS_NONE)
+                s->sp[nr++] = u->sp[k];
         if (rows > 0 && (st = duet_fwd_sample(s->fwd, u->ub, s->sp, s->sampled)))
             return duet_error_wrap(st, "sample");
         int32_t r = 0;
@@ -273,8 +287,8 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
 {
     ub_state_t *u = &s->ubs[i];
     const int N = s->g->n_expert_shards;
-    duet_status_t st = duet_m2n_recv(s->a.combine, u->round,
-                                     (int64_t)s->g->round_timeout_ms * 1000000);
+    duet_status_t st =
+        duet_m2n_recv(s->a.combine, u->round, (int64_t)s->g->round_timeout_ms * 1000000);
     if (st)
         return duet_error_wrap(st, "round %llu results", (unsigned long long)u->round);
     for (int d = 0; d < N; d++) {
@@ -287,14 +301,13 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
             return duet_errorf(DUET_ERR_PROTOCOL, "round %llu from expert/%d: %zu bytes",
                                (unsigned long long)u->round, d, len);
         memcpy(&h, data, sizeof(h));
-        if (h.magic != DUET_PIPE_MAGIC || h.round != u->round ||
-            h.rows != (uint32_t)u->dest_n[d] || h.rows != u->got_rows[d] ||
-            len != sizeof(h) + (size_t)h.rows * s->rowb)
+        if (h.magic != DUET_PIPE_MAGIC || h.round != u->round || h.rows != (uint32_t)u->dest_n[d] ||
+            h.rows != u->got_rows[d] || len != sizeof(h) + (size_t)h.rows * s->rowb)
             return duet_errorf(DUET_ERR_PROTOCOL,
                                "round %llu from expert/%d: data for round %llu with %u rows "
                                "(%zu bytes), expected %d rows",
-                               (unsigned long long)u->round, d, (unsigned long long)h.round,
-                               h.rows, len, u->dest_n[d]);
+                               (unsigned long long)u->round, d, (unsigned long long)h.round, h.rows,
+                               len, u->dest_n[d]);
         const uint8_t *q = (const uint8_t *)data + sizeof(h);
         for (uint32_t j = 0; j < h.rows; j++) {
             int32_t row = u->dest_rows[(size_t)d * s->max_rows + j];
@@ -316,6 +329,11 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
 static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step_t *m)
 {
     char why[640];
+    if (m->epoch != s->epoch) { /* sent before the scheduler heard of our reset */
+        duet_pipe_step_done_t d = {
+            .shard = s->a.shard, .epoch = m->epoch, .iter = m->iter, .error = "stale epoch"};
+        return duet_send(self, "scheduler", &duet_pipe_msg_step_done, &d);
+    }
     if (s->broken) {
         snprintf(why, sizeof(why), "%s: unavailable: %s", duet_actor_name(self), s->why);
         s->iter = m->iter + 1;
@@ -324,7 +342,8 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
     size_t n = m->req.count;
     const int M = s->g->m;
     if (s->busy || m->iter != s->iter || m->ub.count != n || m->ntok.count != n ||
-        m->flags.count != n) {
+        m->flags.count != n || m->temperature.count != n || m->top_k.count != n ||
+        m->top_p.count != n || m->seed.count != n) {
         snprintf(why, sizeof(why), "bad pipe.step (iter %llu, expected %llu, busy %d)",
                  (unsigned long long)m->iter, (unsigned long long)s->iter, s->busy);
         return send_step_done(self, s, why);
@@ -345,8 +364,7 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
     int32_t seqs_in[64] = {0}, toks_in[64] = {0};
     for (size_t k = 0; k < n; k++) {
         if (ubi[k] < 0 || ubi[k] >= M || M > 64 || ntok[k] < 1 ||
-            pos + (size_t)ntok[k] > m->tokens.count ||
-            ++seqs_in[ubi[k]] > s->g->max_seqs_ub ||
+            pos + (size_t)ntok[k] > m->tokens.count || ++seqs_in[ubi[k]] > s->g->max_seqs_ub ||
             (toks_in[ubi[k]] += ntok[k]) > s->g->max_tokens_ub ||
             ((flags[k] & DUET_PIPE_SEQ_NEW) != 0) == (map_find(s, req[k]) >= 0)) {
             snprintf(why, sizeof(why), "bad pipe.step entry %zu (req %llu)", k,
@@ -372,6 +390,9 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
         }
         memcpy(u->tok + u->n_tok, tokens + pos, sizeof(int32_t) * (size_t)ntok[k]);
         u->req[u->n_seqs] = req[k];
+        u->sp[u->n_seqs] = (duet_sampling_params_t){
+            ((const float *)m->temperature.data)[k], ((const int32_t *)m->top_k.data)[k],
+            ((const float *)m->top_p.data)[k], ((const uint64_t *)m->seed.data)[k]};
         u->in[u->n_seqs++] = (duet_seq_input_t){
             s->map_seq[mi], ntok[k], u->tok + u->n_tok,
             (flags[k] & DUET_PIPE_SEQ_LOGITS) ? DUET_LOGITS_LAST : DUET_LOGITS_NONE};
@@ -404,13 +425,13 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
 {
     char why[1200];
     int i = -1;
-    for (int k = 0; k < s->g->m && s->busy; k++)
+    for (int k = 0; k < s->g->m && s->busy && r->epoch == s->epoch; k++)
         if (s->ubs[k].waiting && s->ubs[k].round == r->round)
             i = k;
     if (i < 0 || r->expert_shard < 0 || r->expert_shard >= s->g->n_expert_shards) {
         atomic_fetch_add(&s->a.counters->dropped_stray, 1);
-        DUET_LOG_D(MOD, "%s: stray pipe.result round %llu from expert/%d",
-                   duet_actor_name(self), (unsigned long long)r->round, r->expert_shard);
+        DUET_LOG_D(MOD, "%s: stray pipe.result round %llu from expert/%d", duet_actor_name(self),
+                   (unsigned long long)r->round, r->expert_shard);
         return DUET_OK;
     }
     ub_state_t *u = &s->ubs[i];
@@ -428,10 +449,21 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
     s->last_progress = duet_actor_now_ns(self);
     if (++u->n_got < s->g->n_expert_shards)
         return DUET_OK;
-    duet_status_t st = complete(self, s, i);
-    if (st && s->busy) {
-        snprintf(why, sizeof(why), "micro-batch %d: %s", i, duet_error());
-        return step_fail(self, s, why);
+    /* The N2M ring releases rounds in order, and control messages may
+     * arrive out of order (delay, other senders): combine the oldest
+     * awaited round while it is complete. */
+    while (s->busy) {
+        int lo = -1;
+        for (int k = 0; k < s->g->m; k++)
+            if (s->ubs[k].waiting && (lo < 0 || s->ubs[k].round < s->ubs[lo].round))
+                lo = k;
+        if (lo < 0 || s->ubs[lo].n_got < s->g->n_expert_shards)
+            break;
+        duet_status_t st = complete(self, s, lo);
+        if (st && s->busy) {
+            snprintf(why, sizeof(why), "micro-batch %d: %s", lo, duet_error());
+            return step_fail(self, s, why);
+        }
     }
     return DUET_OK;
 }
@@ -441,22 +473,87 @@ static duet_status_t maybe_ready(duet_actor_t *self, attn_t *s)
     if (s->ready_sent || !s->have_table || s->n_wired < s->g->n_expert_shards)
         return DUET_OK;
     s->ready_sent = true;
-    duet_pipe_ready_t r = {.shard = s->a.shard};
+    duet_pipe_ready_t r = {.shard = s->a.shard, .epoch = s->epoch};
     return duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
 }
 
 static duet_status_t on_wire(duet_actor_t *self, attn_t *s, const duet_pipe_wire_t *w)
 {
-    if (w->rank < 0 || w->rank >= s->g->n_expert_shards || s->wired[w->rank]) {
-        atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+    if (w->epoch != s->epoch || w->rank < 0 || w->rank >= s->g->n_expert_shards ||
+        s->wired[w->rank]) {
+        atomic_fetch_add(&s->a.counters->dropped_dup, 1);
         return DUET_OK;
     }
     duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
     if (st)
         return duet_error_wrap(st, "%s: wiring expert/%d", duet_actor_name(self), w->rank);
     s->wired[w->rank] = 1;
+    s->wired_inc[w->rank] = w->incarnation;
     s->n_wired++;
+    /* it exists now: from here on its death fails our steps */
+    char name[32];
+    snprintf(name, sizeof(name), "expert/%d", w->rank);
+    if ((st = duet_monitor(self, name, NULL)))
+        return duet_error_wrap(st, "monitor %s", name);
     return maybe_ready(self, s);
+}
+
+/* A new data-plane epoch (an expert shard came back): fail what is in
+ * flight, rebuild the groups, rewire, and become ready again. The KV cache
+ * and the requests not in a failed step stay. */
+static duet_status_t reset_epoch(duet_actor_t *self, attn_t *s, uint64_t epoch)
+{
+    DUET_LOG_I(MOD, "%s: data-plane epoch %llu", duet_actor_name(self), (unsigned long long)epoch);
+    if (s->busy) {
+        char why[64];
+        snprintf(why, sizeof(why), "data plane reset (epoch %llu)", (unsigned long long)epoch);
+        step_fail(self, s, why);
+    }
+    duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    duet_status_t st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard,
+                                          &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    if (st)
+        return st;
+    memset(s->wired, 0, (size_t)s->g->n_expert_shards);
+    memset(s->wired_inc, 0, sizeof(uint64_t) * (size_t)s->g->n_expert_shards);
+    s->n_wired = 0;
+    s->ready_sent = s->acked = s->stepped = false;
+    s->broken = false;
+    s->why[0] = 0;
+    s->iter = 0;
+    s->epoch = epoch;
+    duet_timer_cancel(self, s->startup_timer);
+    for (int d = 0; d < s->g->n_expert_shards; d++) {
+        char name[32];
+        snprintf(name, sizeof(name), "expert/%d", d);
+        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, d, s->a.dispatch, s->a.combine);
+    }
+    return duet_timer_start(self, 50, 50, 1, &s->startup_timer);
+}
+
+/* Start-up, every 50 ms: ask again for what has not come. */
+static duet_status_t startup_tick(duet_actor_t *self, attn_t *s)
+{
+    if (s->stepped || s->acked) {
+        duet_timer_cancel(self, s->startup_timer);
+        return DUET_OK;
+    }
+    for (int d = 0; d < s->g->n_expert_shards; d++) {
+        if (s->wired[d])
+            continue;
+        char name[32];
+        snprintf(name, sizeof(name), "expert/%d", d);
+        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, d, s->a.dispatch, s->a.combine);
+    }
+    if (!s->have_table) {
+        duet_pipe_hello_t h = {.shard = s->a.shard};
+        duet_send(self, "router", &duet_pipe_msg_hello, &h);
+    }
+    if (s->ready_sent) {
+        duet_pipe_ready_t r = {.shard = s->a.shard, .epoch = s->epoch};
+        duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
+    }
+    return DUET_OK;
 }
 
 static duet_status_t on_table(duet_actor_t *self, attn_t *s, const duet_pipe_table_t *t)
@@ -478,8 +575,8 @@ static duet_status_t on_table(duet_actor_t *self, attn_t *s, const duet_pipe_tab
     if (s->have_table && t->version <= s->table_version)
         return DUET_OK;
     /* a new table applies from the next round dispatched */
-    int32_t *ns = duet_realloc_array(s->shards, t->shards.count ? t->shards.count : 1,
-                                     sizeof(int32_t));
+    int32_t *ns =
+        duet_realloc_array(s->shards, t->shards.count ? t->shards.count : 1, sizeof(int32_t));
     if (!ns)
         return DUET_ERR_NOMEM;
     s->shards = ns;
@@ -497,8 +594,10 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
     if (res)
         return on_result(self, s, res);
     const duet_pipe_step_t *step = duet_pipe_msg_step_body(msg);
-    if (step)
+    if (step) {
+        s->stepped = true;
         return on_step(self, s, step);
+    }
     const duet_pipe_free_t *fr = duet_pipe_msg_free_body(msg);
     if (fr) {
         const uint64_t *req = fr->req.data;
@@ -519,8 +618,23 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
     const duet_pipe_wire_t *w = duet_pipe_msg_wire_body(msg);
     if (w)
         return on_wire(self, s, w);
+    const duet_pipe_ready_t *ack = duet_pipe_msg_ready_body(msg);
+    if (ack) { /* the scheduler heard our pipe.ready */
+        if (ack->epoch == s->epoch)
+            s->acked = s->ready_sent;
+        return DUET_OK;
+    }
+    const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
+    if (rs && rs->epoch > s->epoch)
+        return reset_epoch(self, s, rs->epoch);
     const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
     if (dn) {
+        int k = -1;
+        if (sscanf(dn->actor, "expert/%d", &k) == 1 && k >= 0 && k < s->g->n_expert_shards &&
+            s->wired_inc[k]) {
+            duet_pipe_down_t d = {.shard = k, .incarnation = s->wired_inc[k]};
+            duet_send(self, "router", &duet_pipe_msg_down, &d); /* it restarts the epoch */
+        }
         char why[640];
         snprintf(why, sizeof(why), "expert shard %s is down (%s)", dn->actor, dn->reason);
         if (s->busy)
@@ -532,6 +646,8 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
         return DUET_OK;
     }
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
+    if (tm && tm->tag == 1)
+        return startup_tick(self, s);
     if (tm) {
         uint64_t now = duet_actor_now_ns(self);
         if (s->busy && now - s->last_progress > (uint64_t)s->g->round_timeout_ms * 1000000) {
@@ -542,8 +658,7 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
                 ub_state_t *u = &s->ubs[i];
                 if (!u->waiting)
                     continue;
-                for (int d = 0; d < s->g->n_expert_shards && n > 0 && (size_t)n < sizeof(why);
-                     d++)
+                for (int d = 0; d < s->g->n_expert_shards && n > 0 && (size_t)n < sizeof(why); d++)
                     if (!u->got[d])
                         n += snprintf(why + n, sizeof(why) - (size_t)n, " expert/%d (round %llu)",
                                       d, (unsigned long long)u->round);
@@ -567,6 +682,7 @@ static void attn_stop(duet_actor_t *self, void *state, const char *reason)
         duet_dispatch_cleanup(&u->d);
         duet_free(u->in);
         duet_free(u->req);
+        duet_free(u->sp);
         duet_free(u->tok);
         duet_free(u->got);
         duet_free(u->got_rows);
@@ -578,6 +694,7 @@ static void attn_stop(duet_actor_t *self, void *state, const char *reason)
     duet_free(s->ubs);
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
     duet_free(s->wired);
+    duet_free(s->wired_inc);
     duet_fwd_destroy(&s->fwd);
     duet_kvcache_destroy(&s->kv);
     duet_free(s->map_req);
@@ -610,9 +727,8 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
     s->max_rows = mt * s->cfg->top_k;
     s->rowb = sizeof(float) * (size_t)s->cfg->hidden;
     duet_status_t st;
-    duet_kvcache_opts_t ko = {.block_size = s->a.kv_block_size,
-                              .n_blocks = s->a.kv_blocks,
-                              .max_seqs = 256};
+    duet_kvcache_opts_t ko = {
+        .block_size = s->a.kv_block_size, .n_blocks = s->a.kv_blocks, .max_seqs = 256};
     if ((st = duet_kvcache_create(s->a.be, s->cfg, &ko, &s->kv)))
         return st;
     duet_fwd_opts_t fo = {.max_tokens = mt, .max_seqs = ms, .max_logits = ms};
@@ -647,12 +763,13 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
             return st;
         u->in = duet_calloc((size_t)ms, sizeof(duet_seq_input_t));
         u->req = duet_calloc((size_t)ms, sizeof(uint64_t));
+        u->sp = duet_calloc((size_t)ms, sizeof(duet_sampling_params_t));
         u->tok = duet_calloc((size_t)mt, sizeof(int32_t));
         u->got = duet_calloc((size_t)N, 1);
         u->got_rows = duet_calloc((size_t)N, sizeof(uint32_t));
         u->dest_n = duet_calloc((size_t)N, sizeof(int32_t));
         u->dest_rows = duet_calloc((size_t)N * (size_t)s->max_rows, sizeof(int32_t));
-        if (!u->in || !u->req || !u->tok || !u->got || !u->got_rows || !u->dest_n ||
+        if (!u->in || !u->req || !u->sp || !u->tok || !u->got || !u->got_rows || !u->dest_n ||
             !u->dest_rows)
             return DUET_ERR_NOMEM;
         void *y;
@@ -661,20 +778,19 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
         u->y = y;
     }
     s->wired = duet_calloc((size_t)N, 1);
-    if (!s->wired)
+    s->wired_inc = duet_calloc((size_t)N, sizeof(uint64_t));
+    if (!s->wired || !s->wired_inc)
         return DUET_ERR_NOMEM;
     if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, &s->a.ctx,
                                  &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
         return st;
-    for (int d = 0; d < N; d++) {
+    for (int d = 0; d < N; d++) { /* best effort: repeated until answered */
         char name[32];
         snprintf(name, sizeof(name), "expert/%d", d);
-        if ((st = duet_monitor(self, name, NULL)))
-            return duet_error_wrap(st, "monitor %s", name);
-        if ((st = duet__pipe_dp_send_wire(self, name, s->a.shard, d, s->a.dispatch,
-                                          s->a.combine)))
-            return duet_error_wrap(st, "pipe.wire to %s", name);
+        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, d, s->a.dispatch, s->a.combine);
     }
+    if ((st = duet_timer_start(self, 50, 50, 1, &s->startup_timer)))
+        return st;
     uint64_t period = s->g->round_timeout_ms / 4 ? s->g->round_timeout_ms / 4 : 1;
     return duet_timer_start(self, period, period, 0, NULL);
 }

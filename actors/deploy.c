@@ -45,8 +45,12 @@ struct duet_pipe {
     duet_registry_t *reg;
     void *zctx;
     duet_simnet_t *sim;
-    duet_node_t **nodes; /* ctl, a0.., e0.. */
+    duet_fault_plan_t *faults;
+    duet_node_t **nodes; /* NULL where the node runs in another process */
     int n_nodes;
+    char (*names)[DUET_NAME_MAX];
+    int *attn_ni, *exp_ni; /* node index of each shard */
+    int sched_ni, router_ni;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pres_t *res;
@@ -95,8 +99,7 @@ static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_m
         } else if (t->index == r->n && r->n < r->cap) {
             r->tok[r->n++] = t->token;
         } else {
-            snprintf(r->error, sizeof(r->error), "token %d out of order (have %d)", t->index,
-                     r->n);
+            snprintf(r->error, sizeof(r->error), "token %d out of order (have %d)", t->index, r->n);
         }
         r->done = t->done || r->error[0];
     }
@@ -161,8 +164,8 @@ duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer
     return DUET_OK;
 }
 
-duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, int my_rank, int peer,
-                                      duet_m2n_t *disp, duet_m2n_t *comb)
+duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, uint64_t epoch,
+                                      int my_rank, int peer, duet_m2n_t *disp, duet_m2n_t *comb)
 {
     uint8_t di[DUET_M2N_INFO_MAX], ci[DUET_M2N_INFO_MAX];
     size_t dn, cn;
@@ -170,69 +173,123 @@ duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, int my
     if ((st = duet_m2n_info(disp, (uint32_t)peer, di, sizeof(di), &dn)) ||
         (st = duet_m2n_info(comb, (uint32_t)peer, ci, sizeof(ci), &cn)))
         return st;
-    duet_pipe_wire_t w = {.rank = my_rank, .disp = {di, dn}, .comb = {ci, cn}};
+    duet_pipe_wire_t w = {.epoch = epoch,
+                          .incarnation = duet_actor_epoch(self),
+                          .rank = my_rank,
+                          .disp = {di, dn},
+                          .comb = {ci, cn}};
     return duet_send(self, to, &duet_pipe_msg_wire, &w);
+}
+
+static bool local(const duet_pipe_t *p, const char *node)
+{
+    return !p->cfg.only_node || !strcmp(p->cfg.only_node, node);
+}
+
+static void node_addr(const duet_pipe_t *p, unsigned id, int i, char *buf, size_t cap)
+{
+    const char *node = p->names[i];
+    if (p->cfg.n_nodes > 0 && p->cfg.node_addrs && p->cfg.node_addrs[i] &&
+        p->cfg.control != DUET_PIPE_CONTROL_INPROC)
+        snprintf(buf, cap, "%s", p->cfg.node_addrs[i]);
+    else if (p->cfg.control == DUET_PIPE_CONTROL_IPC)
+        snprintf(buf, cap, "ipc:///tmp/duet-pipe-%s-%s.sock", p->cfg.ipc_tag ? p->cfg.ipc_tag : "0",
+                 node);
+    else
+        snprintf(buf, cap, "inproc://duet-pipe-%d-%u-%s", (int)getpid(), id, node);
 }
 
 static duet_status_t make_nodes(duet_pipe_t *p)
 {
     const int A = p->A, S = p->S;
+    const duet_pipe_config_t *c = &p->cfg;
     duet_status_t st;
     static atomic_uint seq;
     unsigned id = atomic_fetch_add(&seq, 1);
-    p->n_nodes = 1 + A + S;
+    bool custom = c->n_nodes > 0;
+    p->n_nodes = custom ? c->n_nodes : 1 + A + S;
     p->nodes = duet_calloc((size_t)p->n_nodes, sizeof(duet_node_t *));
-    if (!p->nodes)
+    p->names = duet_calloc((size_t)p->n_nodes, DUET_NAME_MAX);
+    p->attn_ni = duet_calloc((size_t)A, sizeof(int));
+    p->exp_ni = duet_calloc((size_t)S, sizeof(int));
+    if (!p->nodes || !p->names || !p->attn_ni || !p->exp_ni)
         return DUET_ERR_NOMEM;
+    for (int i = 0; i < p->n_nodes; i++) {
+        if (custom &&
+            (!c->node_names || !c->node_names[i] || strlen(c->node_names[i]) >= DUET_NAME_MAX))
+            return duet_errorf(DUET_ERR_INVALID, "pipeline: node %d has no usable name", i);
+        if (custom)
+            snprintf(p->names[i], DUET_NAME_MAX, "%s", c->node_names[i]);
+        else if (i == 0)
+            snprintf(p->names[i], DUET_NAME_MAX, "ctl");
+        else if (i <= A)
+            snprintf(p->names[i], DUET_NAME_MAX, "a%d", i - 1);
+        else
+            snprintf(p->names[i], DUET_NAME_MAX, "e%d", i - 1 - A);
+    }
+    for (int a = 0; a < A; a++)
+        p->attn_ni[a] = custom && c->attention_node ? c->attention_node[a] : 1 + a;
+    for (int e = 0; e < S; e++)
+        p->exp_ni[e] = custom && c->expert_node ? c->expert_node[e] : 1 + A + e;
+    p->sched_ni = custom ? c->scheduler_node : 0;
+    p->router_ni = custom ? c->router_node : 0;
+    bool bad = p->sched_ni < 0 || p->sched_ni >= p->n_nodes || p->router_ni < 0 ||
+               p->router_ni >= p->n_nodes;
+    for (int a = 0; a < A; a++)
+        bad |= p->attn_ni[a] < 0 || p->attn_ni[a] >= p->n_nodes;
+    for (int e = 0; e < S; e++)
+        bad |= p->exp_ni[e] < 0 || p->exp_ni[e] >= p->n_nodes;
+    if (bad)
+        return duet_errorf(DUET_ERR_INVALID, "pipeline: an actor is placed on no node");
     if ((st = duet_registry_create(&p->reg)))
         return st;
-    bool sim = p->cfg.control == DUET_PIPE_CONTROL_SIM;
+    if (c->faults) {
+        if ((st = duet_fault_plan_create(c->sim_seed, &p->faults)) ||
+            (st = duet_fault_plan_parse(p->faults, c->faults, "faults")))
+            return duet_error_wrap(st, "fault plan");
+    }
+    bool sim = c->control == DUET_PIPE_CONTROL_SIM;
+    bool ipc = c->control == DUET_PIPE_CONTROL_IPC;
     if (sim) {
-        duet_simnet_config_t sc = {.seed = p->cfg.sim_seed,
-                                   .latency_min_ns = 0,
-                                   .latency_max_ns = p->cfg.sim_latency_max_ns};
+        duet_simnet_config_t sc = {
+            .seed = c->sim_seed, .latency_min_ns = 0, .latency_max_ns = c->sim_latency_max_ns};
         if ((st = duet_simnet_create(&sc, &p->sim)))
             return st;
-    } else {
+    } else if (!ipc) {
         p->zctx = zmq_ctx_new();
         if (!p->zctx)
             return duet_errorf(DUET_ERR_IO, "zmq_ctx_new failed");
     }
-    char names[p->n_nodes][DUET_NAME_MAX];
     char addr[256];
     for (int i = 0; i < p->n_nodes; i++) {
-        if (i == 0)
-            snprintf(names[i], DUET_NAME_MAX, "ctl");
-        else if (i <= A)
-            snprintf(names[i], DUET_NAME_MAX, "a%d", i - 1);
-        else
-            snprintf(names[i], DUET_NAME_MAX, "e%d", i - 1 - A);
-        snprintf(addr, sizeof(addr), "inproc://duet-pipe-%d-%u-%s", (int)getpid(), id, names[i]);
-        if ((st = duet_registry_add_node(p->reg, names[i], sim ? NULL : addr, NULL)))
+        node_addr(p, id, i, addr, sizeof(addr));
+        if ((st = duet_registry_add_node(p->reg, p->names[i], sim ? NULL : addr, NULL)))
             return st;
     }
-    for (int i = 0; i < A; i++) {
-        snprintf(addr, sizeof(addr), "attn/%d", i);
-        duet_registry_add_actor(p->reg, addr, names[1 + i]);
+    for (int a = 0; a < A; a++) {
+        snprintf(addr, sizeof(addr), "attn/%d", a);
+        duet_registry_add_actor(p->reg, addr, p->names[p->attn_ni[a]]);
     }
-    for (int s = 0; s < S; s++) {
-        snprintf(addr, sizeof(addr), "expert/%d", s);
-        duet_registry_add_actor(p->reg, addr, names[1 + A + s]);
+    for (int e = 0; e < S; e++) {
+        snprintf(addr, sizeof(addr), "expert/%d", e);
+        duet_registry_add_actor(p->reg, addr, p->names[p->exp_ni[e]]);
     }
-    duet_registry_add_actor(p->reg, "scheduler", "ctl");
-    duet_registry_add_actor(p->reg, "router", "ctl");
-    duet_registry_add_actor(p->reg, "client", "ctl");
+    duet_registry_add_actor(p->reg, "scheduler", p->names[p->sched_ni]);
+    duet_registry_add_actor(p->reg, "client", p->names[p->sched_ni]);
+    duet_registry_add_actor(p->reg, "router", p->names[p->router_ni]);
     for (int i = 0; i < p->n_nodes; i++) {
-        snprintf(addr, sizeof(addr), "inproc://duet-pipe-%d-%u-%s", (int)getpid(), id, names[i]);
-        duet_node_config_t nc = {.name = names[i], .registry = p->reg};
+        if (!local(p, p->names[i]))
+            continue;
+        node_addr(p, id, i, addr, sizeof(addr));
+        duet_node_config_t nc = {.name = p->names[i], .registry = p->reg, .faults = p->faults};
         if (sim)
             nc.sim = p->sim;
         else {
             nc.bind = addr;
-            nc.zmq_ctx = p->zctx;
+            nc.zmq_ctx = ipc ? NULL : p->zctx;
         }
         if ((st = duet_node_create(&nc, &p->nodes[i])))
-            return duet_error_wrap(st, "node %s", names[i]);
+            return duet_error_wrap(st, "node %s", p->names[i]);
     }
     return DUET_OK;
 }
@@ -246,6 +303,12 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
         return duet_errorf(DUET_ERR_INVALID,
                            "pipeline: need a model, >= 1 attention and expert shard, "
                            "1 <= m <= 64 and an expert placement");
+    if (cfg->only_node && cfg->control != DUET_PIPE_CONTROL_IPC)
+        return duet_errorf(DUET_ERR_INVALID, "pipeline: only_node needs the ipc control plane");
+    if (cfg->control == DUET_PIPE_CONTROL_IPC && cfg->only_node &&
+        (!cfg->provider || !strcmp(cfg->provider, "sim")))
+        return duet_errorf(DUET_ERR_INVALID,
+                           "pipeline: the sim data plane does not cross processes; use shm or tcp");
     duet_pipe_t *p = duet_calloc(1, sizeof(*p));
     if (!p)
         return DUET_ERR_NOMEM;
@@ -303,6 +366,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
         }
     duet_free(fill);
     p->rarg.n_attention = A;
+    p->rarg.n_expert_shards = S;
     p->rarg.n_experts = mc->n_experts;
 
     int budget = cfg->token_budget > 0 ? cfg->token_budget : 256;
@@ -316,17 +380,18 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     g->max_seqs_ub = cfg->max_seqs > 0 ? cfg->max_seqs : 32;
     for (int l = 0; l < mc->n_layers; l++)
         g->n_sparse += mc->sparse_layer[l] ? 1 : 0;
-    g->slot_size = sizeof(duet_pipe_hdr_t) +
-                   (size_t)g->max_tokens_ub * (size_t)mc->top_k * sizeof(float) * (size_t)mc->hidden;
+    g->slot_size = sizeof(duet_pipe_hdr_t) + (size_t)g->max_tokens_ub * (size_t)mc->top_k *
+                                                 sizeof(float) * (size_t)mc->hidden;
     g->ring = 2 * g->m;
     g->round_timeout_ms = cfg->round_timeout_ms ? cfg->round_timeout_ms : 5000;
 
+    if ((st = make_nodes(p)))
+        goto err;
     p->emodel = duet_calloc((size_t)S, sizeof(duet_model_t *));
     p->be = duet_calloc((size_t)(A + S), sizeof(duet_backend_t *));
     p->aarg = duet_calloc((size_t)A, sizeof(*p->aarg));
     p->earg = duet_calloc((size_t)S, sizeof(*p->earg));
-    if (!p->emodel || !p->be || !p->aarg ||
-        !p->earg) {
+    if (!p->emodel || !p->be || !p->aarg || !p->earg) {
         st = DUET_ERR_NOMEM;
         goto err;
     }
@@ -340,17 +405,17 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
         duet_load_opts_t eo = {.role = DUET_ROLE_EXPERT,
                                .experts = p->experts[s],
                                .n_experts = cfg->shard_n_experts[s]};
-        if ((st = duet_model_load(cfg->model_dir, &eo, &p->emodel[s])))
+        if (p->nodes[p->exp_ni[s]] && (st = duet_model_load(cfg->model_dir, &eo, &p->emodel[s])))
             goto err;
     }
     duet_backend_opts_t bo = {.n_threads = cfg->threads > 0 ? cfg->threads : 1};
-    for (int i = 0; i < A + S; i++)
-        if ((st = duet_backend_open("cpu", &bo, &p->be[i])))
+    for (int i = 0; i < A + S; i++) {
+        duet_node_t *nd = p->nodes[i < A ? p->attn_ni[i] : p->exp_ni[i - A]];
+        if (nd && (st = duet_backend_open("cpu", &bo, &p->be[i])))
             goto err;
+    }
     const char *prov = cfg->provider ? cfg->provider : "sim";
     if (!strcmp(prov, "sim") && (st = duet_rdma_sim_create(&p->rsim)))
-        goto err;
-    if ((st = make_nodes(p)))
         goto err;
 
     int kvb = cfg->kv_blocks > 0 ? cfg->kv_blocks : 512;
@@ -362,8 +427,9 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                       .max_seq_len = mc->max_pos,
                                       .counters = &p->counters};
     duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
-    if ((st = duet_spawn(p->nodes[0], "client", &client_ops, p, NULL)) ||
-        (st = duet_spawn(p->nodes[0], "scheduler", &duet__pipe_scheduler_ops, &p->sarg, NULL)))
+    duet_node_t *sn = p->nodes[p->sched_ni];
+    if (sn && ((st = duet_spawn(sn, "client", &client_ops, p, NULL)) ||
+               (st = duet_spawn(sn, "scheduler", &duet__pipe_scheduler_ops, &p->sarg, NULL))))
         goto err;
     char name[32];
     for (int s = 0; s < S; s++) {
@@ -377,7 +443,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                               .rsim = p->rsim,
                                               .counters = &p->counters};
         snprintf(name, sizeof(name), "expert/%d", s);
-        if ((st = duet_spawn(p->nodes[1 + A + s], name, &duet__pipe_expert_ops, &p->earg[s], &thr)))
+        if (p->nodes[p->exp_ni[s]] && (st = duet_spawn(p->nodes[p->exp_ni[s]], name,
+                                                       &duet__pipe_expert_ops, &p->earg[s], &thr)))
             goto err;
     }
     for (int a = 0; a < A; a++) {
@@ -391,10 +458,13 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                             .rsim = p->rsim,
                                             .counters = &p->counters};
         snprintf(name, sizeof(name), "attn/%d", a);
-        if ((st = duet_spawn(p->nodes[1 + a], name, &duet__pipe_attention_ops, &p->aarg[a], &thr)))
+        if (p->nodes[p->attn_ni[a]] &&
+            (st = duet_spawn(p->nodes[p->attn_ni[a]], name, &duet__pipe_attention_ops, &p->aarg[a],
+                             &thr)))
             goto err;
     }
-    if ((st = duet_spawn(p->nodes[0], "router", &duet__pipe_router_ops, &p->rarg, NULL)))
+    duet_node_t *rn = p->nodes[p->router_ni];
+    if (rn && (st = duet_spawn(rn, "router", &duet__pipe_router_ops, &p->rarg, NULL)))
         goto err;
     *out = p;
     return DUET_OK;
@@ -419,8 +489,12 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
     for (int i = 0; p->nodes && i < p->n_nodes; i++)
         duet_node_destroy(&p->nodes[i]);
     duet_free(p->nodes);
+    duet_free(p->names);
+    duet_free(p->attn_ni);
+    duet_free(p->exp_ni);
     duet_registry_destroy(&p->reg);
     duet_simnet_destroy(&p->sim);
+    duet_fault_plan_destroy(&p->faults);
     if (p->zctx)
         zmq_ctx_term(p->zctx);
     duet_rdma_sim_destroy(&p->rsim);
@@ -451,6 +525,14 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
 duet_status_t duet_pipe_submit(duet_pipe_t *p, uint64_t req, const int32_t *prompt, int32_t n,
                                int32_t max_new, int32_t eos)
 {
+    duet_pipe_sampling_t greedy = {0.0f, 0, 1.0f, 0};
+    return duet_pipe_submit_sampled(p, req, prompt, n, max_new, eos, &greedy);
+}
+
+duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32_t *prompt,
+                                       int32_t n, int32_t max_new, int32_t eos,
+                                       const duet_pipe_sampling_t *sp)
+{
     if (n < 0 || max_new < 0)
         return duet_errorf(DUET_ERR_INVALID, "request %llu: negative size",
                            (unsigned long long)req);
@@ -477,8 +559,15 @@ duet_status_t duet_pipe_submit(duet_pipe_t *p, uint64_t req, const int32_t *prom
                             .prompt = {(void *)prompt, (size_t)n},
                             .max_new = max_new,
                             .eos = eos,
-                            .reply_to = "client"};
-    return duet_node_send(p->nodes[0], "client", "scheduler", &duet_pipe_msg_submit, &m);
+                            .reply_to = "client",
+                            .temperature = sp->temperature,
+                            .top_k = sp->top_k,
+                            .top_p = sp->top_p,
+                            .seed = sp->seed};
+    duet_node_t *sn = p->nodes[p->sched_ni];
+    if (!sn)
+        return duet_errorf(DUET_ERR_INVALID, "the scheduler does not run in this process");
+    return duet_node_send(sn, "client", "scheduler", &duet_pipe_msg_submit, &m);
 }
 
 static bool reached(duet_pipe_t *p, uint64_t req, int32_t n_tokens)
@@ -548,7 +637,23 @@ duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard)
         return duet_errorf(DUET_ERR_RANGE, "no expert shard %d", shard);
     char name[32];
     snprintf(name, sizeof(name), "expert/%d", shard);
-    return duet_kill(p->nodes[1 + p->A + shard], name, "killed");
+    duet_node_t *nd = p->nodes[p->exp_ni[shard]];
+    if (!nd)
+        return duet_errorf(DUET_ERR_INVALID, "expert/%d does not run in this process", shard);
+    return duet_kill(nd, name, "killed");
+}
+
+duet_status_t duet_pipe_restart_expert(duet_pipe_t *p, int shard)
+{
+    if (shard < 0 || shard >= p->S)
+        return duet_errorf(DUET_ERR_RANGE, "no expert shard %d", shard);
+    duet_node_t *nd = p->nodes[p->exp_ni[shard]];
+    if (!nd)
+        return duet_errorf(DUET_ERR_INVALID, "expert/%d does not run in this process", shard);
+    char name[32];
+    snprintf(name, sizeof(name), "expert/%d", shard);
+    duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
+    return duet_spawn(nd, name, &duet__pipe_expert_ops, &p->earg[shard], &thr);
 }
 
 duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms)
@@ -557,7 +662,10 @@ duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms)
         return duet_errorf(DUET_ERR_RANGE, "no expert shard %d", shard);
     char name[32];
     snprintf(name, sizeof(name), "expert/%d", shard);
-    return duet_stall(p->nodes[1 + p->A + shard], name, (uint64_t)ms * 1000000ull);
+    duet_node_t *nd = p->nodes[p->exp_ni[shard]];
+    if (!nd)
+        return duet_errorf(DUET_ERR_INVALID, "expert/%d does not run in this process", shard);
+    return duet_stall(nd, name, (uint64_t)ms * 1000000ull);
 }
 
 bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64_t *now_ns)
@@ -575,4 +683,5 @@ void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)
     out->dropped_stray = atomic_load(&p->counters.dropped_stray);
     out->dropped_dup = atomic_load(&p->counters.dropped_dup);
     out->steps = atomic_load(&p->counters.steps);
+    out->kv_waits = atomic_load(&p->counters.kv_waits);
 }

@@ -1,9 +1,12 @@
 /* expert shard actor ("expert/<s>") — the experts placed on it, every layer.
  *
- * Takes: pipe.dispatch (one per attention shard and round, after that
- * shard's M2N write of the round's rows).
- * Sends: pipe.result to every attention shard, after the N2M write of its
- * rows back.
+ * Takes: pipe.wire (attention shards' data-plane info; answered with ours),
+ * pipe.dispatch (one per attention shard and round, after that shard's M2N
+ * write of the round's rows), pipe.reset (router: a new data-plane epoch;
+ * also the answer to pipe.up).
+ * Sends: pipe.up (router, every 50 ms until answered), pipe.wire,
+ * pipe.result to every attention shard, after the N2M write of its rows
+ * back.
  *
  * Rounds are computed strictly in order, each once pipe.dispatch for it
  * has come from EVERY attention shard (an empty dispatch still counts): the
@@ -25,10 +28,10 @@ typedef struct pend {
     int layer;
     int n_got;
     char error[256];
-    uint8_t *got;   /* [M] */
-    int32_t *ng;    /* [M] */
-    int32_t *exp;   /* [M * E] */
-    int32_t *cnt;   /* [M * E] */
+    uint8_t *got; /* [M] */
+    int32_t *ng;  /* [M] */
+    int32_t *exp; /* [M * E] */
+    int32_t *cnt; /* [M * E] */
 } pend_t;
 
 typedef struct expert {
@@ -46,9 +49,12 @@ typedef struct expert {
     int max_rows; /* rows from one attention shard in one round */
     float *x, *y;
     int32_t *tot, *xoff, *cur; /* [n held] */
-    int32_t *srcpos;            /* [M * max_rows] */
-    int32_t *nsrc;              /* [M] */
-    uint8_t *wired;             /* [M] */
+    int32_t *srcpos;           /* [M * max_rows] */
+    int32_t *nsrc;             /* [M] */
+    uint8_t *wired;            /* [M] */
+    uint64_t epoch;            /* data-plane epoch */
+    bool up_acked;
+    uint64_t up_timer;
 } expert_t;
 
 static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t round, int layer,
@@ -78,6 +84,7 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
                 st = ws;
         }
         duet_pipe_result_t r = {
+            .epoch = s->epoch,
             .round = round,
             .layer = layer,
             .expert_shard = s->a.shard,
@@ -88,8 +95,7 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
         snprintf(to, sizeof(to), "attn/%d", a);
         duet_status_t ms = duet_send(self, to, &duet_pipe_msg_result, &r);
         if (ms)
-            DUET_LOG_W(MOD, "%s: pipe.result to %s: %s", duet_actor_name(self), to,
-                       duet_error());
+            DUET_LOG_W(MOD, "%s: pipe.result to %s: %s", duet_actor_name(self), to, duet_error());
     }
     return st;
 }
@@ -160,8 +166,8 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
         snprintf(err, sizeof(err), "release round %llu: %s", (unsigned long long)r, duet_error());
         goto fail_broken;
     }
-    if (total > 0 && (st = duet_experts_forward(s->ex, p->layer, H, s->a.experts, s->tot, s->x,
-                                                s->y))) {
+    if (total > 0 &&
+        (st = duet_experts_forward(s->ex, p->layer, H, s->a.experts, s->tot, s->x, s->y))) {
         snprintf(err, sizeof(err), "%s: layer %d: %s", duet_actor_name(self), p->layer,
                  duet_error());
         goto fail_broken;
@@ -187,9 +193,28 @@ fail:
     return DUET_OK;
 }
 
+/* A new data-plane epoch: fresh groups, rounds from 0, nothing pending. */
+static duet_status_t reset_epoch(duet_actor_t *self, expert_t *s, uint64_t epoch)
+{
+    DUET_LOG_I(MOD, "%s: data-plane epoch %llu", duet_actor_name(self), (unsigned long long)epoch);
+    duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    duet_status_t st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard,
+                                          &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    if (st)
+        return st;
+    for (int i = 0; i < s->P; i++)
+        s->pend[i].used = false;
+    memset(s->wired, 0, (size_t)s->M);
+    s->next = 0;
+    s->broken = false;
+    s->why[0] = 0;
+    s->epoch = epoch;
+    return DUET_OK;
+}
+
 static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pipe_dispatch_t *d)
 {
-    if (d->shard < 0 || d->shard >= s->M || d->round < s->next ||
+    if (d->epoch != s->epoch || d->shard < 0 || d->shard >= s->M || d->round < s->next ||
         d->round >= s->next + (uint64_t)s->P) {
         atomic_fetch_add(&s->a.counters->dropped_stray, 1);
         DUET_LOG_D(MOD, "%s: stray pipe.dispatch round %llu from attn/%d (next %llu)",
@@ -221,17 +246,16 @@ static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pip
     int32_t rows = 0;
     for (size_t g = 0; g < ng && !p->error[0]; g++) {
         if (ex[g] < 0 || ex[g] >= s->E || s->hidx[ex[g]] < 0 || cn[g] < 0)
-            snprintf(p->error, sizeof(p->error),
-                     "%s does not hold expert %d (attn/%d, round %llu)", duet_actor_name(self),
-                     ex[g], d->shard, (unsigned long long)d->round);
+            snprintf(p->error, sizeof(p->error), "%s does not hold expert %d (attn/%d, round %llu)",
+                     duet_actor_name(self), ex[g], d->shard, (unsigned long long)d->round);
         else
             rows += cn[g];
         p->exp[d->shard * s->E + (int)g] = ex[g];
         p->cnt[d->shard * s->E + (int)g] = cn[g];
     }
     if (rows > s->max_rows && !p->error[0])
-        snprintf(p->error, sizeof(p->error), "attn/%d round %llu: %d rows, at most %d",
-                 d->shard, (unsigned long long)d->round, rows, s->max_rows);
+        snprintf(p->error, sizeof(p->error), "attn/%d round %llu: %d rows, at most %d", d->shard,
+                 (unsigned long long)d->round, rows, s->max_rows);
     p->ng[d->shard] = p->error[0] ? 0 : (int32_t)ng;
     p->got[d->shard] = 1;
     p->n_got++;
@@ -257,20 +281,45 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
     const duet_pipe_dispatch_t *d = duet_pipe_msg_dispatch_body(msg);
     if (d)
         return on_dispatch(self, s, d);
+    const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
+    if (rs) {
+        s->up_acked = true;
+        if (rs->epoch > s->epoch)
+            return reset_epoch(self, s, rs->epoch);
+        return DUET_OK;
+    }
+    const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
+    if (tm) {
+        if (s->up_acked) {
+            duet_timer_cancel(self, s->up_timer);
+            return DUET_OK;
+        }
+        duet_pipe_up_t up = {
+            .shard = s->a.shard, .epoch = s->epoch, .incarnation = duet_actor_epoch(self)};
+        duet_send(self, "router", &duet_pipe_msg_up, &up); /* repeated until answered */
+        return DUET_OK;
+    }
     const duet_pipe_wire_t *w = duet_pipe_msg_wire_body(msg);
     if (w) {
         /* an attention shard's info: connect, answer with ours */
-        if (w->rank < 0 || w->rank >= s->M || s->wired[w->rank]) {
+        if (w->rank < 0 || w->rank >= s->M || w->epoch < s->epoch) {
             atomic_fetch_add(&s->a.counters->dropped_stray, 1);
             return DUET_OK;
         }
-        duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
-        if (st)
-            return duet_error_wrap(st, "%s: wiring attn/%d", duet_actor_name(self), w->rank);
-        s->wired[w->rank] = 1;
+        if (w->epoch > s->epoch) { /* it heard of the new epoch first */
+            duet_status_t st = reset_epoch(self, s, w->epoch);
+            if (st)
+                return st;
+        }
+        if (!s->wired[w->rank]) { /* a repeat only wants our answer again */
+            duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
+            if (st)
+                return duet_error_wrap(st, "%s: wiring attn/%d", duet_actor_name(self), w->rank);
+            s->wired[w->rank] = 1;
+        }
         char to[32];
         snprintf(to, sizeof(to), "attn/%d", w->rank);
-        return duet__pipe_dp_send_wire(self, to, s->a.shard, w->rank, s->a.dispatch,
+        return duet__pipe_dp_send_wire(self, to, s->epoch, s->a.shard, w->rank, s->a.dispatch,
                                        s->a.combine);
     }
     return DUET_OK;
@@ -340,15 +389,16 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->nsrc = duet_calloc((size_t)s->M, sizeof(int32_t));
     s->pend = duet_calloc((size_t)s->P, sizeof(pend_t));
     s->wired = duet_calloc((size_t)s->M, 1);
-    if (!s->wired || !s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend)
+    if (!s->wired || !s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc ||
+        !s->pend)
         return DUET_ERR_NOMEM;
     for (int e = 0; e < s->E; e++)
         s->hidx[e] = -1;
     for (int h = 0; h < H; h++) {
         int e = s->a.experts[h];
         if (e < 0 || e >= s->E || s->hidx[e] >= 0)
-            return duet_errorf(DUET_ERR_INVALID, "expert shard %d: bad expert id %d",
-                               s->a.shard, e);
+            return duet_errorf(DUET_ERR_INVALID, "expert shard %d: bad expert id %d", s->a.shard,
+                               e);
         s->hidx[e] = h;
     }
     if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, &s->a.ctx,
@@ -363,7 +413,11 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
         if (!p->got || !p->ng || !p->exp || !p->cnt)
             return DUET_ERR_NOMEM;
     }
-    return DUET_OK;
+    duet_pipe_up_t up = {.shard = s->a.shard, .epoch = 0, .incarnation = duet_actor_epoch(self)};
+    DUET_LOG_D(MOD, "%s: started, incarnation %llu", duet_actor_name(self),
+               (unsigned long long)up.incarnation);
+    duet_send(self, "router", &duet_pipe_msg_up, &up); /* best effort; repeated below */
+    return duet_timer_start(self, 50, 50, 1, &s->up_timer);
 }
 
 const duet_actor_ops_t duet__pipe_expert_ops = {

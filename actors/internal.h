@@ -7,8 +7,8 @@
 
 /* The direct inbound address of the loop that runs `path` ("" = none: reach
  * it through its node's ROUTER), stored with its node and incarnation. */
-duet_status_t duet__registry_update_direct(duet_registry_t *reg, const char *path,
-                                           const char *node, uint64_t epoch, const char *direct);
+duet_status_t duet__registry_update_direct(duet_registry_t *reg, const char *path, const char *node,
+                                           uint64_t epoch, const char *direct);
 bool duet__registry_find_direct(duet_registry_t *reg, const char *path,
                                 char node_out[DUET_NAME_MAX], uint64_t *epoch_out,
                                 char direct_out[256]);

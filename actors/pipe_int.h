@@ -25,6 +25,7 @@ typedef struct duet_pipe_counters {
     atomic_uint_fast64_t dropped_stray;
     atomic_uint_fast64_t dropped_dup;
     atomic_uint_fast64_t steps;
+    atomic_uint_fast64_t kv_waits;
 } duet_pipe_counters_t;
 
 typedef struct duet_pipe_geom {
@@ -72,6 +73,7 @@ typedef struct duet_pipe_expert_arg {
 
 typedef struct duet_pipe_router_arg {
     int n_attention;
+    int n_expert_shards;
     int n_experts;
     uint32_t *offsets; /* n_experts + 1 */
     int32_t *shards;
@@ -98,8 +100,8 @@ void duet__pipe_dp_close(duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **
 duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer,
                                     const duet_pipe_wire_t *w);
 /* Send peer `peer` (actor `to`) this shard's info for it. */
-duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, int my_rank, int peer,
-                                      duet_m2n_t *disp, duet_m2n_t *comb);
+duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, uint64_t epoch,
+                                      int my_rank, int peer, duet_m2n_t *disp, duet_m2n_t *comb);
 
 extern const duet_actor_ops_t duet__pipe_attention_ops;
 extern const duet_actor_ops_t duet__pipe_expert_ops;

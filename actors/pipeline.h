@@ -1,36 +1,51 @@
 /* pipeline — the disaggregated serving pipeline: scheduler, router,
  * attention shards and expert shards as actors, their message schemas, and
- * a one-process bring-up of a whole deployment (tests, `duet generate
- * --topology`).
+ * the bring-up of a deployment: all nodes in one process (tests, `duet
+ * generate --topology`, `duet run --single-process`) or one node per
+ * process (only_node: `duet run`, `duet node`).
  *
- * Protocol (control plane = actor messages; bulk rows = rdma M2N/N2M):
- *
+ * Protocol (control plane = actor messages; bulk rows = rdma M2N/N2M).
+ * Start-up, repeated every 50 ms until answered (processes may start in any
+ * order; repeats are idempotent):
+ *   attn/a ──pipe.wire{M2N/N2M info}──▶ expert/s ──pipe.wire──▶ attn/a
+ *   attn/a ──pipe.hello──▶ router ──pipe.table{version, expert → shards}──▶ attn/a
+ *   expert/s ──pipe.up{incarnation}──▶ router ──pipe.reset{epoch}──▶ expert/s
+ *   attn/a ──pipe.ready{epoch}──▶ scheduler ──pipe.ready (ack)──▶ attn/a
+ *     (ready = table + every expert shard wired; attn/a then monitors them)
+ * Serving:
  *   client ──pipe.submit──▶ scheduler
- *   scheduler ──pipe.step{iter, per-sequence ub/tokens}──▶ attn/a   (every shard
- *              runs every iteration, an idle one with an empty batch)
- *   attn/a ──pipe.wire{M2N/N2M info}──▶ expert/s ──pipe.wire──▶ attn/a (data plane up)
- *   router ──pipe.table{version, expert → shards}──▶ attn/a ──pipe.ready──▶ scheduler
- *              (ready = table + every expert shard wired)
+ *   scheduler ──pipe.step{epoch, iter, per-sequence ub/tokens}──▶ attn/a
+ *     (every shard runs every iteration, an idle one with an empty batch)
  *   attn/a, per micro-batch i and sparse layer j, round r = (iter·S + j)·m + i:
  *       M2N write (slot r, header {magic, round, rows}) to every expert shard,
- *       then pipe.dispatch{round, layer, experts[], counts[]} to each.
+ *       then pipe.dispatch{epoch, round, layer, experts[], counts[]} to each.
  *   expert/s, once pipe.dispatch for round r came from EVERY attention shard
  *       (rounds strictly in order): data from the ring, grouped FFN, N2M write
- *       of each shard's rows back, then pipe.result{round, rows} to each.
- *   attn/a, once pipe.result for r came from every expert shard: combine, the
- *       micro-batch's next layer; after the last: logits, sampling.
- *   attn/a ──pipe.step_done{iter, req[], token[], error}──▶ scheduler
+ *       of each shard's rows back, then pipe.result{epoch, round, rows} to each.
+ *   attn/a, once pipe.result for its oldest awaited round came from every
+ *       expert shard: combine, the micro-batch's next layer; after the last:
+ *       logits, sampling.
+ *   attn/a ──pipe.step_done{epoch, iter, req[], token[], error}──▶ scheduler
  *   scheduler ──pipe.token{req, index, token, done, error}──▶ client
  *   scheduler ──pipe.free{req[]}──▶ attn/a (KV freed)
  *   attn/a ──pipe.load{per-expert rows}──▶ router
  *
- * Late, duplicate or stray pipe.dispatch / pipe.result messages (a round not
- * awaited, a sender already counted) are counted and dropped; data whose
- * header does not match its control message fails the step with PROTOCOL.
- * A dead expert shard (monitor DOWN) or a step that makes no progress for
- * round_timeout_ms fails the in-flight step with a clear error; the shard then
- * refuses further steps and the scheduler ends every affected request with
- * that error. */
+ * Late, duplicate or stray pipe.dispatch / pipe.result messages (another
+ * epoch, a round not awaited, a sender already counted) are counted and
+ * dropped; data whose header does not match its control message fails the
+ * step with PROTOCOL. A dead expert shard (monitor DOWN, failed write) or a
+ * step that makes no progress for round_timeout_ms fails the in-flight step
+ * with a clear error; the shard then refuses further steps and the scheduler
+ * ends every affected request with that error (requests submitted while no
+ * shard can serve fail at once).
+ *
+ * Recovery: attn/a ──pipe.down{s, incarnation it was wired with}──▶ router
+ * when its monitor fires. When expert shard s is up (pipe.up) in an
+ * incarnation other than the one the deployment was wired with or saw die,
+ * the router starts a new data-plane epoch: pipe.reset{epoch} to every
+ * shard. Shards rebuild their groups (rounds from 0), attention shards
+ * rewire and send pipe.ready{epoch}; the scheduler restarts their iteration
+ * count and serves again. */
 #ifndef DUET_ACTORS_PIPELINE_H
 #define DUET_ACTORS_PIPELINE_H
 
@@ -50,6 +65,11 @@ typedef struct duet_pipe_submit {
     int32_t max_new;
     int32_t eos; /* -1: none */
     char *reply_to;
+    /* sampling (model/sampling.h): temperature 0 = greedy */
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    uint64_t seed;
 } duet_pipe_submit_t;
 
 static const duet_field_t duet_pipe_submit_fields[] = {
@@ -58,6 +78,10 @@ static const duet_field_t duet_pipe_submit_fields[] = {
     DUET_FIELD(duet_pipe_submit_t, max_new, DUET_F_I32),
     DUET_FIELD(duet_pipe_submit_t, eos, DUET_F_I32),
     DUET_FIELD_MAX(duet_pipe_submit_t, reply_to, DUET_F_STR, 127),
+    DUET_FIELD(duet_pipe_submit_t, temperature, DUET_F_F32),
+    DUET_FIELD(duet_pipe_submit_t, top_k, DUET_F_I32),
+    DUET_FIELD(duet_pipe_submit_t, top_p, DUET_F_F32),
+    DUET_FIELD(duet_pipe_submit_t, seed, DUET_F_U64),
 };
 
 typedef struct duet_pipe_token {
@@ -78,15 +102,18 @@ static const duet_field_t duet_pipe_token_fields[] = {
 
 typedef struct duet_pipe_ready {
     int32_t shard;
+    uint64_t epoch; /* data-plane epoch the shard is wired in */
 } duet_pipe_ready_t;
 
 static const duet_field_t duet_pipe_ready_fields[] = {
     DUET_FIELD(duet_pipe_ready_t, shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_ready_t, epoch, DUET_F_U64),
 };
 
 /* Tokens sampled in one iteration, one per sequence that asked for logits. */
 typedef struct duet_pipe_step_done {
     int32_t shard;
+    uint64_t epoch; /* of the pipe.step it answers */
     uint64_t iter;
     duet_array_t req;   /* uint64 */
     duet_array_t token; /* int32 */
@@ -95,6 +122,7 @@ typedef struct duet_pipe_step_done {
 
 static const duet_field_t duet_pipe_step_done_fields[] = {
     DUET_FIELD(duet_pipe_step_done_t, shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_step_done_t, epoch, DUET_F_U64),
     DUET_FIELD(duet_pipe_step_done_t, iter, DUET_F_U64),
     DUET_FIELD_MAX(duet_pipe_step_done_t, req, DUET_F_ARR_U64, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_done_t, token, DUET_F_ARR_I32, 1 << 16),
@@ -109,21 +137,32 @@ enum {
 /* One iteration of one attention shard: sequence k is request req[k] in
  * micro-batch ub[k] with ntok[k] tokens (concatenated in `tokens`). */
 typedef struct duet_pipe_step {
+    uint64_t epoch; /* a step of an older epoch is answered "stale", not run */
     uint64_t iter;
     duet_array_t req;    /* uint64 */
     duet_array_t ub;     /* int32 */
     duet_array_t ntok;   /* int32 */
     duet_array_t flags;  /* uint32 DUET_PIPE_SEQ_* */
     duet_array_t tokens; /* int32 */
+    /* per sequence: sampling parameters */
+    duet_array_t temperature; /* float */
+    duet_array_t top_k;       /* int32 */
+    duet_array_t top_p;       /* float */
+    duet_array_t seed;        /* uint64 */
 } duet_pipe_step_t;
 
 static const duet_field_t duet_pipe_step_fields[] = {
+    DUET_FIELD(duet_pipe_step_t, epoch, DUET_F_U64),
     DUET_FIELD(duet_pipe_step_t, iter, DUET_F_U64),
     DUET_FIELD_MAX(duet_pipe_step_t, req, DUET_F_ARR_U64, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_t, ub, DUET_F_ARR_I32, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_t, ntok, DUET_F_ARR_I32, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_t, flags, DUET_F_ARR_U32, 1 << 16),
     DUET_FIELD_MAX(duet_pipe_step_t, tokens, DUET_F_ARR_I32, 1 << 20),
+    DUET_FIELD_MAX(duet_pipe_step_t, temperature, DUET_F_ARR_F32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, top_k, DUET_F_ARR_I32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, top_p, DUET_F_ARR_F32, 1 << 16),
+    DUET_FIELD_MAX(duet_pipe_step_t, seed, DUET_F_ARR_U64, 1 << 16),
 };
 
 typedef struct duet_pipe_free {
@@ -137,6 +176,7 @@ static const duet_field_t duet_pipe_free_fields[] = {
 /* Expert shard s's rows for attention shard `shard`'s round are in the N2M
  * ring (error != "": the round failed there). */
 typedef struct duet_pipe_result {
+    uint64_t epoch;
     uint64_t round;
     int32_t layer;
     int32_t expert_shard;
@@ -145,6 +185,7 @@ typedef struct duet_pipe_result {
 } duet_pipe_result_t;
 
 static const duet_field_t duet_pipe_result_fields[] = {
+    DUET_FIELD(duet_pipe_result_t, epoch, DUET_F_U64),
     DUET_FIELD(duet_pipe_result_t, round, DUET_F_U64),
     DUET_FIELD(duet_pipe_result_t, layer, DUET_F_I32),
     DUET_FIELD(duet_pipe_result_t, expert_shard, DUET_F_I32),
@@ -155,6 +196,7 @@ static const duet_field_t duet_pipe_result_fields[] = {
 /* Attention shard `shard` wrote round `round` (layer `layer`) into the M2N
  * ring: counts[g] rows of expert experts[g], grouped in that order. */
 typedef struct duet_pipe_dispatch {
+    uint64_t epoch;
     uint64_t round;
     int32_t layer;
     int32_t shard;
@@ -163,6 +205,7 @@ typedef struct duet_pipe_dispatch {
 } duet_pipe_dispatch_t;
 
 static const duet_field_t duet_pipe_dispatch_fields[] = {
+    DUET_FIELD(duet_pipe_dispatch_t, epoch, DUET_F_U64),
     DUET_FIELD(duet_pipe_dispatch_t, round, DUET_F_U64),
     DUET_FIELD(duet_pipe_dispatch_t, layer, DUET_F_I32),
     DUET_FIELD(duet_pipe_dispatch_t, shard, DUET_F_I32),
@@ -183,6 +226,15 @@ static const duet_field_t duet_pipe_table_fields[] = {
     DUET_FIELD_MAX(duet_pipe_table_t, shards, DUET_F_ARR_I32, 1 << 16),
 };
 
+/* An attention shard asks the router for the table (repeated until it has one). */
+typedef struct duet_pipe_hello {
+    int32_t shard;
+} duet_pipe_hello_t;
+
+static const duet_field_t duet_pipe_hello_fields[] = {
+    DUET_FIELD(duet_pipe_hello_t, shard, DUET_F_I32),
+};
+
 typedef struct duet_pipe_load {
     int32_t shard;
     duet_array_t rows; /* uint64 per expert, since the last report */
@@ -198,39 +250,101 @@ static const duet_field_t duet_pipe_load_fields[] = {
  * expert/s connects both and answers with its own info for a. A shard is
  * ready once every pair is connected both ways. */
 typedef struct duet_pipe_wire {
-    int32_t rank;      /* attention shard (to an expert) or expert shard (to attention) */
-    duet_bytes_t disp; /* duet_m2n_info of the dispatch group for the receiver */
-    duet_bytes_t comb; /* the same for the combine group */
+    uint64_t epoch;
+    uint64_t incarnation; /* the sender's runtime epoch */
+    int32_t rank;         /* attention shard (to an expert) or expert shard (to attention) */
+    duet_bytes_t disp;    /* duet_m2n_info of the dispatch group for the receiver */
+    duet_bytes_t comb;    /* the same for the combine group */
 } duet_pipe_wire_t;
 
 static const duet_field_t duet_pipe_wire_fields[] = {
+    DUET_FIELD(duet_pipe_wire_t, epoch, DUET_F_U64),
+    DUET_FIELD(duet_pipe_wire_t, incarnation, DUET_F_U64),
     DUET_FIELD(duet_pipe_wire_t, rank, DUET_F_I32),
     DUET_FIELD_MAX(duet_pipe_wire_t, disp, DUET_F_BIN, 1024),
     DUET_FIELD_MAX(duet_pipe_wire_t, comb, DUET_F_BIN, 1024),
+};
+
+/* Expert shard `shard` is up (repeated until the router answers with
+ * pipe.reset); the router watches it from then on. */
+typedef struct duet_pipe_up {
+    int32_t shard;
+    uint64_t epoch;
+    uint64_t incarnation; /* the actor's runtime epoch: a new one = a restart */
+} duet_pipe_up_t;
+
+static const duet_field_t duet_pipe_up_fields[] = {
+    DUET_FIELD(duet_pipe_up_t, shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_up_t, epoch, DUET_F_U64),
+    DUET_FIELD(duet_pipe_up_t, incarnation, DUET_F_U64),
+};
+
+/* Attention shard -> router: expert shard `shard`, incarnation
+ * `incarnation` (the one it was wired with), is down. */
+typedef struct duet_pipe_down {
+    int32_t shard;
+    uint64_t incarnation;
+} duet_pipe_down_t;
+
+static const duet_field_t duet_pipe_down_fields[] = {
+    DUET_FIELD(duet_pipe_down_t, shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_down_t, incarnation, DUET_F_U64),
+};
+
+/* Router -> shards: data-plane epoch `epoch` begins. A shard behind it
+ * fails its step in flight, rebuilds its M2N/N2M groups (rounds restart at
+ * 0) and, for attention shards, rewires and reports pipe.ready again. Sent
+ * to every shard when an expert shard that died comes back up; to a single
+ * expert shard as the answer to its pipe.up. */
+typedef struct duet_pipe_reset {
+    uint64_t epoch;
+} duet_pipe_reset_t;
+
+static const duet_field_t duet_pipe_reset_fields[] = {
+    DUET_FIELD(duet_pipe_reset_t, epoch, DUET_F_U64),
 };
 
 /* Message descriptors: one per type for the whole program (the codec's
  * registry knows a type by its descriptor's address, so a header-static
  * DUET_MSG_DEFINE would give every file its own unregistered copy). The
  * descriptors live in deploy.c; X(var, id, name, T, fields). */
-#define DUET_PIPE_MESSAGES(X) \
-    X(duet_pipe_msg_submit, DUET_MSG_RANGE_SCHEDULER + 0x20, "pipe.submit", duet_pipe_submit_t, duet_pipe_submit_fields) \
-    X(duet_pipe_msg_token, DUET_MSG_RANGE_SCHEDULER + 0x21, "pipe.token", duet_pipe_token_t, duet_pipe_token_fields) \
-    X(duet_pipe_msg_ready, DUET_MSG_RANGE_SCHEDULER + 0x22, "pipe.ready", duet_pipe_ready_t, duet_pipe_ready_fields) \
-    X(duet_pipe_msg_step_done, DUET_MSG_RANGE_SCHEDULER + 0x23, "pipe.step_done", duet_pipe_step_done_t, duet_pipe_step_done_fields) \
-    X(duet_pipe_msg_step, DUET_MSG_RANGE_ATTENTION + 0x20, "pipe.step", duet_pipe_step_t, duet_pipe_step_fields) \
-    X(duet_pipe_msg_free, DUET_MSG_RANGE_ATTENTION + 0x21, "pipe.free", duet_pipe_free_t, duet_pipe_free_fields) \
-    X(duet_pipe_msg_result, DUET_MSG_RANGE_ATTENTION + 0x22, "pipe.result", duet_pipe_result_t, duet_pipe_result_fields) \
-    X(duet_pipe_msg_dispatch, DUET_MSG_RANGE_EXPERT + 0x20, "pipe.dispatch", duet_pipe_dispatch_t, duet_pipe_dispatch_fields) \
-    X(duet_pipe_msg_table, DUET_MSG_RANGE_ROUTER + 0x20, "pipe.table", duet_pipe_table_t, duet_pipe_table_fields) \
-    X(duet_pipe_msg_load, DUET_MSG_RANGE_ROUTER + 0x21, "pipe.load", duet_pipe_load_t, duet_pipe_load_fields) \
-    X(duet_pipe_msg_wire, DUET_MSG_RANGE_EXPERT + 0x21, "pipe.wire", duet_pipe_wire_t, duet_pipe_wire_fields)
+#define DUET_PIPE_MESSAGES(X)                                                                      \
+    X(duet_pipe_msg_submit, DUET_MSG_RANGE_SCHEDULER + 0x20, "pipe.submit", duet_pipe_submit_t,    \
+      duet_pipe_submit_fields)                                                                     \
+    X(duet_pipe_msg_token, DUET_MSG_RANGE_SCHEDULER + 0x21, "pipe.token", duet_pipe_token_t,       \
+      duet_pipe_token_fields)                                                                      \
+    X(duet_pipe_msg_ready, DUET_MSG_RANGE_SCHEDULER + 0x22, "pipe.ready", duet_pipe_ready_t,       \
+      duet_pipe_ready_fields)                                                                      \
+    X(duet_pipe_msg_step_done, DUET_MSG_RANGE_SCHEDULER + 0x23, "pipe.step_done",                  \
+      duet_pipe_step_done_t, duet_pipe_step_done_fields)                                           \
+    X(duet_pipe_msg_step, DUET_MSG_RANGE_ATTENTION + 0x20, "pipe.step", duet_pipe_step_t,          \
+      duet_pipe_step_fields)                                                                       \
+    X(duet_pipe_msg_free, DUET_MSG_RANGE_ATTENTION + 0x21, "pipe.free", duet_pipe_free_t,          \
+      duet_pipe_free_fields)                                                                       \
+    X(duet_pipe_msg_result, DUET_MSG_RANGE_ATTENTION + 0x22, "pipe.result", duet_pipe_result_t,    \
+      duet_pipe_result_fields)                                                                     \
+    X(duet_pipe_msg_dispatch, DUET_MSG_RANGE_EXPERT + 0x20, "pipe.dispatch", duet_pipe_dispatch_t, \
+      duet_pipe_dispatch_fields)                                                                   \
+    X(duet_pipe_msg_table, DUET_MSG_RANGE_ROUTER + 0x20, "pipe.table", duet_pipe_table_t,          \
+      duet_pipe_table_fields)                                                                      \
+    X(duet_pipe_msg_load, DUET_MSG_RANGE_ROUTER + 0x21, "pipe.load", duet_pipe_load_t,             \
+      duet_pipe_load_fields)                                                                       \
+    X(duet_pipe_msg_wire, DUET_MSG_RANGE_EXPERT + 0x21, "pipe.wire", duet_pipe_wire_t,             \
+      duet_pipe_wire_fields)                                                                       \
+    X(duet_pipe_msg_hello, DUET_MSG_RANGE_ROUTER + 0x22, "pipe.hello", duet_pipe_hello_t,          \
+      duet_pipe_hello_fields)                                                                      \
+    X(duet_pipe_msg_up, DUET_MSG_RANGE_ROUTER + 0x23, "pipe.up", duet_pipe_up_t,                   \
+      duet_pipe_up_fields)                                                                         \
+    X(duet_pipe_msg_reset, DUET_MSG_RANGE_ROUTER + 0x24, "pipe.reset", duet_pipe_reset_t,          \
+      duet_pipe_reset_fields)                                                                      \
+    X(duet_pipe_msg_down, DUET_MSG_RANGE_ROUTER + 0x25, "pipe.down", duet_pipe_down_t,             \
+      duet_pipe_down_fields)
 
-#define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields)                        \
-    DUET_API extern const duet_msg_type_t var;                                       \
-    __attribute__((unused)) static inline const T *var##_body(const duet_msg_t *m)  \
-    {                                                                               \
-        return (const T *)duet_msg_body(m, &var);                                    \
+#define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields)                                  \
+    DUET_API extern const duet_msg_type_t var;                                                     \
+    __attribute__((unused)) static inline const T *var##_body(const duet_msg_t *m)                 \
+    {                                                                                              \
+        return (const T *)duet_msg_body(m, &var);                                                  \
     }
 DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DECLARE)
 
@@ -242,6 +356,8 @@ DUET_API void duet_pipe_register_types(void);
 typedef enum duet_pipe_control {
     DUET_PIPE_CONTROL_INPROC = 0, /* one node per actor, ZeroMQ inproc, real threads */
     DUET_PIPE_CONTROL_SIM = 1,    /* one node per actor on a simnet (virtual time, one thread) */
+    DUET_PIPE_CONTROL_IPC = 2,    /* ZeroMQ ipc (ipc:///tmp/duet-pipe-<ipc_tag>-<node>.sock):
+                                     nodes may live in different processes (only_node) */
 } duet_pipe_control_t;
 
 typedef struct duet_pipe_config {
@@ -257,10 +373,32 @@ typedef struct duet_pipe_config {
     int kv_block_size;               /* 0: 16 */
     const char *provider;            /* data plane: "sim" (default), "shm", "tcp" */
     duet_pipe_control_t control;
-    uint64_t sim_seed;                /* simulation: seed of the simnet */
-    uint64_t sim_latency_max_ns;      /* simulation: link latency in [0, this] */
-    uint32_t round_timeout_ms;        /* a step without progress fails after this (0: 5000) */
-    int threads;                      /* compute threads per shard (0: 1) */
+    uint64_t sim_seed;           /* simulation: seed of the simnet */
+    uint64_t sim_latency_max_ns; /* simulation: link latency in [0, this] */
+    uint32_t round_timeout_ms;   /* a step without progress fails after this (0: 5000) */
+    int threads;                 /* compute threads per shard (0: 1) */
+    /* Multi-process (DUET_PIPE_CONTROL_IPC): bring up only this node here
+     * ("ctl": client, scheduler, router; "a<i>": attn/<i>; "e<s>":
+     * expert/<s>); NULL = every node in this process. Every process of a
+     * deployment passes the same configuration and ipc_tag. The data plane
+     * must then be "shm" or "tcp". */
+    const char *only_node;
+    const char *ipc_tag;
+    /* Fault plan text (mailbox.h: drop/delay/dup/reorder/... rules), applied
+     * to every message the nodes send; NULL = none. */
+    const char *faults;
+    /* Node placement (optional; e.g. from a topology file): node names and
+     * control-plane addresses (NULL entries or NULL array: derived as above),
+     * and the node of each actor. n_nodes == 0: one node per actor, "ctl"
+     * (client, scheduler, router), "a<i>", "e<s>". The client runs with the
+     * scheduler. */
+    int n_nodes;
+    const char *const *node_names;
+    const char *const *node_addrs;
+    const int *attention_node; /* [n_attention] node index */
+    const int *expert_node;    /* [n_expert_shards] node index */
+    int scheduler_node;
+    int router_node;
 } duet_pipe_config_t;
 
 typedef struct duet_pipe duet_pipe_t;
@@ -270,9 +408,22 @@ typedef struct duet_pipe duet_pipe_t;
 DUET_API duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out);
 DUET_API void duet_pipe_destroy(duet_pipe_t **p_p);
 
-/* Submit a request (thread-safe; ids unique per deployment). eos < 0: none. */
+/* Submit a request (thread-safe; ids unique per deployment). eos < 0: none.
+ * Only where the "ctl" node runs. */
 DUET_API duet_status_t duet_pipe_submit(duet_pipe_t *p, uint64_t req, const int32_t *prompt,
                                         int32_t n, int32_t max_new, int32_t eos);
+/* The same with sampling: temperature 0 = greedy; otherwise top_k (0 =
+ * off), top_p (1 = off), and a draw seeded by (seed, position), as
+ * duet_engine_sample does, so any deployment draws the engine's tokens. */
+typedef struct duet_pipe_sampling {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    uint64_t seed;
+} duet_pipe_sampling_t;
+DUET_API duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32_t *prompt,
+                                                int32_t n, int32_t max_new, int32_t eos,
+                                                const duet_pipe_sampling_t *sp);
 /* Wait until request `req` has at least `n_tokens` tokens or is done.
  * timeout_ms of wall time (threads) or virtual time (simulation). */
 DUET_API duet_status_t duet_pipe_wait(duet_pipe_t *p, uint64_t req, int32_t n_tokens,
@@ -283,6 +434,8 @@ DUET_API int32_t duet_pipe_result(duet_pipe_t *p, uint64_t req, int32_t *out, in
                                   bool *done, char *error, size_t error_cap);
 /* Kill expert shard s (fault injection). */
 DUET_API duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard);
+/* Start expert shard s again after it stopped (as a supervisor would). */
+DUET_API duet_status_t duet_pipe_restart_expert(duet_pipe_t *p, int shard);
 /* Hold expert shard s's messages for `ms` (an unreachable or hung shard). */
 DUET_API duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms);
 /* Simulation: messages delivered and virtual time so far (equal seeds give
@@ -293,10 +446,11 @@ DUET_API bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64
 
 /* Per-deployment counters (late/duplicate/stray control messages dropped). */
 typedef struct duet_pipe_stats {
-    uint64_t rounds_expert;   /* rounds computed by all expert shards */
-    uint64_t dropped_stray;   /* pipe.dispatch / pipe.result for a round not awaited */
-    uint64_t dropped_dup;     /* a second message for a (round, sender) */
-    uint64_t steps;           /* iterations completed by all attention shards */
+    uint64_t rounds_expert; /* rounds computed by all expert shards */
+    uint64_t dropped_stray; /* pipe.dispatch / pipe.result for a round not awaited */
+    uint64_t dropped_dup;   /* a second message for a (round, sender) */
+    uint64_t steps;         /* iterations completed by all attention shards */
+    uint64_t kv_waits;      /* requests that queued for KV blocks before placement */
 } duet_pipe_stats_t;
 DUET_API void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out);
 

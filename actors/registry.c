@@ -164,9 +164,8 @@ bool duet_registry_find(duet_registry_t *r, const char *path, char node_out[DUET
     return duet__registry_find_direct(r, path, node_out, epoch_out, NULL);
 }
 
-bool duet__registry_find_direct(duet_registry_t *r, const char *path,
-                                char node_out[DUET_NAME_MAX], uint64_t *epoch_out,
-                                char direct_out[256])
+bool duet__registry_find_direct(duet_registry_t *r, const char *path, char node_out[DUET_NAME_MAX],
+                                uint64_t *epoch_out, char direct_out[256])
 {
     const reg_actor_t *hit = NULL;
     int64_t idx;

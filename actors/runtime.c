@@ -10,8 +10,20 @@
  *  - loop->lock guards the loop's queue only. Lock order: node, then loop.
  *  - Everything else in an actor (timers, pending calls, credits, monitors)
  *    belongs to its loop thread. Queue entries hold a reference on the actor.
- *  - The I/O thread owns the ROUTER socket, the peer table and the send
- *    backlog; other threads hand it frames through io_q.
+ *  - The I/O thread owns the node's ROUTER socket, the peer table and the
+ *    send backlog; heartbeats, registry news and frames from threads that
+ *    are not loops of this node (duet_node_send, fault-delayed frames) go
+ *    through it (io_q).
+ *  - Loop threads send actor messages themselves, without a hand-off: each
+ *    loop owns one DEALER per peer node (to its ROUTER) and per remote loop
+ *    socket (below), with a backlog for frames not yet taken. A sender
+ *    keeps one path per receiver incarnation, so per-pair FIFO holds.
+ *  - A dedicated loop (DUET_RUN_THREAD) of a bound node also owns an
+ *    inbound ROUTER of its own ("<node addr>.L<id>", or a free tcp port on
+ *    the node's host), published with the actor in the registry and in
+ *    sys.registry. Frames for its actor arrive there and run on the loop
+ *    without passing the I/O thread; when the actor stops the address is
+ *    withdrawn and senders fall back to the node (which answers noproc).
  * Under simulation there are no threads: loops, timers and the network are
  * simnet events, and the same code runs in the simnet's thread. */
 #include <errno.h>
@@ -952,8 +964,8 @@ static void sim_local_cb(void *arg)
 
 static _Thread_local loop_t *tls_loop; /* the loop whose thread this is, if any */
 
-static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t *wire,
-                      size_t len, duet_status_t *st);
+static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t *wire, size_t len,
+                      duet_status_t *st);
 
 /* Hand a frame to the transport, now or after `delay`. */
 static duet_status_t xmit(duet_node_t *n, bool local, const char *peer, const char *to,
@@ -1099,8 +1111,8 @@ static long loop_route(loop_t *l, const char *tnode, const char *to)
         return rc->lp;
     char node[DUET_NAME_MAX], direct[256] = "";
     uint64_t epoch = 0;
-    bool use_direct = duet__registry_find_direct(n->reg, to, node, &epoch, direct) &&
-                      direct[0] && strcmp(node, tnode) == 0;
+    bool use_direct = duet__registry_find_direct(n->reg, to, node, &epoch, direct) && direct[0] &&
+                      strcmp(node, tnode) == 0;
     bool same = rc->gen && epoch == rc->epoch && strcmp(rc->tnode, tnode) == 0;
     if (same && !rc->direct && use_direct)
         use_direct = false; /* this incarnation has been reached through its node: stay */
@@ -1115,17 +1127,17 @@ static long loop_route(loop_t *l, const char *tnode, const char *to)
     rc->direct = use_direct && rc->lp >= 0;
     rc->gen = gen;
     rc->epoch = epoch;
-    snprintf(rc->tnode, sizeof(rc->tnode), "%s", tnode);
+    if (tnode != rc->tnode) /* route() may pass the cached name itself */
+        snprintf(rc->tnode, sizeof(rc->tnode), "%s", tnode);
     return rc->lp;
 }
 
 /* Send on one of the loop's own DEALERs; false: this destination goes
  * through the I/O thread. Frames the socket does not take wait in the
  * backlog, in order, until the peer connects or connect_timeout_ms passes. */
-static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t *wire,
-                      size_t len, duet_status_t *st)
+static bool loop_send_lp(loop_t *l, long i, const char *peer, const uint8_t *wire, size_t len,
+                         duet_status_t *st)
 {
-    long i = loop_route(l, peer, to);
     if (i < 0 || !l->lpeers[i].sock)
         return false;
     lpeer_t *lp = &l->lpeers[i];
@@ -1150,6 +1162,12 @@ static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t
     lp->bl_tail = it;
     l->nbacklog++;
     return true;
+}
+
+static bool loop_xmit(loop_t *l, const char *peer, const char *to, const uint8_t *wire, size_t len,
+                      duet_status_t *st)
+{
+    return loop_send_lp(l, loop_route(l, peer, to), peer, wire, len, st);
 }
 
 static void loop_flush(loop_t *l)
@@ -1488,8 +1506,10 @@ static void on_direct_frame(loop_t *l, const char *peer, const uint8_t *data, si
     if (env->type == DUET_MSG_SYS_HEARTBEAT || env->type == DUET_MSG_SYS_REGISTRY ||
         (home && strcmp(home, peer) != 0)) {
         atomic_fetch_add(&n->st_decode, 1);
-        DUET_LOG_W(MOD, "node %s: frame from node %s (sender '%s', type 0x%x) refused on a loop "
-                   "socket", n->name, peer, env->from, env->type);
+        DUET_LOG_W(MOD,
+                   "node %s: frame from node %s (sender '%s', type 0x%x) refused on a loop "
+                   "socket",
+                   n->name, peer, env->from, env->type);
         return;
     }
     duet_actor_t *a = l->owner;
@@ -1673,12 +1693,13 @@ static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t 
         local = tab_get(n, env->to) != NULL;
         pthread_mutex_unlock(&n->lock);
     }
+    /* the cached entry is stable here: only a lookup of a new name grows
+     * the cache, and everything below looks up env->to alone */
+    const char *tn = cached ? rc->tnode : tnode;
     if (local) {
         snprintf(tnode, sizeof(tnode), "%s", n->name);
-    } else {
-        if (cached)
-            memcpy(tnode, rc->tnode, sizeof(tnode));
-        else if (duet_registry_lookup(n->reg, env->to, tnode, NULL))
+    } else if (!cached) {
+        if (duet_registry_lookup(n->reg, env->to, tnode, NULL))
             return DUET_ERR_NOT_FOUND;
         if (strcmp(tnode, n->name) == 0)
             return duet_errorf(DUET_ERR_NOT_FOUND, "actor '%s' is not running on node %s", env->to,
@@ -1688,7 +1709,7 @@ static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t 
     duet_fault_verdict_t v = {1, {0}};
     if (n->cfg.faults && env->type != DUET_MSG_SYS_HEARTBEAT) {
         const duet_msg_type_t *t = duet_msg_type_lookup(env->type);
-        duet_fault_decide(n->cfg.faults, plan_now(n), n->name, env->from, tnode, env->to,
+        duet_fault_decide(n->cfg.faults, plan_now(n), n->name, env->from, tn, env->to,
                           t ? t->name : NULL, &v);
     }
     for (unsigned c = 0; c < v.copies; c++) {
@@ -1699,8 +1720,11 @@ static duet_status_t route(duet_node_t *n, const duet_env_t *env, const uint8_t 
                 undeliverable(n, wire, len, "no such actor");
                 st = DUET_OK;
             }
+        } else if (cached && v.delay_ns[c] == 0 &&
+                   loop_send_lp(tls_loop, rc->lp, tn, wire, len, &st)) {
+            /* the path this loop took for env->to last time, still valid */
         } else {
-            st = xmit(n, local, tnode, env->to, wire, len, v.delay_ns[c]);
+            st = xmit(n, local, tn, env->to, wire, len, v.delay_ns[c]);
         }
         if (st)
             return st;
@@ -1961,6 +1985,11 @@ static void defer(duet_actor_t *a, qent_t *q)
 static void start_actor(duet_actor_t *a)
 {
     loop_t *l = a->loop;
+    if (l->dedicated && !a->node->sim) { /* name the thread after its actor (top, perf) */
+        char tn[16];
+        snprintf(tn, sizeof(tn), "%.15s", a->name);
+        pthread_setname_np(pthread_self(), tn);
+    }
     if (l->dedicated && l->in && !l->owner) {
         l->owner = a; /* frames on the loop's socket go straight to it */
         actor_ref(a);

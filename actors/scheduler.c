@@ -2,7 +2,8 @@
  *
  * Takes: pipe.submit (a client), pipe.ready and pipe.step_done (attention
  * shards).
- * Sends: pipe.step and pipe.free (attention shards), pipe.token (the
+ * Sends: pipe.ready back (the acknowledgement), pipe.step and pipe.free
+ * (attention shards), pipe.token (the
  * request's reply_to, one per generated token; the last has done = true,
  * an error ends a request with done = true and error set).
  *
@@ -21,6 +22,7 @@
 #include <string.h>
 
 #include "actors/pipe_int.h"
+#include "model/sampling.h"
 
 #define MOD "sched"
 
@@ -38,10 +40,16 @@ typedef struct sreq {
     int32_t chunk; /* tokens in the step in flight (0: not in it) */
     int32_t *gen;
     int32_t n_gen;
+    bool waited; /* counted in kv_waits */
+    float temperature, top_p;
+    int32_t top_k;
+    uint64_t seed;
 } sreq_t;
 
 typedef struct sshard {
     bool ready, busy, broken;
+    uint64_t epoch; /* data-plane epoch it last reported ready in */
+    char why[256];  /* why it is broken */
     uint64_t iter_next;
     int32_t blocks_used;
     int n_running;
@@ -57,6 +65,9 @@ typedef struct sched {
     uint64_t *s_req;
     int32_t *s_ub, *s_ntok, *s_tokens;
     uint32_t *s_flags;
+    float *s_temp, *s_topp;
+    int32_t *s_topk;
+    uint64_t *s_seed;
     uint64_t *free_req;
 } sched_t;
 
@@ -104,11 +115,22 @@ static void reap(sched_t *s)
     s->n_req = w;
 }
 
+static uint64_t max_epoch(const sched_t *s)
+{
+    uint64_t e = 0;
+    for (int i = 0; i < s->g->n_attention; i++)
+        if (s->sh[i].epoch > e)
+            e = s->sh[i].epoch;
+    return e;
+}
+
+/* Iterations are counted per epoch: shards still in an older one wait for
+ * their reset. */
 static uint64_t global_next(const sched_t *s)
 {
-    uint64_t g = 0;
+    uint64_t g = 0, e = max_epoch(s);
     for (int i = 0; i < s->g->n_attention; i++)
-        if (s->sh[i].iter_next > g)
+        if (s->sh[i].epoch == e && s->sh[i].iter_next > g)
             g = s->sh[i].iter_next;
     return g;
 }
@@ -155,6 +177,10 @@ static duet_status_t start_step(duet_actor_t *self, sched_t *s, int a)
             s->s_ub[n] = best;
             s->s_ntok[n] = chunk;
             s->s_flags[n] = fl;
+            s->s_temp[n] = r->temperature;
+            s->s_topk[n] = r->top_k;
+            s->s_topp[n] = r->top_p;
+            s->s_seed[n] = r->seed;
             n++;
             nt += (size_t)chunk;
             tok[best] += chunk;
@@ -165,12 +191,17 @@ static duet_status_t start_step(duet_actor_t *self, sched_t *s, int a)
     }
     sshard_t *sh = &s->sh[a];
     duet_pipe_step_t m = {
+        .epoch = sh->epoch,
         .iter = sh->iter_next,
         .req = {s->s_req, n},
         .ub = {s->s_ub, n},
         .ntok = {s->s_ntok, n},
         .flags = {s->s_flags, n},
         .tokens = {s->s_tokens, nt},
+        .temperature = {s->s_temp, n},
+        .top_k = {s->s_topk, n},
+        .top_p = {s->s_topp, n},
+        .seed = {s->s_seed, n},
     };
     char to[32];
     snprintf(to, sizeof(to), "attn/%d", a);
@@ -196,8 +227,7 @@ static duet_status_t kick(duet_actor_t *self, sched_t *s)
             if (sh->broken)
                 continue;
             healthy++;
-            if (!sh->ready || sh->blocks_used + r->blocks > s->a.kv_blocks ||
-                sh->n_running >= 256)
+            if (!sh->ready || sh->blocks_used + r->blocks > s->a.kv_blocks || sh->n_running >= 256)
                 continue;
             int32_t room = s->a.kv_blocks - sh->blocks_used;
             if (best < 0 || room > s->a.kv_blocks - s->sh[best].blocks_used ||
@@ -206,21 +236,29 @@ static duet_status_t kick(duet_actor_t *self, sched_t *s)
                 best = a;
         }
         if (!healthy) {
-            req_finish(self, s, r, "no attention shard is available");
+            char why[384];
+            snprintf(why, sizeof(why), "no attention shard is available (attn/0: %.300s)",
+                     s->sh[0].why);
+            req_finish(self, s, r, why);
             continue;
         }
-        if (best < 0)
-            break; /* waits for KV to free up */
+        if (best < 0) { /* waits for KV to free up */
+            if (!r->waited) {
+                r->waited = true;
+                atomic_fetch_add(&s->a.counters->kv_waits, 1);
+            }
+            break;
+        }
         r->state = REQ_RUNNING;
         r->shard = best;
         s->sh[best].blocks_used += r->blocks;
         s->sh[best].n_running++;
     }
     reap(s);
-    uint64_t gn = global_next(s);
+    uint64_t gn = global_next(s), ge = max_epoch(s);
     for (int a = 0; a < A; a++) {
         sshard_t *sh = &s->sh[a];
-        if (!sh->ready || sh->busy)
+        if (!sh->ready || sh->busy || sh->broken || sh->epoch != ge)
             continue;
         bool need = sh->iter_next < gn;
         for (size_t i = 0; i < s->n_req && !need; i++)
@@ -246,8 +284,15 @@ static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pip
     sshard_t *sh = &s->sh[d->shard];
     sh->busy = false;
     size_t nf = 0;
-    if (d->error[0]) {
+    if (d->epoch != sh->epoch) {
+        /* a step of an epoch the shard has left: it did not run; its
+         * requests go again in the next step */
+        for (size_t i = 0; i < s->n_req; i++)
+            if (s->req[i]->state == REQ_RUNNING && s->req[i]->shard == d->shard)
+                s->req[i]->chunk = 0;
+    } else if (d->error[0]) {
         sh->broken = true;
+        snprintf(sh->why, sizeof(sh->why), "%.255s", d->error);
         for (size_t i = 0; i < s->n_req; i++) {
             sreq_t *r = s->req[i];
             if (r->state != REQ_RUNNING || r->shard != d->shard)
@@ -301,12 +346,19 @@ static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_s
     r->n_prompt = (int32_t)m->prompt.count;
     r->max_new = m->max_new;
     r->eos = m->eos;
+    r->temperature = m->temperature;
+    r->top_k = m->top_k;
+    r->top_p = m->top_p;
+    r->seed = m->seed;
     r->state = REQ_QUEUED;
-    int64_t need = ((int64_t)r->n_prompt + r->max_new + s->a.kv_block_size - 1) /
-                   s->a.kv_block_size;
+    int64_t need =
+        ((int64_t)r->n_prompt + r->max_new + s->a.kv_block_size - 1) / s->a.kv_block_size;
     r->blocks = (int32_t)(need > INT32_MAX ? INT32_MAX : need);
     char err[256] = "";
-    if (r->n_prompt < 1 || r->max_new < 1)
+    duet_sampling_params_t sp = {r->temperature, r->top_k, r->top_p, r->seed};
+    if (duet_sampling_params_check(&sp))
+        snprintf(err, sizeof(err), "request %llu: %s", (unsigned long long)r->id, duet_error());
+    else if (r->n_prompt < 1 || r->max_new < 1)
         snprintf(err, sizeof(err), "request %llu: empty prompt or max_new < 1",
                  (unsigned long long)r->id);
     else if (need > s->a.kv_blocks || (int64_t)r->n_prompt + r->max_new > s->a.max_seq_len)
@@ -348,7 +400,19 @@ static duet_status_t sched_handle(duet_actor_t *self, void *state, const duet_ms
         return on_submit(self, s, sub);
     const duet_pipe_ready_t *rd = duet_pipe_msg_ready_body(msg);
     if (rd && rd->shard >= 0 && rd->shard < s->g->n_attention) {
-        s->sh[rd->shard].ready = true;
+        /* acknowledge (the shard repeats pipe.ready until it hears back) */
+        char to[32];
+        snprintf(to, sizeof(to), "attn/%d", rd->shard);
+        duet_pipe_ready_t ack = {.shard = rd->shard, .epoch = rd->epoch};
+        duet_send(self, to, &duet_pipe_msg_ready, &ack);
+        sshard_t *sh = &s->sh[rd->shard];
+        if (sh->ready && rd->epoch <= sh->epoch)
+            return DUET_OK; /* a repeat */
+        /* first ready, or back in a new epoch: iterations restart at 0 */
+        sh->ready = true;
+        sh->broken = false;
+        sh->epoch = rd->epoch;
+        sh->iter_next = 0;
         return kick(self, s);
     }
     return DUET_OK;
@@ -369,6 +433,10 @@ static void sched_stop(duet_actor_t *self, void *state, const char *reason)
     duet_free(s->s_ntok);
     duet_free(s->s_tokens);
     duet_free(s->s_flags);
+    duet_free(s->s_temp);
+    duet_free(s->s_topp);
+    duet_free(s->s_topk);
+    duet_free(s->s_seed);
     duet_free(s->free_req);
     duet_free(s);
 }
@@ -391,10 +459,14 @@ static duet_status_t sched_start(duet_actor_t *self, void *arg, void **state_out
     s->s_ub = duet_calloc(maxs, sizeof(int32_t));
     s->s_ntok = duet_calloc(maxs, sizeof(int32_t));
     s->s_flags = duet_calloc(maxs, sizeof(uint32_t));
+    s->s_temp = duet_calloc(maxs, sizeof(float));
+    s->s_topp = duet_calloc(maxs, sizeof(float));
+    s->s_topk = duet_calloc(maxs, sizeof(int32_t));
+    s->s_seed = duet_calloc(maxs, sizeof(uint64_t));
     s->s_tokens = duet_calloc(maxt, sizeof(int32_t));
     s->free_req = duet_calloc(256 + maxs, sizeof(uint64_t));
     if (!s->sh || !s->s_req || !s->s_ub || !s->s_ntok || !s->s_flags || !s->s_tokens ||
-        !s->free_req)
+        !s->free_req || !s->s_temp || !s->s_topp || !s->s_topk || !s->s_seed)
         return DUET_ERR_NOMEM;
     return DUET_OK;
 }

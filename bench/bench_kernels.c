@@ -12,6 +12,8 @@
  *    weights, OpenBLAS sgemm on pre-converted f32 weights (baseline), and
  *    "convert to f32 per call (on the pool) + sgemm"; weights stay in cache
  *    here (prefill is compute-bound);
+ *  - one batch-1 decode step's matmuls over ~544 MB of distinct bf16
+ *    weights, as tokens/s against the read-bandwidth roofline;
  *  - duet_cpu_pool_run overhead, with workers spinning and asleep.
  * Every figure is the median of several repetitions.
  *
@@ -149,10 +151,10 @@ static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *kind, const
                        int64_t in, int64_t out, int64_t n, int reps)
 {
     size_t wbytes = (size_t)(in * out) * 2;
-    size_t copies = (size_t)(320u << 20) / wbytes + 2; /* > 8x L3 worth of weights */
+    size_t copies = (size_t)(256u << 20) / wbytes + 2; /* 8x L3 worth of weights */
     uint16_t *w = xmalloc(wbytes * copies);
     for (size_t i = 0; i < wbytes * copies / 2; i++)
-        w[i] = duet_f32_to_bf16(frand());
+        w[i] = (uint16_t)(0x3c00u + (i * 2654435761u >> 20 & 0x3ff)); /* small bf16 values */
     float *x = xmalloc((size_t)(n * in) * sizeof(float));
     float *y = xmalloc((size_t)(n * out) * sizeof(float));
     for (int64_t i = 0; i < n * in; i++)
@@ -243,6 +245,139 @@ static void bench_gemm(duet_cpu_pool_t *pool, const char *name, int64_t in, int6
     duet_free(x);
     duet_free(y);
     duet_free(y2);
+}
+
+/* ---- one decode step's matmuls ---------------------------------------------------- */
+
+/* The bf16 weights one batch-1 token streams through on the bench shape:
+ * per layer q/k/v/o and 2 of 8 experts' w1/w3/w2, then the LM head (about
+ * 544 MB; each layer has its own copy, so nothing is reused from cache).
+ * Times the matmuls alone, as separate calls and with q/k/v and the
+ * experts' w1/w3 (then w2) each issued as one duet_cpu_matmul_batch. */
+enum { DEC_LAYERS = 12, DEC_H = 1024, DEC_KV = 256, DEC_F = 2816, DEC_V = 32000 };
+
+typedef struct dec_layer {
+    uint16_t *wq, *wk, *wv, *wo, *w1[2], *w3[2], *w2[2];
+} dec_layer_t;
+
+static uint16_t *dec_weights(size_t count)
+{
+    uint16_t *w = xmalloc(count * 2);
+    for (size_t i = 0; i < count; i++)
+        w[i] = (uint16_t)(0x3c00u + (i * 2654435761u >> 20 & 0x3ff)); /* small bf16 values */
+    return w;
+}
+
+static void bench_decode(duet_cpu_pool_t *pool, double bw, int reps)
+{
+    dec_layer_t L[DEC_LAYERS];
+    size_t bytes = 0;
+    for (int l = 0; l < DEC_LAYERS; l++) {
+        L[l].wq = dec_weights((size_t)DEC_H * DEC_H);
+        L[l].wk = dec_weights((size_t)DEC_KV * DEC_H);
+        L[l].wv = dec_weights((size_t)DEC_KV * DEC_H);
+        L[l].wo = dec_weights((size_t)DEC_H * DEC_H);
+        for (int e = 0; e < 2; e++) {
+            L[l].w1[e] = dec_weights((size_t)DEC_F * DEC_H);
+            L[l].w3[e] = dec_weights((size_t)DEC_F * DEC_H);
+            L[l].w2[e] = dec_weights((size_t)DEC_H * DEC_F);
+        }
+        bytes += 2 * ((size_t)2 * DEC_H * DEC_H + (size_t)2 * DEC_KV * DEC_H +
+                      (size_t)6 * DEC_F * DEC_H);
+    }
+    uint16_t *lm = dec_weights((size_t)DEC_V * DEC_H);
+    bytes += (size_t)DEC_V * DEC_H * 2;
+    float *x = xmalloc(DEC_F * sizeof(float)), *q = xmalloc(DEC_H * sizeof(float));
+    float *k = xmalloc(DEC_KV * sizeof(float)), *v = xmalloc(DEC_KV * sizeof(float));
+    float *g = xmalloc(4 * DEC_F * sizeof(float)), *h = xmalloc(DEC_H * sizeof(float));
+    float *logits = xmalloc(DEC_V * sizeof(float)), *x0 = xmalloc(DEC_F * sizeof(float));
+    for (int i = 0; i < DEC_F; i++)
+        x0[i] = frand();
+    double t_sep[16], t_bat[16];
+    for (int r = 0; r < reps + 1; r++) {
+        for (int batched = 0; batched < 2; batched++) {
+            uint64_t t0 = bench_clock();
+            for (int l = 0; l < DEC_LAYERS; l++) {
+                const dec_layer_t *d = &L[l];
+                /* fresh activations each layer: outputs feed back in below,
+                 * and values must not drift into subnormals over the runs */
+                memcpy(x, x0, DEC_F * sizeof(float));
+                if (batched) {
+                    duet_cpu_mm_t qkv[3] = {
+                        {x, 1, DEC_H, d->wq, DUET_DTYPE_BF16, DEC_H, q, false},
+                        {x, 1, DEC_H, d->wk, DUET_DTYPE_BF16, DEC_KV, k, false},
+                        {x, 1, DEC_H, d->wv, DUET_DTYPE_BF16, DEC_KV, v, false},
+                    };
+                    duet_cpu_matmul_batch(pool, qkv, 3);
+                } else {
+                    duet_cpu_matmul(pool, x, 1, DEC_H, d->wq, DUET_DTYPE_BF16, DEC_H, q, false);
+                    duet_cpu_matmul(pool, x, 1, DEC_H, d->wk, DUET_DTYPE_BF16, DEC_KV, k, false);
+                    duet_cpu_matmul(pool, x, 1, DEC_H, d->wv, DUET_DTYPE_BF16, DEC_KV, v, false);
+                }
+                duet_cpu_matmul(pool, q, 1, DEC_H, d->wo, DUET_DTYPE_BF16, DEC_H, h, false);
+                memcpy(h, x0, DEC_H * sizeof(float));
+                if (batched) {
+                    duet_cpu_mm_t up[4], down[2];
+                    for (int e = 0; e < 2; e++) {
+                        up[2 * e] = (duet_cpu_mm_t){
+                            h,    1, DEC_H, d->w1[e], DUET_DTYPE_BF16, DEC_F, g + (2 * e) * DEC_F,
+                            false};
+                        up[2 * e + 1] = (duet_cpu_mm_t){h,
+                                                        1,
+                                                        DEC_H,
+                                                        d->w3[e],
+                                                        DUET_DTYPE_BF16,
+                                                        DEC_F,
+                                                        g + (2 * e + 1) * DEC_F,
+                                                        false};
+                        down[e] = (duet_cpu_mm_t){g + 2 * e * DEC_F, 1,     DEC_F,     d->w2[e],
+                                                  DUET_DTYPE_BF16,   DEC_H, e ? q : x, false};
+                    }
+                    duet_cpu_matmul_batch(pool, up, 4);
+                    duet_cpu_matmul_batch(pool, down, 2);
+                } else {
+                    for (int e = 0; e < 2; e++) {
+                        duet_cpu_matmul(pool, h, 1, DEC_H, d->w1[e], DUET_DTYPE_BF16, DEC_F,
+                                        g + 2 * e * DEC_F, false);
+                        duet_cpu_matmul(pool, h, 1, DEC_H, d->w3[e], DUET_DTYPE_BF16, DEC_F,
+                                        g + (2 * e + 1) * DEC_F, false);
+                        duet_cpu_matmul(pool, g + 2 * e * DEC_F, 1, DEC_F, d->w2[e],
+                                        DUET_DTYPE_BF16, DEC_H, e ? q : x, false);
+                    }
+                }
+            }
+            memcpy(x, x0, DEC_H * sizeof(float));
+            duet_cpu_matmul(pool, x, 1, DEC_H, lm, DUET_DTYPE_BF16, DEC_V, logits, false);
+            uint64_t t1 = bench_clock();
+            if (r > 0)
+                (batched ? t_bat : t_sep)[r - 1] = (double)(t1 - t0) / 1e9;
+        }
+    }
+    double ts = median(t_sep, reps), tb = median(t_bat, reps);
+    double roof = bw * 1e9 / (double)bytes;
+    printf("decode batch-1 matmuls (%.0f MB of bf16 weights/token): %.1f tok/s separate calls, "
+           "%.1f tok/s batched; roofline %.1f tok/s -> %.2f / %.2f of it\n",
+           (double)bytes / 1e6, 1 / ts, 1 / tb, roof, 1 / ts / roof, 1 / tb / roof);
+    for (int l = 0; l < DEC_LAYERS; l++) {
+        duet_free(L[l].wq);
+        duet_free(L[l].wk);
+        duet_free(L[l].wv);
+        duet_free(L[l].wo);
+        for (int e = 0; e < 2; e++) {
+            duet_free(L[l].w1[e]);
+            duet_free(L[l].w3[e]);
+            duet_free(L[l].w2[e]);
+        }
+    }
+    duet_free(lm);
+    duet_free(x);
+    duet_free(q);
+    duet_free(k);
+    duet_free(v);
+    duet_free(g);
+    duet_free(h);
+    duet_free(logits);
+    duet_free(x0);
 }
 
 /* ---- pool ---------------------------------------------------------------------- */
@@ -341,7 +476,7 @@ int main(int argc, char **argv)
     printf("duet bench_kernels: %d threads, kernels %s, %s pages, %s\n", duet_cpu_pool_size(pool),
            duet_cpu_isa_name(), use_huge ? "huge" : "4 KiB",
            use_cpu_time ? "timed by thread CPU time" : "timed by wall clock");
-    int reps = quick ? 3 : 7;
+    int reps = quick ? 3 : 5;
     print_load("start");
 
     double bw = bench_read_bw(pool, (size_t)1 << 30, reps);
@@ -366,6 +501,7 @@ int main(int argc, char **argv)
             if (n != 256)
                 bench_gemm(pool, shapes[s].name, shapes[s].in, shapes[s].out, n, reps);
     bench_gemm(pool, shapes[2].name, shapes[2].in, shapes[2].out, 64, quick ? 1 : 3);
+    bench_decode(pool, bw, quick ? 2 : 3);
 
     bench_pool(pool);
     print_load("end");

@@ -18,7 +18,9 @@
  *  - llama.cpp's figures for the same shape on the same kind of machine
  *    (from the issue) and the goals, with our ratio to each.
  * Every rate is the median over --reps repetitions (the range is printed
- * too: on a shared machine a wide range means the figures are noisy).
+ * too: on a shared machine a wide range means the figures are noisy), with
+ * the CPU time this process got per wall second in the timed region: less
+ * than the thread count means other processes took the cores.
  *
  * The checkpoint is written once with the mkmodel API into a cache
  * directory ($DUET_BENCH_DIR, default /tmp/duet-bench-model) and reused.
@@ -31,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,6 +76,15 @@ static double median(double *v, int n, double *lo, double *hi)
     if (hi)
         *hi = v[n - 1];
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* CPU seconds (user + system) of this process so far. */
+static double proc_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 /* ---- memory read bandwidth ---------------------------------------------- */
@@ -307,8 +319,8 @@ static token_bytes_t decode_token_bytes(const duet_model_t *m)
         const duet_layer_weights_t *L = &m->layers[l];
         b.attn += (double)(tb(&L->wq) + tb(&L->wk) + tb(&L->wv) + tb(&L->wo) + tb(&L->bq) +
                            tb(&L->bk) + tb(&L->bv));
-        b.other += (double)(tb(&L->attn_norm) + tb(&L->ffn_norm) + tb(&L->q_norm) +
-                            tb(&L->k_norm) + tb(&L->router) + tb(&L->shared_gate));
+        b.other += (double)(tb(&L->attn_norm) + tb(&L->ffn_norm) + tb(&L->q_norm) + tb(&L->k_norm) +
+                            tb(&L->router) + tb(&L->shared_gate));
         if (c->sparse_layer && !c->sparse_layer[l]) {
             b.experts += (double)expert_bytes(&L->dense);
             continue;
@@ -340,6 +352,7 @@ typedef struct run {
     int32_t prompt_len;
     int32_t vocab;
     uint64_t rng;
+    double cpu; /* CPU seconds per wall second of the last timed region */
 } run_t;
 
 static int32_t rand_token(run_t *r)
@@ -361,7 +374,7 @@ static double prefill_batch(run_t *r, int n, int32_t max_tokens)
     for (int i = 0; i < n * r->prompt_len; i++)
         toks[i] = rand_token(r);
     int per_step = DUET_MAX(1, max_tokens / r->prompt_len);
-    double t0 = duet_now_s();
+    double c0 = proc_cpu_s(), t0 = duet_now_s();
     for (int s = 0; s < n; s += per_step) {
         int k = DUET_MIN(per_step, n - s);
         for (int i = 0; i < k; i++)
@@ -374,6 +387,7 @@ static double prefill_batch(run_t *r, int n, int32_t max_tokens)
         }
     }
     double dt = duet_now_s() - t0;
+    r->cpu = (proc_cpu_s() - c0) / dt;
     duet_free(toks);
     return dt;
 }
@@ -391,7 +405,7 @@ static double decode_batch(run_t *r, int batch, int gen)
         sp[i] = greedy;
         tok[i] = rand_token(r);
     }
-    double t0 = duet_now_s();
+    double c0 = proc_cpu_s(), t0 = duet_now_s();
     for (int g = 0; g < gen; g++) {
         for (int i = 0; i < batch; i++)
             in[i] = (duet_seq_input_t){r->seqs[i], 1, &tok[i], DUET_LOGITS_LAST};
@@ -399,6 +413,7 @@ static double decode_batch(run_t *r, int batch, int gen)
             return -1;
     }
     double dt = duet_now_s() - t0;
+    r->cpu = (proc_cpu_s() - c0) / dt;
     for (int i = 0; i < batch; i++)
         if (duet_kvcache_seq_truncate(r->kv, r->seqs[i], r->prompt_len))
             return -1;
@@ -421,11 +436,12 @@ static double prefill_one(run_t *r, int32_t n)
         return -1;
     }
     duet_seq_input_t in = {seq, n, toks, DUET_LOGITS_LAST};
-    double t0 = duet_now_s();
+    double c0 = proc_cpu_s(), t0 = duet_now_s();
     duet_status_t st = duet_engine_step(r->eng, 1, &in, NULL, NULL);
     if (!st)
         st = duet_engine_sample(r->eng, &greedy, &tok);
     double dt = duet_now_s() - t0;
+    r->cpu = (proc_cpu_s() - c0) / dt;
     duet_kvcache_seq_close(r->kv, seq);
     duet_free(toks);
     return st ? -1 : n / dt;
@@ -435,20 +451,19 @@ static double prefill_one(run_t *r, int32_t n)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: bench_model [--threads N] [--reps R] [--quick] [--dir DIR]\n"
-            "\n"
-            "Decode (batch 1, 8, 64; 128-token prompts), prefill (512 tokens), memory read\n"
-            "bandwidth, roofline ratio and peak RSS of the single-process engine on the\n"
-            "`bench` checkpoint, written once into DIR.\n"
-            "\n"
-            "  --threads N   CPU threads including the main one (default 2, as in the issue)\n"
-            "  --reps R      repetitions per figure; medians are reported (default 3)\n"
-            "  --quick       a smoke run: 32-token prompts, fewer decode steps, 1 repetition\n"
-            "                unless --reps; the figures are then indicative only\n"
-            "  --dir DIR     checkpoint cache (default $DUET_BENCH_DIR, else\n"
-            "                /tmp/duet-bench-model)\n"
-            "  -h, --help    this help\n");
+    fprintf(f, "usage: bench_model [--threads N] [--reps R] [--quick] [--dir DIR]\n"
+               "\n"
+               "Decode (batch 1, 8, 64; 128-token prompts), prefill (512 tokens), memory read\n"
+               "bandwidth, roofline ratio and peak RSS of the single-process engine on the\n"
+               "`bench` checkpoint, written once into DIR.\n"
+               "\n"
+               "  --threads N   CPU threads including the main one (default 2, as in the issue)\n"
+               "  --reps R      repetitions per figure; medians are reported (default 3)\n"
+               "  --quick       a smoke run: 32-token prompts, fewer decode steps, 1 repetition\n"
+               "                unless --reps; the figures are then indicative only\n"
+               "  --dir DIR     checkpoint cache (default $DUET_BENCH_DIR, else\n"
+               "                /tmp/duet-bench-model)\n"
+               "  -h, --help    this help\n");
 }
 
 static const char *verdict(bool ok)
@@ -504,7 +519,9 @@ int main(int argc, char **argv)
 
     double load[3] = {0};
     getloadavg(load, 3);
-    printf("bench_model: %d thread%s, %d rep%s%s, kernels %s, load average %.2f at start\n",
+    printf("bench_model: %d thread%s, %d rep%s%s, kernels %s, load average %.2f at start\n"
+           "(CPU = CPU seconds this process got per wall second; below the thread count,\n"
+           " other processes were using the cores)\n",
            o.threads, o.threads > 1 ? "s" : "", o.reps, o.reps > 1 ? "s" : "",
            o.quick ? " (--quick: indicative only)" : "", duet_cpu_isa_name(), load[0]);
     fflush(stdout);
@@ -515,8 +532,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_model: the bandwidth measurement failed\n");
         return 1;
     }
-    printf("memory read bandwidth   %8.2f GB/s  (%zu MiB buffer, %d threads, median of %d)\n",
-           bw, bw_bytes >> 20, o.threads, bw_reps);
+    printf("memory read bandwidth   %8.2f GB/s  (%zu MiB buffer, %d threads, median of %d)\n", bw,
+           bw_bytes >> 20, o.threads, bw_reps);
     fflush(stdout);
 
     int rc = 1;
@@ -531,8 +548,8 @@ int main(int argc, char **argv)
         goto out;
     }
     double t0 = duet_now_s();
-    duet_load_opts_t lo = {.role = DUET_ROLE_FULL, .prefault = true};
-    if (duet_model_load(o.dir, &lo, &m)) {
+    duet_load_opts_t lopts = {.role = DUET_ROLE_FULL, .prefault = true};
+    if (duet_model_load(o.dir, &lopts, &m)) {
         fprintf(stderr, "bench_model: %s\n(delete %s to have it written again)\n", duet_error(),
                 o.dir);
         goto out;
@@ -587,44 +604,44 @@ int main(int argc, char **argv)
     double pf = prefill_batch(&r, MAX_BATCH, pp_len);
     if (pf < 0)
         goto err_engine;
-    printf("prefill 64 x %d        %8.1f tok/s  (%d tokens in steps of %d, one pass)\n",
+    printf("prefill 64 x %-3d       %8.1f tok/s  (%d tokens in steps of %d, one pass; CPU %.2f)\n",
            prompt_len, MAX_BATCH * prompt_len / pf, MAX_BATCH * prompt_len,
-           (int)(pp_len / prompt_len) * prompt_len);
+           (int)(pp_len / prompt_len) * prompt_len, r.cpu);
     fflush(stdout);
 
-    /* 3. decode at batch 1, 8, 64 */
-    double tps[3];
-    double *v = duet_calloc((size_t)o.reps, sizeof(double));
+    /* 3. decode at batch 1, 8, 64 and pp512, the repetitions interleaved
+     * (b1, b8, b64, pp512, b1, ...) so that a burst of load from elsewhere
+     * does not land on one figure only */
+    double tps[4], cpu_med[4], lo[4], hi[4];
+    double *v = duet_calloc((size_t)o.reps * 8, sizeof(double));
     if (!v)
         goto err_engine;
-    for (int b = 0; b < 3; b++) {
-        for (int k = 0; k < o.reps; k++)
-            if ((v[k] = decode_batch(&r, batches[b], gens[b])) < 0) {
+    for (int k = 0; k < o.reps; k++)
+        for (int f = 0; f < 4; f++) {
+            double x = f < 3 ? decode_batch(&r, batches[f], gens[f]) : prefill_one(&r, pp_len);
+            if (x < 0) {
                 duet_free(v);
                 goto err_engine;
             }
-        double r_lo, r_hi;
-        tps[b] = median(v, o.reps, &r_lo, &r_hi);
-        printf("decode batch %-2d         %8.1f tok/s  (%d-token prompts, %d steps, %s; "
-               "range %.1f-%.1f)\n",
-               batches[b], tps[b], prompt_len, gens[b],
-               batches[b] > 1 ? "total over the batch" : "one sequence", r_lo, r_hi);
-        fflush(stdout);
-    }
-
-    /* 4. pp512 */
-    for (int k = 0; k < o.reps; k++)
-        if ((v[k] = prefill_one(&r, pp_len)) < 0) {
-            duet_free(v);
-            goto err_engine;
+            v[f * o.reps + k] = x;
+            v[(4 + f) * o.reps + k] = r.cpu;
         }
-    double pp_lo, pp_hi;
-    double pp = median(v, o.reps, &pp_lo, &pp_hi);
+    for (int f = 0; f < 4; f++) {
+        tps[f] = median(v + f * o.reps, o.reps, &lo[f], &hi[f]);
+        cpu_med[f] = median(v + (4 + f) * o.reps, o.reps, NULL, NULL);
+    }
     duet_free(v);
-    printf("prefill %d              %8.1f tok/s  (one prompt, one step; range %.1f-%.1f)\n",
-           pp_len, pp, pp_lo, pp_hi);
+    for (int f = 0; f < 3; f++)
+        printf("decode batch %-2d         %8.1f tok/s  (%d-token prompts, %d steps, %s; "
+               "range %.1f-%.1f; CPU %.2f)\n",
+               batches[f], tps[f], prompt_len, gens[f],
+               batches[f] > 1 ? "total over the batch" : "one sequence", lo[f], hi[f], cpu_med[f]);
+    const double pp = tps[3];
+    printf("prefill %d              %8.1f tok/s  (one prompt, one step; range %.1f-%.1f; "
+           "CPU %.2f)\n",
+           pp_len, pp, lo[3], hi[3], cpu_med[3]);
 
-    /* 5. memory and the roofline */
+    /* 4. memory and the roofline */
     size_t peak = duet_peak_rss_bytes();
     double rss_limit = 1.1 * (double)(ckpt + kv_bytes);
     printf("peak RSS                %8.2f GB   (checkpoint %.2f GB + KV cache %.2f GB = "
@@ -640,10 +657,10 @@ int main(int argc, char **argv)
     double roof = bw * 1e9 / tbytes.total;
     printf("bytes per decode token  %8.1f MB   (attention %.1f, %d of %d experts %.1f, LM head "
            "%.1f, norms/router/embedding %.2f)\n",
-           tbytes.total / 1e6, tbytes.attn / 1e6, cfg->top_k, cfg->n_experts,
-           tbytes.experts / 1e6, tbytes.lm_head / 1e6, tbytes.other / 1e6);
+           tbytes.total / 1e6, tbytes.attn / 1e6, cfg->top_k, cfg->n_experts, tbytes.experts / 1e6,
+           tbytes.lm_head / 1e6, tbytes.other / 1e6);
     printf("batch-1 roofline        %8.1f tok/s  (bandwidth / bytes per token); measured %.1f "
-           "= %.2f of it\n",
+           "= %.3f of it\n",
            roof, tps[0], tps[0] / roof);
 
     printf("\nvs llama.cpp (bf16 GGUF, CPU, 2 threads, from the issue):\n");
@@ -656,7 +673,7 @@ int main(int argc, char **argv)
     printf("  decode b64  %7.1f vs %5.1f tok/s  = %.2fx\n", tps[2], LLAMA_B64_TPS,
            tps[2] / LLAMA_B64_TPS);
     printf("goals (2 threads):\n");
-    printf("  b1 decode >= 0.75 of roofline      %.2f          %s\n", tps[0] / roof,
+    printf("  b1 decode >= 0.75 of roofline      %.3f         %s\n", tps[0] / roof,
            verdict(tps[0] >= 0.75 * roof));
     printf("  prefill >= 1.5x llama.cpp (%3.0f)    %.2fx         %s\n", 1.5 * LLAMA_PP512_TPS,
            pp / LLAMA_PP512_TPS, verdict(pp >= 1.5 * LLAMA_PP512_TPS));

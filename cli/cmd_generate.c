@@ -54,8 +54,8 @@ static void usage(FILE *f)
                "  --ignore-eos       keep generating past end-of-sequence tokens\n"
                "  --stats            print timings to stderr after streaming\n"
                "  --topology FILE    generate through the deployment FILE (attention and expert\n"
-               "                     shards as actors, in this process; greedy only); the\n"
-               "                     model is the file's unless --model is given\n"
+               "                     shards as actors, in this process); the model is the\n"
+               "                     file's unless --model is given\n"
                "  -h, --help         this help\n");
 }
 
@@ -141,8 +141,9 @@ typedef struct gen_opts {
 /* cmd_generate_topo.c */
 int duet__topology_model_dir(const char *path, char *buf, size_t cap);
 int duet__generate_topology(const char *path, const char *model_dir, const int32_t *prompt,
-                            int32_t n_prompt, int32_t max_tokens, int32_t eos, int threads,
-                            int32_t *gen, int32_t *n_gen, double *secs);
+                            int32_t n_prompt, int32_t max_tokens, int32_t eos,
+                            const duet_sampling_params_t *sp, int threads, int32_t *gen,
+                            int32_t *n_gen, double *secs);
 
 static bool is_eos(const duet_config_t *cfg, int32_t eos_tok, int32_t id)
 {
@@ -158,10 +159,6 @@ static int run_topology(const gen_opts_t *o, const duet_config_t *cfg, duet_toke
                         duet_detok_t *detok, const int32_t *prompt, int32_t n_prompt,
                         double load_ms)
 {
-    if (o->sp.temperature > 0) {
-        fprintf(stderr, "duet generate: --topology generates greedily; drop --temperature\n");
-        return 2;
-    }
     int32_t eos = -1;
     if (!o->ignore_eos)
         eos = cfg->n_eos > 0 ? cfg->eos_ids[0] : (tok ? duet_tokenizer_eos(tok) : -1);
@@ -171,7 +168,7 @@ static int run_topology(const gen_opts_t *o, const duet_config_t *cfg, duet_toke
     if (!gen)
         return 1;
     if (duet__generate_topology(o->topology, o->model, prompt, n_prompt, (int32_t)o->max_tokens,
-                                eos, (int)o->threads, gen, &n_gen, &secs)) {
+                                eos, &o->sp, (int)o->threads, gen, &n_gen, &secs)) {
         duet_free(gen);
         return 1;
     }

@@ -10,7 +10,8 @@
  * generation and then claims with a CAS on that word; the CAS can only
  * succeed while that generation still has unclaimed tasks, i.e. before the
  * caller could have published the next job, so a stale worker can never run
- * one job's task with another job's fn/ctx.
+ * one job's task with another job's fn/ctx. (A run of more than 2^20 - 1
+ * tasks, far beyond what the kernels issue, runs on the caller alone.)
  *
  * Decode issues ~100 short runs per token, so waking must be cheap: an idle
  * worker spins on the word for a while (DUET_CPU_SPIN_US, default 200 µs)

@@ -255,6 +255,36 @@ static size_t lim_max(const duet_codec_limits_t *lim)
     return m > DUET_MSG_SIZE_HARD_MAX ? DUET_MSG_SIZE_HARD_MAX : m;
 }
 
+/* A body of up to 15 unsigned/bool fields (the common small message) is
+ * written in place, byte for byte as the packer would. False: not such a
+ * schema, or no room could be made; the packer does it. */
+static bool enc_flat(const duet_schema_t *s, const void *v, duet_buf_t *out)
+{
+    if (s->nfields >= 16)
+        return false;
+    for (size_t i = 0; i < s->nfields; i++)
+        if (s->fields[i].kind > DUET_F_U64)
+            return false;
+    if (duet_vec_reserve((void **)&out->data, &out->cap, out->len + 2 + 9 * s->nfields, 1))
+        return false;
+    uint8_t *p = out->data + out->len;
+    *p++ = (uint8_t)(0x90 | s->nfields);
+    for (size_t i = 0; i < s->nfields; i++) {
+        const duet_field_t *f = &s->fields[i];
+        const uint8_t *q = (const uint8_t *)v + f->offset;
+        switch (f->kind) {
+        case DUET_F_BOOL: *p++ = *(const bool *)q ? 0xc3 : 0xc2; break;
+        case DUET_F_U8: p = put_uint(p, *(const uint8_t *)q); break;
+        case DUET_F_U16: p = put_uint(p, *(const uint16_t *)q); break;
+        case DUET_F_U32: p = put_uint(p, *(const uint32_t *)q); break;
+        default: p = put_uint(p, *(const uint64_t *)q); break;
+        }
+    }
+    out->len = (size_t)(p - out->data);
+    out->data[out->len] = 0;
+    return true;
+}
+
 duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
                               const duet_codec_limits_t *lim, duet_buf_t *out)
 {
@@ -285,7 +315,7 @@ duet_status_t duet_msg_encode(const duet_env_t *env, const void *body,
     p = put_uint(p, env->flags);
     out->len = (size_t)(p - out->data);
     out->data[out->len] = 0;
-    duet_status_t st = enc_value(&pk, &t->schema, body);
+    duet_status_t st = enc_flat(&t->schema, body, out) ? DUET_OK : enc_value(&pk, &t->schema, body);
     if (st) {
         out->len = start;
         return duet_error_wrap(st, "encoding %s from '%s' to '%s'", t->name, env->from, env->to);
@@ -768,8 +798,13 @@ static duet_status_t schema_decode_ex(const duet_schema_t *s, const uint8_t *dat
                                       size_t *used_out, size_t prefix, duet_buf_t *scratch,
                                       uint8_t **mem_out)
 {
+    /* A schema of scalars only has no variable part to size: one pass (it
+     * allocates just the struct before checking the input) */
+    bool flat = true;
+    for (size_t i = 0; i < s->nfields && flat; i++)
+        flat = s->fields[i].kind <= DUET_F_F64;
     dec_t d = {.r = {data, data, data + len}};
-    duet_status_t st = dec_value(&d, s, NULL);
+    duet_status_t st = flat ? DUET_OK : dec_value(&d, s, NULL);
     if (st)
         return st;
     size_t used = (size_t)(d.r.p - data);
@@ -797,6 +832,8 @@ static duet_status_t schema_decode_ex(const duet_schema_t *s, const uint8_t *dat
             duet_free(mem);
         return st ? st : duet_errorf(DUET_ERR_INTERNAL, "%s: decoder passes disagree", s->name);
     }
+    if (flat)
+        used = (size_t)(d2.r.p - data);
     if (used_out)
         *used_out = used;
     *mem_out = mem;
@@ -887,33 +924,44 @@ static duet_status_t msg_decode(const uint8_t *data, size_t len, const duet_code
         return duet_errorf(DUET_ERR_RANGE,
                            "message from node '%s': %zu bytes exceed the %zu-byte cap", pn, len,
                            lim_max(lim));
-    duet_env_t env;
+    /* with scratch the envelope is decoded in place (growing scratch for
+     * the body keeps it: it is the allocation's prefix) */
+    duet_env_t local, *env = &local;
+    if (scratch) {
+        if (duet_vec_reserve((void **)&scratch->data, &scratch->cap,
+                             ALIGN8(sizeof(duet_msg_t)) + 256, 1))
+            return duet_errorf(DUET_ERR_NOMEM, "message from node '%s': out of memory", pn);
+        env = &((duet_msg_t *)scratch->data)->env;
+    }
     size_t off;
-    duet_status_t st = duet_env_decode(data, len, &env, &off);
+    duet_status_t st = duet_env_decode(data, len, env, &off);
     if (st)
         return duet_error_wrap(st, "message from node '%s'", pn);
-    const duet_msg_type_t *t = duet_msg_type_lookup(env.type);
+    const duet_msg_type_t *t = duet_msg_type_lookup(env->type);
     if (!t)
         return duet_errorf(DUET_ERR_INVALID,
-                           "message from '%s' (node '%s') to '%s': unknown type 0x%x", env.from, pn,
-                           env.to, env.type);
+                           "message from '%s' (node '%s') to '%s': unknown type 0x%x", env->from,
+                           pn, env->to, env->type);
     size_t used = 0;
     uint8_t *mem = NULL;
     /* message header and body in one allocation */
     st = schema_decode_ex(&t->schema, data + off, len - off, &used, sizeof(duet_msg_t), scratch,
                           &mem);
+    if (scratch)
+        env = &((duet_msg_t *)scratch->data)->env;
     if (st)
         return duet_error_wrap(st, "message %s from '%s' (node '%s') to '%s', body at byte %zu",
-                               t->name, env.from, pn, env.to, off);
+                               t->name, env->from, pn, env->to, off);
     if (off + used != len) {
         if (!scratch)
             duet_free(mem);
         return duet_errorf(DUET_ERR_INVALID,
                            "message %s from '%s' (node '%s'): %zu trailing bytes after the body",
-                           t->name, env.from, pn, len - off - used);
+                           t->name, env->from, pn, len - off - used);
     }
     duet_msg_t *m = (duet_msg_t *)mem;
-    m->env = env;
+    if (!scratch)
+        m->env = local;
     m->type = t;
     m->body = mem + ALIGN8(sizeof(duet_msg_t));
     *msg_out = m;

@@ -386,8 +386,8 @@ duet_status_t duet_zep_recv_buf(duet_zep_t *ep, char peer_out[DUET_NAME_MAX], du
     return recv_common(ep, peer_out, take_buf, buf);
 }
 
-duet_status_t duet_zep_dealer_open(duet_zep_t *ep, unsigned tag, const char *peer,
-                                   const char *addr, const char *server_key, void **sock_out)
+duet_status_t duet_zep_dealer_open(duet_zep_t *ep, unsigned tag, const char *peer, const char *addr,
+                                   const char *server_key, void **sock_out)
 {
     char rid[DUET_NAME_MAX + 16];
     int rn = snprintf(rid, sizeof(rid), "%s\x1f%u", ep->node, tag);
@@ -407,8 +407,7 @@ duet_status_t duet_zep_dealer_open(duet_zep_t *ep, unsigned tag, const char *pee
         goto err_close;
     }
     if (ep->has_curve && server_key) {
-        if (strlen(server_key) != 40 ||
-            zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_key, 40) ||
+        if (strlen(server_key) != 40 || zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_key, 40) ||
             zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, ep->curve.public_z85, 40) ||
             zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, ep->curve.secret_z85, 40)) {
             st = duet_errorf(DUET_ERR_INVALID, "node %s: peer %s: bad CURVE server key", ep->node,
@@ -455,11 +454,10 @@ duet_status_t duet_zep_create_sibling(duet_zep_t *ep, const char *bind, duet_zep
         st = zerr("setsockopt", ep->node);
         goto err_sock;
     }
-    if (ep->has_curve &&
-        (zmq_setsockopt(sb->sock, ZMQ_CURVE_SERVER, &one, sizeof(one)) ||
-         zmq_setsockopt(sb->sock, ZMQ_CURVE_SECRETKEY, ep->curve.secret_z85, 40) ||
-         zmq_setsockopt(sb->sock, ZMQ_CURVE_PUBLICKEY, ep->curve.public_z85, 40) ||
-         zmq_setsockopt(sb->sock, ZMQ_ZAP_DOMAIN, "duet", 4))) {
+    if (ep->has_curve && (zmq_setsockopt(sb->sock, ZMQ_CURVE_SERVER, &one, sizeof(one)) ||
+                          zmq_setsockopt(sb->sock, ZMQ_CURVE_SECRETKEY, ep->curve.secret_z85, 40) ||
+                          zmq_setsockopt(sb->sock, ZMQ_CURVE_PUBLICKEY, ep->curve.public_z85, 40) ||
+                          zmq_setsockopt(sb->sock, ZMQ_ZAP_DOMAIN, "duet", 4))) {
         st = zerr("CURVE options", ep->node);
         goto err_sock;
     }

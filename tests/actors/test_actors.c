@@ -982,6 +982,7 @@ static void test_rogue_peer(void **state)
 
 typedef struct cpinger {
     atomic_int pongs, timeouts;
+    atomic_bool quiet; /* stop calling */
 } cpinger_t;
 
 static duet_status_t cp_start(duet_actor_t *self, void *arg, void **st)
@@ -994,6 +995,8 @@ static duet_status_t cp_handle(duet_actor_t *self, void *state, const duet_msg_t
 {
     cpinger_t *c = state;
     if (duet_msg_body(m, &duet_msg_sys_timer)) {
+        if (atomic_load(&c->quiet))
+            return DUET_OK;
         t_ping_t q = {1, "secret"};
         duet_call_opts_t o = {.timeout_ms = 100};
         return duet_call(self, "cpong", &t_msg_ping, &q, &o, NULL);
@@ -1056,7 +1059,9 @@ static void test_curve_nodes(void **state)
     assert_int_equal(duet_node_create(&ca, &a), DUET_OK);
     assert_int_equal(duet_node_create(&ce, &e), DUET_OK);
     probe_stats_t ps = {0};
-    assert_int_equal(duet_spawn(b, "cpong", &probe_ops, &ps, NULL), DUET_OK);
+    /* its own thread: reached on its loop's socket, which CURVE guards too */
+    duet_spawn_opts_t th = {.mode = DUET_RUN_THREAD};
+    assert_int_equal(duet_spawn(b, "cpong", &probe_ops, &ps, &th), DUET_OK);
     static cpinger_t c[2];
     memset(c, 0, sizeof(c));
     assert_int_equal(duet_spawn(a, "good", &cp_ops, &c[0], NULL), DUET_OK);
@@ -1067,11 +1072,102 @@ static void test_curve_nodes(void **state)
     duet_node_stats(b, &sb);
     assert_true(sb.refused >= 1);
     assert_int_equal(atomic_load(&c[1].pongs), 0); /* the unknown key got nothing */
-    assert_int_equal(atomic_load(&ps.handled), atomic_load(&c[0].pongs)); /* only a's pings ran */
+    /* only a's pings ran: quiet it and let the calls in flight land first (a
+     * reply later than the 100 ms timeout counts as a timeout, not a pong) */
+    atomic_store(&c[0].quiet, true);
+    world_idle(&w, 300);
+    int handled = atomic_load(&ps.handled), pongs = atomic_load(&c[0].pongs);
+    assert_true(handled >= pongs);
+    assert_true(handled <= pongs + atomic_load(&c[0].timeouts));
     duet_node_destroy(&e);
     duet_node_destroy(&a);
     duet_node_destroy(&b);
     duet_registry_destroy(&reg);
+}
+
+/* ---- own-thread actors across nodes: stop and restart ------------------------ */
+
+/* An own-thread actor on another node is reached on its loop's socket
+ * (real transports). Its stop must still answer calls with noproc (its
+ * address is withdrawn and the node answers), and a new incarnation on a
+ * new thread must get the calls that follow, each exactly once. */
+typedef struct rcaller {
+    atomic_int pongs, noprocs, timeouts, errors;
+    atomic_bool quiet; /* stop calling */
+    uint64_t n;
+} rcaller_t;
+
+static duet_status_t rcaller_call(duet_actor_t *self, rcaller_t *c)
+{
+    t_ping_t q = {++c->n, "req"};
+    duet_call_opts_t o = {.timeout_ms = 2000};
+    duet_status_t st = duet_call(self, "worker", &t_msg_ping, &q, &o, NULL);
+    return st == DUET_ERR_AGAIN ? DUET_OK : st; /* credits: the timer tries again */
+}
+
+static duet_status_t rcaller_start(duet_actor_t *self, void *arg, void **st)
+{
+    *st = arg;
+    return duet_timer_start(self, 1, 1, 0, NULL);
+}
+
+static duet_status_t rcaller_handle(duet_actor_t *self, void *state, const duet_msg_t *m)
+{
+    rcaller_t *c = state;
+    if (duet_msg_body(m, &duet_msg_sys_timer))
+        return atomic_load(&c->quiet) ? DUET_OK : rcaller_call(self, c);
+    const t_ping_t *r = t_msg_pong_body(m);
+    if (r) {
+        if (r->n > c->n || strcmp(r->text, "pong") != 0)
+            atomic_fetch_add(&c->errors, 1);
+        atomic_fetch_add(&c->pongs, 1);
+    } else if (duet_msg_body(m, &duet_msg_sys_noproc)) {
+        atomic_fetch_add(&c->noprocs, 1);
+    } else if (duet_msg_body(m, &duet_msg_sys_timeout)) {
+        atomic_fetch_add(&c->timeouts, 1);
+    }
+    return DUET_OK;
+}
+
+static const duet_actor_ops_t rcaller_ops = {"rcaller", rcaller_start, rcaller_handle, NULL};
+
+typedef struct count_at_least {
+    atomic_int *v;
+    int n;
+} count_at_least_t;
+
+static bool at_least(void *arg)
+{
+    count_at_least_t *c = arg;
+    return atomic_load(c->v) >= c->n;
+}
+
+static void test_thread_actor_restart_remote(void **state)
+{
+    (void)state;
+    static probe_stats_t ps1, ps2;
+    memset(&ps1, 0, sizeof(ps1));
+    memset(&ps2, 0, sizeof(ps2));
+    duet_spawn_opts_t th = {.mode = DUET_RUN_THREAD};
+    assert_int_equal(duet_spawn(W.b, "worker", &probe_ops, &ps1, &th), DUET_OK);
+    static rcaller_t c;
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(duet_spawn(W.a, "rcaller", &rcaller_ops, &c, &th), DUET_OK);
+    count_at_least_t want = {&c.pongs, 30};
+    assert_true(world_wait(&W, at_least, &want, 10000));
+    assert_int_equal(duet_stop(W.b, "worker", "normal"), DUET_OK);
+    count_at_least_t np = {&c.noprocs, 3};
+    assert_true(world_wait(&W, at_least, &np, 10000));
+    int before = atomic_load(&c.pongs);
+    assert_int_equal(duet_spawn(W.b, "worker", &probe_ops, &ps2, &th), DUET_OK);
+    count_at_least_t again = {&c.pongs, before + 30};
+    assert_true(world_wait(&W, at_least, &again, 10000));
+    atomic_store(&c.quiet, true);
+    world_idle(&W, 300); /* the calls in flight are answered */
+    /* every call that ran was answered once (none lost, none run twice) */
+    assert_int_equal(atomic_load(&c.errors), 0);
+    assert_int_equal(atomic_load(&ps1.handled) + atomic_load(&ps2.handled), atomic_load(&c.pongs));
+    assert_true(atomic_load(&ps2.handled) >= 30);
 }
 
 int main(int argc, char **argv)
@@ -1091,6 +1187,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_credits_stop_fast_sender, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fd_demonitor_remote_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_thread_actor_restart_remote, setup, teardown),
         cmocka_unit_test(test_fault_layer),
         cmocka_unit_test(test_rogue_peer),
         cmocka_unit_test(test_curve_nodes),

@@ -15,6 +15,10 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <glob.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../model/forward_ref.h"
 #include "actors/pipeline.h"
@@ -169,13 +173,38 @@ typedef struct run_opts {
     int A, S, m, hot;
     duet_pipe_control_t control;
     uint64_t seed;
-    int copies;     /* each prompt submitted this many times */
-    bool stagger;   /* later requests arrive while earlier ones decode */
-    int kv_blocks;  /* 0: default */
-    int budget;     /* 0: default */
+    int copies;           /* each prompt submitted this many times */
+    bool stagger;         /* later requests arrive while earlier ones decode */
+    int kv_blocks;        /* 0: default */
+    int budget;           /* 0: default */
     const char *provider; /* NULL: sim */
     uint64_t *sim_out;    /* simulation: [delivered, virtual ns] at the end */
+    bool multiprocess;    /* every shard node in a child process (ipc control) */
+    const char *faults;   /* fault plan text */
+    uint64_t *dropped;    /* out: late/duplicate/stray control messages dropped */
+    uint64_t *kv_waits;   /* out: requests that queued for KV */
 } run_opts_t;
+
+/* A child process running one node until the parent closes `hold`. */
+static pid_t spawn_node(const duet_pipe_config_t *base, const char *node, int hold[2])
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    close(hold[1]);
+    duet_pipe_config_t cfg = *base;
+    cfg.only_node = node;
+    duet_pipe_t *p = NULL;
+    if (duet_pipe_create(&cfg, &p)) {
+        fprintf(stderr, "node %s: %s\n", node, duet_error());
+        _exit(3);
+    }
+    char c;
+    while (read(hold[0], &c, 1) > 0) {
+    }
+    duet_pipe_destroy(&p);
+    _exit(0);
+}
 
 /* Returns mismatches against the engine (and HF). */
 static int run(const suite_t *su, const run_opts_t *ro)
@@ -196,7 +225,26 @@ static int run(const suite_t *su, const run_opts_t *ro)
         .sim_seed = ro->seed,
         .sim_latency_max_ns = 200000,
         .provider = ro->provider,
+        .faults = ro->faults,
     };
+    pid_t kids[16];
+    int n_kids = 0, hold[2] = {-1, -1};
+    char tag[64];
+    if (ro->multiprocess) {
+        snprintf(tag, sizeof(tag), "test%d-%s", (int)getpid(), ro->provider);
+        cfg.control = DUET_PIPE_CONTROL_IPC;
+        cfg.ipc_tag = tag;
+        assert_int_equal(pipe(hold), 0);
+        char node[16];
+        for (int i = 0; i < ro->A + ro->S; i++) {
+            snprintf(node, sizeof(node), i < ro->A ? "a%d" : "e%d", i < ro->A ? i : i - ro->A);
+            kids[n_kids] = spawn_node(&cfg, node, hold);
+            assert_true(kids[n_kids] > 0);
+            n_kids++;
+        }
+        close(hold[0]);
+        cfg.only_node = "ctl";
+    }
     duet_pipe_t *p = NULL;
     duet_status_t st = duet_pipe_create(&cfg, &p);
     if (st)
@@ -252,13 +300,37 @@ static int run(const suite_t *su, const run_opts_t *ro)
     print_message("  %s A=%d S=%d m=%d hot=%d %s: %d requests, %d HF tokens compared, "
                   "%d mismatches, %llu expert rounds, %llu steps\n",
                   strrchr(su->dir, '/') + 1, ro->A, ro->S, ro->m, ro->hot,
-                  ro->control == DUET_PIPE_CONTROL_SIM ? "sim" : "inproc", nreq, compared, bad,
-                  (unsigned long long)ps.rounds_expert, (unsigned long long)ps.steps);
+                  ro->control == DUET_PIPE_CONTROL_SIM ? "sim"
+                  : ro->multiprocess                   ? "multi-process"
+                                                       : "inproc",
+                  nreq, compared, bad, (unsigned long long)ps.rounds_expert,
+                  (unsigned long long)ps.steps);
     assert_true(compared >= su->n);
     if (ro->sim_out)
         assert_true(duet_pipe_sim_progress(p, &ro->sim_out[0], &ro->sim_out[1]));
+    if (ro->dropped)
+        *ro->dropped = ps.dropped_dup + ps.dropped_stray;
+    if (ro->kv_waits)
+        *ro->kv_waits = ps.kv_waits;
     duet_pipe_destroy(&p);
     assert_null(p);
+    if (ro->multiprocess) {
+        close(hold[1]);
+        for (int k = 0; k < n_kids; k++) {
+            int ws = 0;
+            assert_int_equal(waitpid(kids[k], &ws, 0), kids[k]);
+            assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+        }
+        /* the ipc socket files the nodes leave behind */
+        char pat[128];
+        glob_t gl;
+        snprintf(pat, sizeof(pat), "/tmp/duet-pipe-%s-*", tag);
+        if (glob(pat, 0, NULL, &gl) == 0) {
+            for (size_t k = 0; k < gl.gl_pathc; k++)
+                unlink(gl.gl_pathv[k]);
+            globfree(&gl);
+        }
+    }
     return bad;
 }
 
@@ -298,16 +370,26 @@ static void test_mixtral_replicated(void **state)
 static void test_mixtral_kv_queueing(void **state)
 {
     (void)state;
-    run_opts_t o = {.A = 2, .S = 2, .m = 2, .copies = 3, .kv_blocks = 12, .budget = 24};
+    uint64_t waits = 0;
+    run_opts_t o = {
+        .A = 2, .S = 2, .m = 2, .copies = 3, .kv_blocks = 12, .budget = 24, .kv_waits = &waits};
     assert_int_equal(run(&g_mix, &o), 0);
+    print_message("  %llu requests waited for KV blocks\n", (unsigned long long)waits);
+    assert_true(waits > 0);
 }
 
 static void test_mixtral_sim_seeds(void **state)
 {
     (void)state;
     for (uint64_t seed = 1; seed <= 3; seed++) {
-        run_opts_t o = {.A = 2, .S = 3, .m = (int)seed + 1, .hot = 2, .control =
-                        DUET_PIPE_CONTROL_SIM, .seed = seed, .copies = 2, .stagger = true};
+        run_opts_t o = {.A = 2,
+                        .S = 3,
+                        .m = (int)seed + 1,
+                        .hot = 2,
+                        .control = DUET_PIPE_CONTROL_SIM,
+                        .seed = seed,
+                        .copies = 2,
+                        .stagger = true};
         assert_int_equal(run(&g_mix, &o), 0);
     }
 }
@@ -318,8 +400,13 @@ static void test_mixtral_sim_repeatable(void **state)
     (void)state;
     uint64_t h[3][2] = {{0}};
     for (int k = 0; k < 3; k++) {
-        run_opts_t o = {.A = 2, .S = 2, .m = 3, .control = DUET_PIPE_CONTROL_SIM,
-                        .seed = k < 2 ? 42 : 43, .copies = 2, .stagger = true,
+        run_opts_t o = {.A = 2,
+                        .S = 2,
+                        .m = 3,
+                        .control = DUET_PIPE_CONTROL_SIM,
+                        .seed = k < 2 ? 42 : 43,
+                        .copies = 2,
+                        .stagger = true,
                         .sim_out = h[k]};
         assert_int_equal(run(&g_mix, &o), 0);
     }
@@ -332,6 +419,107 @@ static void test_mixtral_sim_repeatable(void **state)
     assert_true(h[0][1] != h[2][1]); /* the seed matters */
 }
 
+/* Sampling (temperature, top-k, top-p, seed) through the deployment draws
+ * exactly the engine's tokens: a draw depends only on (seed, position) and
+ * the logits. */
+static void test_mixtral_sampled(void **state)
+{
+    (void)state;
+    duet_backend_t *be = NULL;
+    duet_backend_opts_t bo = {.n_threads = 1};
+    assert_int_equal(duet_backend_open("cpu", &bo, &be), DUET_OK);
+    duet_model_t *m = NULL;
+    assert_int_equal(duet_model_load(MIXTRAL, NULL, &m), DUET_OK);
+    const int n = g_mix.n;
+    const int32_t steps = 16;
+    int32_t want[MAXP][16];
+    duet_pipe_sampling_t ps[MAXP];
+    for (int i = 0; i < n; i++) {
+        ps[i] =
+            (duet_pipe_sampling_t){0.9f, i % 2 ? 20 : 0, i % 3 ? 0.95f : 1.0f, (uint64_t)(100 + i)};
+        duet_sampling_params_t sp = {ps[i].temperature, ps[i].top_k, ps[i].top_p, ps[i].seed};
+        duet_engine_opts_t o = {0};
+        o.fwd.max_tokens = g_mix.n_ids[i] + 1;
+        o.fwd.max_seqs = 1;
+        o.kv.n_blocks = 64;
+        o.kv.max_seqs = 1;
+        duet_engine_t *e = NULL;
+        assert_int_equal(duet_engine_create(be, m, &o, &e), DUET_OK);
+        int32_t seq;
+        assert_int_equal(duet_kvcache_seq_open(duet_engine_kv(e), &seq), DUET_OK);
+        duet_seq_input_t in = {seq, g_mix.n_ids[i], g_mix.ids[i], DUET_LOGITS_LAST};
+        for (int32_t t = 0; t < steps; t++) {
+            assert_int_equal(duet_engine_step(e, 1, &in, NULL, NULL), DUET_OK);
+            assert_int_equal(duet_engine_sample(e, &sp, &want[i][t]), DUET_OK);
+            in = (duet_seq_input_t){seq, 1, &want[i][t], DUET_LOGITS_LAST};
+        }
+        duet_engine_destroy(&e);
+    }
+    duet_model_destroy(&m);
+    duet_backend_close(&be);
+    for (int k = 0; k < 2; k++) {
+        placement_t pl;
+        place(&pl, g_mix.n_experts, 3, 2);
+        duet_pipe_config_t cfg = {.model_dir = MIXTRAL,
+                                  .n_attention = 2,
+                                  .n_expert_shards = 3,
+                                  .shard_experts = pl.rows,
+                                  .shard_n_experts = pl.n,
+                                  .micro_batches = 3,
+                                  .token_budget = 64,
+                                  .control = k ? DUET_PIPE_CONTROL_SIM : DUET_PIPE_CONTROL_INPROC,
+                                  .sim_seed = 11};
+        duet_pipe_t *p = NULL;
+        assert_int_equal(duet_pipe_create(&cfg, &p), DUET_OK);
+        for (int i = 0; i < n; i++)
+            assert_int_equal(duet_pipe_submit_sampled(p, (uint64_t)i, g_mix.ids[i], g_mix.n_ids[i],
+                                                      steps, -1, &ps[i]),
+                             DUET_OK);
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(duet_pipe_wait(p, (uint64_t)i, steps, 60000), DUET_OK);
+            int32_t out[16];
+            bool done;
+            char err[256];
+            assert_int_equal(duet_pipe_result(p, (uint64_t)i, out, 16, &done, err, sizeof(err)),
+                             steps);
+            assert_string_equal(err, "");
+            for (int32_t t = 0; t < steps; t++)
+                bad += out[t] != want[i][t];
+        }
+        print_message("  sampled (%s): %d requests x %d tokens, %d mismatches\n",
+                      k ? "sim" : "inproc", n, steps, bad);
+        assert_int_equal(bad, 0);
+        duet_pipe_destroy(&p);
+    }
+}
+
+/* Duplicated and delayed (reordered) pipe.dispatch / pipe.result under the
+ * simnet: the duplicates are dropped, never mixed in; the tokens stay. */
+static void test_mixtral_sim_faults(void **state)
+{
+    (void)state;
+    const char *plan = "dup p=0.3 type=pipe.dispatch\n"
+                       "dup p=0.3 type=pipe.result\n"
+                       "delay min=0ms max=1ms p=0.5 type=pipe.dispatch\n"
+                       "delay min=0ms max=1ms p=0.5 type=pipe.result\n";
+    uint64_t dropped = 0;
+    run_opts_t o = {.A = 2,
+                    .S = 3,
+                    .m = 3,
+                    .hot = 2,
+                    .control = DUET_PIPE_CONTROL_SIM,
+                    .seed = 5,
+                    .copies = 2,
+                    .stagger = true,
+                    .faults = plan,
+                    .dropped = &dropped};
+    assert_int_equal(run(&g_mix, &o), 0);
+    print_message("  %llu duplicate or stray control messages dropped\n",
+                  (unsigned long long)dropped);
+    assert_true(dropped > 0);
+}
+
 /* The data plane over the shm and tcp providers (all shards in this process). */
 static void test_mixtral_shm_tcp(void **state)
 {
@@ -339,6 +527,25 @@ static void test_mixtral_shm_tcp(void **state)
     const char *prov[2] = {"shm", "tcp"};
     for (int k = 0; k < 2; k++) {
         run_opts_t o = {.A = 2, .S = 2, .m = 2, .hot = 1, .provider = prov[k], .stagger = true};
+        assert_int_equal(run(&g_mix, &o), 0);
+    }
+}
+
+/* Every shard in a process of its own: control over ZeroMQ ipc, bulk
+ * rows over shm, then tcp. */
+static void test_mixtral_multiprocess(void **state)
+{
+    (void)state;
+    const char *prov[2] = {"shm", "tcp"};
+    for (int k = 0; k < 2; k++) {
+        run_opts_t o = {.A = 2,
+                        .S = 2,
+                        .m = 3,
+                        .hot = 1,
+                        .provider = prov[k],
+                        .stagger = true,
+                        .copies = 2,
+                        .multiprocess = true};
         assert_int_equal(run(&g_mix, &o), 0);
     }
 }
@@ -365,7 +572,8 @@ static void test_pycoder_sim(void **state)
 }
 
 /* expert/1 (no replica) is killed mid-generation: every request ends with
- * an error naming it, within the round timeout; later requests fail fast. */
+ * an error naming it, within the round timeout; later requests fail fast.
+ * Once it is started again the deployment serves with the right tokens. */
 static void test_dead_expert_shard(void **state)
 {
     (void)state;
@@ -380,13 +588,15 @@ static void test_dead_expert_shard(void **state)
         .micro_batches = 2,
         .token_budget = 64,
         .round_timeout_ms = 1000,
+        /* slow every round down so that the requests are surely mid-way */
+        .faults = "delay min=2ms max=2ms type=pipe.result\n",
     };
     duet_pipe_t *p = NULL;
     assert_int_equal(duet_pipe_create(&cfg, &p), DUET_OK);
     for (int k = 0; k < 3; k++)
-        assert_int_equal(duet_pipe_submit(p, (uint64_t)k, g_mix.ids[k + 1], g_mix.n_ids[k + 1],
-                                          400, -1),
-                         DUET_OK);
+        assert_int_equal(
+            duet_pipe_submit(p, (uint64_t)k, g_mix.ids[k + 1], g_mix.n_ids[k + 1], 400, -1),
+            DUET_OK);
     assert_int_equal(duet_pipe_wait(p, 0, 2, 30000), DUET_OK);
     uint64_t t0 = duet_now_ns();
     assert_int_equal(duet_pipe_kill_expert(p, 1), DUET_OK);
@@ -406,7 +616,34 @@ static void test_dead_expert_shard(void **state)
     assert_int_equal(duet_pipe_wait(p, 10, 100, 5000), DUET_OK);
     duet_pipe_result(p, 10, NULL, 0, &done, err, sizeof(err));
     assert_true(done);
+    print_message("  while it is down: %s\n", err);
     assert_true(err[0] != 0);
+
+    /* It comes back: a new data-plane epoch, and the deployment serves
+     * again with the engine's tokens. */
+    t0 = duet_now_ns();
+    duet_status_t rs;
+    while ((rs = duet_pipe_restart_expert(p, 1)) == DUET_ERR_AGAIN) /* still stopping */
+        usleep(10000);
+    assert_int_equal(rs, DUET_OK);
+    uint64_t id = 100;
+    for (;; id++) {
+        assert_true(duet_now_ns() - t0 < 10000000000ull);
+        assert_int_equal(duet_pipe_submit(p, id, g_mix.ids[3], g_mix.n_ids[3], g_mix.n_hf, -1),
+                         DUET_OK);
+        assert_int_equal(duet_pipe_wait(p, id, g_mix.n_hf, 30000), DUET_OK);
+        duet_pipe_result(p, id, NULL, 0, &done, err, sizeof(err));
+        if (!err[0])
+            break;
+        usleep(20000);
+    }
+    int32_t out[64];
+    int32_t n = duet_pipe_result(p, id, out, 64, &done, err, sizeof(err));
+    print_message("  serving again %.3f s after the restart (request %llu)\n",
+                  (double)(duet_now_ns() - t0) / 1e9, (unsigned long long)id);
+    assert_int_equal(n, g_mix.n_hf);
+    for (int32_t t = 0; t < n; t++)
+        assert_int_equal(out[t], g_mix.eng[3][t]);
     duet_pipe_destroy(&p);
 }
 
@@ -425,6 +662,7 @@ static void test_stalled_expert_shard(void **state)
         .shard_n_experts = pl.n,
         .micro_batches = 2,
         .round_timeout_ms = 300,
+        .faults = "delay min=2ms max=2ms type=pipe.result\n",
     };
     duet_pipe_t *p = NULL;
     assert_int_equal(duet_pipe_create(&cfg, &p), DUET_OK);
@@ -454,7 +692,10 @@ int main(void)
         cmocka_unit_test(test_mixtral_kv_queueing),
         cmocka_unit_test(test_mixtral_sim_seeds),
         cmocka_unit_test(test_mixtral_sim_repeatable),
+        cmocka_unit_test(test_mixtral_sim_faults),
+        cmocka_unit_test(test_mixtral_sampled),
         cmocka_unit_test(test_mixtral_shm_tcp),
+        cmocka_unit_test(test_mixtral_multiprocess),
         cmocka_unit_test(test_pycoder_1x1),
         cmocka_unit_test(test_pycoder_2x4),
         cmocka_unit_test(test_pycoder_sim),
