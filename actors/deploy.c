@@ -58,7 +58,7 @@ struct duet_pipe {
 };
 
 #define DUET_PIPE_MSG_DEFINE(var, type_id, type_name, T, fields)                                   \
-    const duet_msg_type_t var = {(type_id), (type_name), DUET_SCHEMA(type_name, T, fields)};
+    DUET_MSG_INSTANCE(var, type_id, type_name, T, fields);
 DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DEFINE)
 
 void duet_pipe_register_types(void)

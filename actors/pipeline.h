@@ -340,12 +340,7 @@ static const duet_field_t duet_pipe_reset_fields[] = {
     X(duet_pipe_msg_down, DUET_MSG_RANGE_ROUTER + 0x25, "pipe.down", duet_pipe_down_t,             \
       duet_pipe_down_fields)
 
-#define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields)                                  \
-    DUET_API extern const duet_msg_type_t var;                                                     \
-    __attribute__((unused)) static inline const T *var##_body(const duet_msg_t *m)                 \
-    {                                                                                              \
-        return (const T *)duet_msg_body(m, &var);                                                  \
-    }
+#define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields) DUET_MSG_DECLARE(var, T)
 DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DECLARE)
 
 /* Register every pipe.* type (idempotent). */

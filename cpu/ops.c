@@ -289,6 +289,19 @@ static void attn_item(const attn_ctx_t *c, int32_t tok, int32_t kvh)
     for (int32_t b0 = 0; b0 < ctx; b0 += bs) {
         const int32_t nin = DUET_MIN(bs, ctx - b0);
         const int64_t base = ((int64_t)s->block_table[b0 / bs] * nkv + kvh) * bstride;
+        if (s->n_tokens == 1 && b0 + bs < ctx) {
+            /* decode: the next block's K and V, a block's work ahead (into
+             * L2); blocks are scattered, so the hardware prefetchers start
+             * cold (prefill tokens share blocks, which stay cached) */
+            const int64_t nb = ((int64_t)s->block_table[b0 / bs + 1] * nkv + kvh) * bstride;
+            const char *nk = (const char *)(kv->k + nb), *nv = (const char *)(kv->v + nb);
+            const int64_t nbytes = (int64_t)DUET_MIN(bs, ctx - b0 - bs) * hd * (int64_t)sizeof(float);
+            const int64_t kbytes = bstride * (int64_t)sizeof(float);
+            for (int64_t off = 0; off < kbytes; off += 64)
+                __builtin_prefetch(nk + off, 0, 2);
+            for (int64_t off = 0; off < nbytes; off += 64)
+                __builtin_prefetch(nv + off, 0, 2);
+        }
         c->block(c->q + qoff, g, hd, bs, kv->k + base, kv->v + base, nin, c->scale, mx, l, acc);
     }
     float *o = c->out + qoff;

@@ -28,28 +28,36 @@ static inline __m512 exp_ps(__m512 x)
     return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
 }
 
-void duet__cpu_attn_block16_avx512(const float *q, int32_t g, int32_t hd, int32_t bs,
-                                   const float *kb, const float *vb, int32_t nin, float scale,
-                                   float *mx, float *l, float *acc)
+/* Up to 4 query heads of one KV head at once (NH constant after inlining):
+ * each K row and V row is loaded once for all of them, and the heads'
+ * independent FMA chains overlap. Every head's arithmetic (two partial
+ * sums over even/odd d and j, in order) is what a lone head would do, so
+ * results do not depend on how heads are grouped. */
+static inline __attribute__((always_inline)) void
+attn_heads16(const float *q, int NH, int32_t hd, const float *kb, const float *vb, int32_t nin,
+             __mmask16 valid, float scale, float *mx, float *l, float *acc)
 {
-    (void)bs; /* 16 */
-    const __mmask16 valid = (__mmask16)(nin >= 16 ? 0xffffu : (1u << nin) - 1u);
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
-    for (int32_t h = 0; h < g; h++) {
-        const float *qh = q + (int64_t)h * hd;
-        float *ah = acc + (int64_t)h * hd;
-        /* 16 scores: sum over d of q[d] * K^T[d][0..15] */
-        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-        int32_t d = 0;
-        for (; d + 2 <= hd; d += 2) {
-            s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(kb + (int64_t)d * 16), s0);
-            s1 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]),
-                                 _mm512_loadu_ps(kb + (int64_t)(d + 1) * 16), s1);
+    /* 16 scores per head: sum over d of q[d] * K^T[d][0..15] */
+    __m512 s0[4], s1[4];
+    for (int h = 0; h < NH; h++) {
+        s0[h] = _mm512_setzero_ps();
+        s1[h] = _mm512_setzero_ps();
+    }
+    for (int32_t d = 0; d + 2 <= hd; d += 2) {
+        const __m512 k0 = _mm512_loadu_ps(kb + (int64_t)d * 16);
+        const __m512 k1 = _mm512_loadu_ps(kb + (int64_t)(d + 1) * 16);
+        for (int h = 0; h < NH; h++) {
+            const float *qh = q + (int64_t)h * hd;
+            s0[h] = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), k0, s0[h]);
+            s1[h] = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]), k1, s1[h]);
         }
-        for (; d < hd; d++)
-            s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(kb + (int64_t)d * 16), s0);
+    }
+    float pj[4][16] __attribute__((aligned(64)));
+    for (int h = 0; h < NH; h++) {
+        float *ah = acc + (int64_t)h * hd;
         __m512 s = _mm512_mask_blend_ps(
-            valid, ninf, _mm512_mul_ps(_mm512_add_ps(s0, s1), _mm512_set1_ps(scale)));
+            valid, ninf, _mm512_mul_ps(_mm512_add_ps(s0[h], s1[h]), _mm512_set1_ps(scale)));
         float bm = _mm512_reduce_max_ps(s);
         if (bm > mx[h]) {
             float r = expf(mx[h] - bm); /* 0 on the first block */
@@ -61,22 +69,49 @@ void duet__cpu_attn_block16_avx512(const float *q, int32_t g, int32_t hd, int32_
         }
         __m512 p = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(mx[h]))));
         l[h] += _mm512_reduce_add_ps(p);
-        float pj[16] __attribute__((aligned(64)));
-        _mm512_store_ps(pj, p);
-        /* acc += sum_j p_j v_j, 16 columns of the output at a time */
-        for (int32_t i = 0; i < hd; i += 16) {
-            __m512 a0 = _mm512_loadu_ps(ah + i), a1 = _mm512_setzero_ps();
-            int32_t j = 0;
-            for (; j + 2 <= nin; j += 2) {
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(pj[j]),
-                                     _mm512_loadu_ps(vb + (int64_t)j * hd + i), a0);
-                a1 = _mm512_fmadd_ps(_mm512_set1_ps(pj[j + 1]),
-                                     _mm512_loadu_ps(vb + (int64_t)(j + 1) * hd + i), a1);
+        _mm512_store_ps(pj[h], p);
+    }
+    /* acc += sum_j p_j v_j, 16 columns of the output at a time */
+    for (int32_t i = 0; i < hd; i += 16) {
+        __m512 a0[4], a1[4];
+        for (int h = 0; h < NH; h++) {
+            a0[h] = _mm512_loadu_ps(acc + (int64_t)h * hd + i);
+            a1[h] = _mm512_setzero_ps();
+        }
+        int32_t j = 0;
+        for (; j + 2 <= nin; j += 2) {
+            const __m512 v0 = _mm512_loadu_ps(vb + (int64_t)j * hd + i);
+            const __m512 v1 = _mm512_loadu_ps(vb + (int64_t)(j + 1) * hd + i);
+            for (int h = 0; h < NH; h++) {
+                a0[h] = _mm512_fmadd_ps(_mm512_set1_ps(pj[h][j]), v0, a0[h]);
+                a1[h] = _mm512_fmadd_ps(_mm512_set1_ps(pj[h][j + 1]), v1, a1[h]);
             }
-            if (j < nin)
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(pj[j]),
-                                     _mm512_loadu_ps(vb + (int64_t)j * hd + i), a0);
-            _mm512_storeu_ps(ah + i, _mm512_add_ps(a0, a1));
+        }
+        if (j < nin) {
+            const __m512 v0 = _mm512_loadu_ps(vb + (int64_t)j * hd + i);
+            for (int h = 0; h < NH; h++)
+                a0[h] = _mm512_fmadd_ps(_mm512_set1_ps(pj[h][j]), v0, a0[h]);
+        }
+        for (int h = 0; h < NH; h++)
+            _mm512_storeu_ps(acc + (int64_t)h * hd + i, _mm512_add_ps(a0[h], a1[h]));
+    }
+}
+
+/* hd is a multiple of 16 (so even): no odd-d tail. */
+void duet__cpu_attn_block16_avx512(const float *q, int32_t g, int32_t hd, int32_t bs,
+                                   const float *kb, const float *vb, int32_t nin, float scale,
+                                   float *mx, float *l, float *acc)
+{
+    (void)bs; /* 16 */
+    const __mmask16 valid = (__mmask16)(nin >= 16 ? 0xffffu : (1u << nin) - 1u);
+    for (int32_t h0 = 0; h0 < g; h0 += 4) {
+        const float *qh = q + (int64_t)h0 * hd;
+        float *ah = acc + (int64_t)h0 * hd;
+        switch (g - h0 >= 4 ? 4 : g - h0) {
+        case 1: attn_heads16(qh, 1, hd, kb, vb, nin, valid, scale, mx + h0, l + h0, ah); break;
+        case 2: attn_heads16(qh, 2, hd, kb, vb, nin, valid, scale, mx + h0, l + h0, ah); break;
+        case 3: attn_heads16(qh, 3, hd, kb, vb, nin, valid, scale, mx + h0, l + h0, ah); break;
+        default: attn_heads16(qh, 4, hd, kb, vb, nin, valid, scale, mx + h0, l + h0, ah); break;
         }
     }
 }

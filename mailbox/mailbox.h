@@ -137,6 +137,19 @@ typedef struct duet_msg_type {
         return (const T *)duet_msg_body(m, &var);                                                  \
     }
 
+/* A type used from several .c files: DUET_MSG_DEFINE's descriptor is static,
+ * so each file including it would get its own copy, and the registry (which
+ * matches descriptors by address) would refuse all but the first. Declare it
+ * in the component's header and instantiate it in exactly one .c file. */
+#define DUET_MSG_DECLARE(var, T)                                                                   \
+    DUET_API extern const duet_msg_type_t var;                                                     \
+    __attribute__((unused)) static inline const T *var##_body(const duet_msg_t *m)                 \
+    {                                                                                              \
+        return (const T *)duet_msg_body(m, &var);                                                  \
+    }
+#define DUET_MSG_INSTANCE(var, type_id, type_name, T, fields)                                      \
+    const duet_msg_type_t var = {(type_id), (type_name), DUET_SCHEMA(type_name, T, fields)}
+
 /* Add a type to the process-wide registry. Registering the same descriptor
  * again is a no-op; another descriptor with the same id or name is an error
  * (DUET_ERR_INVALID). Thread-safe. */
