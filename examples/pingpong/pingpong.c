@@ -49,6 +49,7 @@ typedef struct pinger {
     atomic_int failed;
     char down_reason[128];
     uint64_t ref;
+    uint64_t start_deadline; /* the server may still be starting until then */
 } pinger_t;
 
 static duet_status_t pinger_next(duet_actor_t *self, pinger_t *p)
@@ -62,8 +63,8 @@ static duet_status_t pinger_start(duet_actor_t *self, void *arg, void **st)
 {
     pinger_t *p = arg;
     *st = p;
-    duet_status_t s = duet_monitor(self, "pong", &p->ref);
-    return s ? s : pinger_next(self, p);
+    p->start_deadline = duet_now_ns() + 5000000000ull;
+    return pinger_next(self, p);
 }
 
 static duet_status_t pinger_handle(duet_actor_t *self, void *state, const duet_msg_t *m)
@@ -73,11 +74,21 @@ static duet_status_t pinger_handle(duet_actor_t *self, void *state, const duet_m
     if (r) {
         if (r->n != p->next)
             atomic_store(&p->failed, 1);
+        if (p->next == 0) { /* pong exists now: watch it from here on */
+            duet_status_t s = duet_monitor(self, "pong", &p->ref);
+            if (s)
+                return s;
+        }
         p->rtt[p->next++] = duet_now_ns() - r->sent_ns;
         if (p->next < p->n)
             return pinger_next(self, p);
         atomic_store(&p->done, 1);
         return DUET_OK;
+    }
+    if (duet_msg_body(m, &duet_msg_sys_noproc) && p->next == 0 &&
+        duet_now_ns() < p->start_deadline) {
+        usleep(10000); /* the server process has not spawned pong yet: ask again */
+        return pinger_next(self, p);
     }
     if (duet_msg_body(m, &duet_msg_sys_timeout) || duet_msg_body(m, &duet_msg_sys_noproc)) {
         atomic_store(&p->failed, 1);
@@ -164,6 +175,10 @@ static int ping(const char *srv, const char *cli, uint64_t n, pid_t child)
             printf("DOWN pong: %s, %.0f ms after SIGKILL\n", p.down_reason,
                    (duet_now_ns() - t0) / 1e6);
         }
+    }
+    if (child > 0 && rc != 0) { /* never leave the server behind */
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
     }
     duet_node_destroy(&node);
     duet_registry_destroy(&reg);
