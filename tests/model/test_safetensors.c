@@ -18,52 +18,8 @@
 
 #include "model/safetensors.h"
 
-static char tmpdir[64];
-
-static int setup(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/duet-test-st-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static void rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        if (e->d_type == DT_DIR)
-            rm_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rm_tree(tmpdir);
-    return 0;
-}
-
-static void assert_detail(const char *first, ...)
-{
-    const char *d = duet_error();
-    va_list ap;
-    va_start(ap, first);
-    for (const char *s = first; s; s = va_arg(ap, const char *))
-        if (!strstr(d, s))
-            fail_msg("error detail \"%s\" does not mention \"%s\"", d, s);
-    va_end(ap);
-}
+#define TMPDIR_PREFIX "duet-test-st"
+#include "tmpdir_util.h"
 
 /* An image: 8-byte header length `hlen` (the real one if UINT64_MAX), the
  * header text, `data_len` bytes 0, 1, 2, ... */
