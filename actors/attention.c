@@ -85,6 +85,8 @@ typedef struct attn {
     int32_t *dng;         /* [N] */
     duet_sampling_params_t *sp;
     int32_t *sampled;
+    duet_obs_t own_obs; /* counters when the bring-up gives none */
+    uint64_t disp_end;  /* when the last dispatch's writes were out */
 } attn_t;
 
 static int map_find(const attn_t *s, uint64_t req)
@@ -146,6 +148,7 @@ static duet_status_t step_finish(duet_actor_t *self, attn_t *s)
         s->ubs[i].begun = s->ubs[i].done = false;
     duet_status_t st = send_step_done(self, s, NULL);
     atomic_fetch_add(&s->a.counters->steps, 1);
+    s->a.obs->steps++;
     s->iter++;
     report_load(self, s);
     return st;
@@ -214,6 +217,14 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
         if (st)
             return duet_error_wrap(st, "dispatch round %llu to expert/%d",
                                    (unsigned long long)round, d);
+        s->a.obs->bytes += len;
+        duet_obs_ev(s->a.obs, 's', DUET_TR_FLOW_DISPATCH, duet_now_ns(), 0,
+                    duet_obs_flow_id(s->epoch, 0, round, s->a.shard, d), 0, 0, 0, 0);
+    }
+    /* every write is out: the dispatch slice ends before the first
+     * pipe.dispatch can wake an expert shard */
+    s->disp_end = duet_now_ns();
+    for (int d = 0; d < N; d++) {
         duet_pipe_dispatch_t m = {
             .epoch = s->epoch,
             .round = round,
@@ -237,19 +248,30 @@ static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
     ub_state_t *u = &s->ubs[i];
     const int L = s->cfg->n_layers;
     duet_status_t st;
+    duet_obs_t *o = s->a.obs;
     while (u->layer < L) {
         int l = u->layer;
+        uint64_t t0 = duet_now_ns();
         if (u->n_seqs > 0 && (st = duet_fwd_attention(s->fwd, u->ub, l)))
             return duet_error_wrap(st, "layer %d attention", l);
-        if (!s->cfg->sparse_layer[l]) {
-            u->layer++;
-            continue;
-        }
+        uint64_t t1 = duet_now_ns();
+        bool sparse = s->cfg->sparse_layer[l];
         uint64_t round =
             (s->iter * (uint64_t)s->g->n_sparse + (uint64_t)u->sparse_j) * (uint64_t)s->g->m +
             (uint64_t)i;
+        o->busy_ns += t1 - t0;
+        duet_obs_ev(o, 'X', DUET_TR_ATTENTION, t0, t1 - t0, 0, sparse ? (int64_t)round : -1, l, i,
+                    u->n_tok);
+        if (!sparse) {
+            u->layer++;
+            continue;
+        }
         if ((st = dispatch(self, s, i, l, round)))
             return st;
+        uint64_t t2 = s->disp_end;
+        o->busy_ns += t2 - t1;
+        o->rounds++;
+        duet_obs_ev(o, 'X', DUET_TR_DISPATCH, t1, t2 - t1, 0, (int64_t)round, l, i, u->d.n_rows);
         u->waiting = true;
         u->round = round;
         u->n_got = 0;
@@ -257,6 +279,7 @@ static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
         return DUET_OK;
     }
     if (u->n_seqs > 0) {
+        uint64_t t0 = duet_now_ns();
         int32_t rows = 0;
         if ((st = duet_fwd_logits(s->fwd, u->ub, &rows)))
             return duet_error_wrap(st, "logits");
@@ -275,6 +298,9 @@ static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
             s->res_req[s->res_n] = u->req[k];
             s->res_tok[s->res_n++] = s->sampled[r++];
         }
+        uint64_t t1 = duet_now_ns();
+        o->busy_ns += t1 - t0;
+        duet_obs_ev(o, 'X', DUET_TR_LOGITS, t0, t1 - t0, 0, -1, L, i, rows);
     }
     u->done = true;
     if (++s->ubs_done == s->g->m)
@@ -287,6 +313,8 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
 {
     ub_state_t *u = &s->ubs[i];
     const int N = s->g->n_expert_shards;
+    uint64_t t0 = duet_now_ns();
+    int64_t rows_in = 0;
     duet_status_t st =
         duet_m2n_recv(s->a.combine, u->round, (int64_t)s->g->round_timeout_ms * 1000000);
     if (st)
@@ -309,6 +337,8 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
                                (unsigned long long)u->round, d, (unsigned long long)h.round, h.rows,
                                len, u->dest_n[d]);
         const uint8_t *q = (const uint8_t *)data + sizeof(h);
+        s->a.obs->bytes += len;
+        rows_in += h.rows;
         for (uint32_t j = 0; j < h.rows; j++) {
             int32_t row = u->dest_rows[(size_t)d * s->max_rows + j];
             memcpy(u->y + (size_t)row * (size_t)s->cfg->hidden, q + (size_t)j * s->rowb, s->rowb);
@@ -320,6 +350,15 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
         (st = duet_fwd_combine(s->fwd, u->ub, u->layer, u->y, u->d.row_token, u->d.row_weight,
                                u->d.n_rows)))
         return duet_error_wrap(st, "layer %d combine", u->layer);
+    uint64_t t1 = duet_now_ns();
+    s->a.obs->busy_ns += t1 - t0;
+    if (duet_obs_tracing(s->a.obs)) {
+        duet_obs_ev(s->a.obs, 'X', DUET_TR_COMBINE, t0, t1 - t0, 0, (int64_t)u->round, u->layer, i,
+                    rows_in);
+        for (int d = 0; d < N; d++)
+            duet_obs_ev(s->a.obs, 'f', DUET_TR_FLOW_RESULT, t0, 0,
+                        duet_obs_flow_id(s->epoch, 1, u->round, s->a.shard, d), 0, 0, 0, 0);
+    }
     u->waiting = false;
     u->layer++;
     u->sparse_j++;
@@ -399,6 +438,7 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
         u->n_tok += ntok[k];
         pos += (size_t)ntok[k];
     }
+    s->a.obs->tokens += pos;
     s->busy = true;
     s->last_progress = duet_actor_now_ns(self);
     duet_status_t st;
@@ -593,6 +633,20 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
     const duet_pipe_result_t *res = duet_pipe_msg_result_body(msg);
     if (res)
         return on_result(self, s, res);
+    const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
+    if (sq) {
+        duet_pipe_actor_stats_t r = {.cookie = sq->cookie,
+                                     .actor = (char *)duet_actor_name(self),
+                                     .busy_ns = s->a.obs->busy_ns,
+                                     .rounds = s->a.obs->rounds,
+                                     .tokens = s->a.obs->tokens,
+                                     .bytes = s->a.obs->bytes,
+                                     .steps = s->a.obs->steps};
+        if (duet_send(self, sq->reply_to, &duet_pipe_msg_actor_stats, &r))
+            DUET_LOG_D(MOD, "%s: pipe.actor_stats to %s: %s", duet_actor_name(self), sq->reply_to,
+                       duet_error()); /* best effort: a bad reply_to must not stop us */
+        return DUET_OK;
+    }
     const duet_pipe_step_t *step = duet_pipe_msg_step_body(msg);
     if (step) {
         s->stepped = true;
@@ -720,6 +774,8 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
         return DUET_ERR_NOMEM;
     *state_out = s;
     s->a = *(const duet_pipe_attn_arg_t *)arg;
+    if (!s->a.obs)
+        s->a.obs = &s->own_obs;
     s->g = s->a.geom;
     s->cfg = &s->a.model->cfg;
     const int M = s->g->m, N = s->g->n_expert_shards, E = s->cfg->n_experts;

@@ -55,6 +55,11 @@ struct duet_pipe {
     pthread_cond_t cv;
     pres_t *res;
     size_t n_res, cap_res;
+    /* observability: [A] attention, [S] expert shards, scheduler */
+    duet_obs_t *obs;
+    int n_obs;
+    uint64_t stats_seq;
+    duet_pipe_actor_stats_t stats_got; /* the last reply (cookie, counters) */
 };
 
 #define DUET_PIPE_MSG_DEFINE(var, type_id, type_name, T, fields)                                   \
@@ -88,9 +93,22 @@ static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_m
 {
     (void)self;
     duet_pipe_t *p = state;
+    const duet_pipe_actor_stats_t *as = duet_pipe_msg_actor_stats_body(msg);
+    if (as) {
+        pthread_mutex_lock(&p->mu);
+        p->stats_got = *as;
+        p->stats_got.actor = NULL;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        return DUET_OK;
+    }
     const duet_pipe_token_t *t = duet_pipe_msg_token_body(msg);
     if (!t)
         return DUET_OK;
+    if (p->cfg.on_token) {
+        p->cfg.on_token(p->cfg.on_token_user, t);
+        return DUET_OK;
+    }
     pthread_mutex_lock(&p->mu);
     pres_t *r = res_find(p, t->req);
     if (r && !r->done) {
@@ -387,6 +405,33 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
 
     if ((st = make_nodes(p)))
         goto err;
+    p->n_obs = A + S + 1;
+    p->obs = duet_calloc((size_t)p->n_obs, sizeof(duet_obs_t));
+    if (!p->obs) {
+        st = DUET_ERR_NOMEM;
+        goto err;
+    }
+    for (int i = 0; i < p->n_obs; i++) {
+        char an[32];
+        int ni;
+        if (i < A) {
+            snprintf(an, sizeof(an), "attn/%d", i);
+            ni = p->attn_ni[i];
+        } else if (i < A + S) {
+            snprintf(an, sizeof(an), "expert/%d", i - A);
+            ni = p->exp_ni[i - A];
+        } else {
+            snprintf(an, sizeof(an), "scheduler");
+            ni = p->sched_ni;
+        }
+        /* tracks: scheduler 1, attention 2.., expert shards after them */
+        int tid = i < A + S ? 2 + i : 1;
+        size_t cap = 0;
+        if (cfg->trace_path && p->nodes[ni])
+            cap = cfg->trace_events ? cfg->trace_events : 262144;
+        if ((st = duet__obs_init(&p->obs[i], an, tid, cap)))
+            goto err;
+    }
     p->emodel = duet_calloc((size_t)S, sizeof(duet_model_t *));
     p->be = duet_calloc((size_t)(A + S), sizeof(duet_backend_t *));
     p->aarg = duet_calloc((size_t)A, sizeof(*p->aarg));
@@ -425,7 +470,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                       .kv_blocks = kvb,
                                       .kv_block_size = kvbs,
                                       .max_seq_len = mc->max_pos,
-                                      .counters = &p->counters};
+                                      .counters = &p->counters,
+                                      .obs = &p->obs[A + S]};
     duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
     duet_node_t *sn = p->nodes[p->sched_ni];
     if (sn && ((st = duet_spawn(sn, "client", &client_ops, p, NULL)) ||
@@ -441,7 +487,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                               .n_experts = cfg->shard_n_experts[s],
                                               .provider = prov,
                                               .rsim = p->rsim,
-                                              .counters = &p->counters};
+                                              .counters = &p->counters,
+                                              .obs = &p->obs[A + s]};
         snprintf(name, sizeof(name), "expert/%d", s);
         if (p->nodes[p->exp_ni[s]] && (st = duet_spawn(p->nodes[p->exp_ni[s]], name,
                                                        &duet__pipe_expert_ops, &p->earg[s], &thr)))
@@ -456,7 +503,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                             .kv_block_size = kvbs,
                                             .provider = prov,
                                             .rsim = p->rsim,
-                                            .counters = &p->counters};
+                                            .counters = &p->counters,
+                                            .obs = &p->obs[a]};
         snprintf(name, sizeof(name), "attn/%d", a);
         if (p->nodes[p->attn_ni[a]] &&
             (st = duet_spawn(p->nodes[p->attn_ni[a]], name, &duet__pipe_attention_ops, &p->aarg[a],
@@ -488,6 +536,25 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
     /* actors first (they borrow everything below), attention before experts */
     for (int i = 0; p->nodes && i < p->n_nodes; i++)
         duet_node_destroy(&p->nodes[i]);
+    if (p->obs && p->cfg.trace_path) {
+        /* the actors are gone: their blocks are ours to read */
+        duet_obs_t **list = duet_calloc((size_t)p->n_obs, sizeof(duet_obs_t *));
+        int n = 0;
+        for (int i = 0; list && i < p->n_obs; i++)
+            if (p->obs[i].ev)
+                list[n++] = &p->obs[i];
+        char path[1024];
+        if (p->cfg.only_node)
+            snprintf(path, sizeof(path), "%s.%s", p->cfg.trace_path, p->cfg.only_node);
+        else
+            snprintf(path, sizeof(path), "%s", p->cfg.trace_path);
+        if (list && duet__trace_write(path, list, n))
+            DUET_LOG_W(MOD, "%s", duet_error());
+        duet_free(list);
+    }
+    for (int i = 0; p->obs && i < p->n_obs; i++)
+        duet__obs_cleanup(&p->obs[i]);
+    duet_free(p->obs);
     duet_free(p->nodes);
     duet_free(p->names);
     duet_free(p->attn_ni);
@@ -538,7 +605,9 @@ duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32
                            (unsigned long long)req);
     pthread_mutex_lock(&p->mu);
     duet_status_t st = DUET_OK;
-    if (res_find(p, req))
+    if (p->cfg.on_token) {
+        /* the hook gets the tokens: nothing kept here */
+    } else if (res_find(p, req))
         st = duet_errorf(DUET_ERR_INVALID, "request id %llu already used", (unsigned long long)req);
     else if ((st = duet_vec_reserve((void **)&p->res, &p->cap_res, p->n_res + 1, sizeof(pres_t))) ==
              DUET_OK) {
@@ -568,6 +637,20 @@ duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32
     if (!sn)
         return duet_errorf(DUET_ERR_INVALID, "the scheduler does not run in this process");
     return duet_node_send(sn, "client", "scheduler", &duet_pipe_msg_submit, &m);
+}
+
+duet_status_t duet_pipe_cancel(duet_pipe_t *p, uint64_t req)
+{
+    duet_node_t *sn = p->nodes[p->sched_ni];
+    if (!sn)
+        return duet_errorf(DUET_ERR_INVALID, "the scheduler does not run in this process");
+    duet_pipe_cancel_t m = {.req = req};
+    return duet_node_send(sn, "client", "scheduler", &duet_pipe_msg_cancel, &m);
+}
+
+const struct duet_model *duet_pipe_model(const duet_pipe_t *p)
+{
+    return p->amodel;
 }
 
 static bool reached(duet_pipe_t *p, uint64_t req, int32_t n_tokens)
@@ -677,6 +760,53 @@ bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64_t *now_n
     return true;
 }
 
+duet_status_t duet_pipe_actor_stats(duet_pipe_t *p, const char *actor, duet_pipe_actor_stats_t *out,
+                                    uint32_t timeout_ms)
+{
+    duet_node_t *sn = p->nodes[p->sched_ni];
+    if (!sn)
+        return duet_errorf(DUET_ERR_INVALID, "the scheduler does not run in this process");
+    pthread_mutex_lock(&p->mu);
+    uint64_t cookie = ++p->stats_seq;
+    pthread_mutex_unlock(&p->mu);
+    duet_pipe_stats_req_t q = {.cookie = cookie, .reply_to = "client"};
+    duet_status_t st = duet_node_send(sn, "client", actor, &duet_pipe_msg_stats_req, &q);
+    if (st)
+        return duet_error_wrap(st, "pipe.stats_req to %s", actor);
+    if (p->sim) {
+        uint64_t until = duet_simnet_now(p->sim) + (uint64_t)timeout_ms * 1000000ull;
+        while (p->stats_got.cookie != cookie)
+            if (duet_simnet_now(p->sim) > until || !duet_simnet_step(p->sim))
+                return duet_errorf(DUET_ERR_TIMEOUT, "%s: no pipe.actor_stats in %u ms (virtual)",
+                                   actor, timeout_ms);
+        *out = p->stats_got;
+        return DUET_OK;
+    }
+    uint64_t deadline = duet_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    pthread_mutex_lock(&p->mu);
+    while (p->stats_got.cookie != cookie) {
+        uint64_t now = duet_now_ns();
+        if (now >= deadline) {
+            st = duet_errorf(DUET_ERR_TIMEOUT, "%s: no pipe.actor_stats in %u ms", actor,
+                             timeout_ms);
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t left = deadline - now;
+        if (left > 50000000ull)
+            left = 50000000ull;
+        ts.tv_nsec += (long)(left % 1000000000ull);
+        ts.tv_sec += (time_t)(left / 1000000000ull) + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    if (!st)
+        *out = p->stats_got;
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
 void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)
 {
     out->rounds_expert = atomic_load(&p->counters.rounds_expert);
@@ -684,4 +814,11 @@ void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)
     out->dropped_dup = atomic_load(&p->counters.dropped_dup);
     out->steps = atomic_load(&p->counters.steps);
     out->kv_waits = atomic_load(&p->counters.kv_waits);
+    out->running = (uint32_t)atomic_load(&p->counters.running);
+    out->waiting = (uint32_t)atomic_load(&p->counters.waiting);
+    out->kv_blocks_used = atomic_load(&p->counters.kv_used);
+    out->kv_blocks_total = (uint64_t)p->sarg.kv_blocks * (uint64_t)p->A;
+    out->shards_ready = (uint32_t)atomic_load(&p->counters.shards_ready);
+    out->n_attention = (uint32_t)p->A;
+    out->canceled = atomic_load(&p->counters.canceled);
 }

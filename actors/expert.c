@@ -55,12 +55,16 @@ typedef struct expert {
     uint64_t epoch;            /* data-plane epoch */
     bool up_acked;
     uint64_t up_timer;
+    duet_obs_t own_obs; /* counters when the bring-up gives none */
+    uint8_t *wfail;     /* [M] this round's N2M write to attn/a failed */
+    uint64_t write_end; /* when the last round's writes were out */
 } expert_t;
 
 static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t round, int layer,
                                   const char *err)
 {
     duet_status_t st = DUET_OK;
+    char werr[256] = "";
     uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
     size_t slot = (size_t)(round % (uint64_t)s->g->ring);
     for (int a = 0; a < s->M; a++) {
@@ -76,20 +80,31 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
         duet_status_t ws = duet_m2n_send(s->a.combine, round, (uint32_t)a, s->a.send_mr, off,
                                          sizeof(h) + (size_t)rows * s->rowb,
                                          (int64_t)s->g->round_timeout_ms * 1000000);
-        char werr[256] = "";
-        if (ws) {
+        s->wfail[a] = ws != DUET_OK;
+        if (!ws) {
+            s->a.obs->bytes += sizeof(h) + (size_t)rows * s->rowb;
+            duet_obs_ev(s->a.obs, 's', DUET_TR_FLOW_RESULT, duet_now_ns(), 0,
+                        duet_obs_flow_id(s->epoch, 1, round, a, s->a.shard), 0, 0, 0, 0);
+        } else if (!st) {
             snprintf(werr, sizeof(werr), "N2M write of round %llu: %s", (unsigned long long)round,
                      duet_error());
-            if (!st)
-                st = ws;
+            st = ws;
         }
+    }
+    /* every write is out: the round's slice ends before the first
+     * pipe.result can wake an attention shard */
+    s->write_end = duet_now_ns();
+    for (int a = 0; a < s->M; a++) {
+        uint32_t rows = err ? 0 : (uint32_t)s->nsrc[a];
         duet_pipe_result_t r = {
             .epoch = s->epoch,
             .round = round,
             .layer = layer,
             .expert_shard = s->a.shard,
             .rows = rows,
-            .error = (char *)(err ? err : werr),
+            .error = (char *)(err           ? err
+                              : s->wfail[a] ? werr
+                                            : ""),
         };
         char to[32];
         snprintf(to, sizeof(to), "attn/%d", a);
@@ -107,6 +122,7 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
     uint64_t r = p->round;
     duet_status_t st;
     char err[512];
+    uint64_t t0 = duet_now_ns();
     if (p->error[0]) {
         snprintf(err, sizeof(err), "%s", p->error);
         goto fail;
@@ -150,6 +166,7 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
             goto fail_broken;
         }
         const uint8_t *q = (const uint8_t *)data + sizeof(h);
+        s->a.obs->bytes += len;
         int32_t j = 0;
         for (int g = 0; g < p->ng[a]; g++) {
             int hh = s->hidx[p->exp[a * s->E + g]];
@@ -173,7 +190,17 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
         goto fail_broken;
     }
     atomic_fetch_add(&s->a.counters->rounds_expert, 1);
+    if (duet_obs_tracing(s->a.obs))
+        for (int a = 0; a < s->M; a++)
+            duet_obs_ev(s->a.obs, 'f', DUET_TR_FLOW_DISPATCH, t0, 0,
+                        duet_obs_flow_id(s->epoch, 0, r, a, s->a.shard), 0, 0, 0, 0);
     st = send_results(self, s, r, p->layer, NULL);
+    uint64_t t1 = s->write_end;
+    s->a.obs->busy_ns += t1 - t0;
+    s->a.obs->rounds++;
+    s->a.obs->tokens += (uint64_t)total;
+    duet_obs_ev(s->a.obs, 'X', DUET_TR_EXPERT, t0, t1 - t0, 0, (int64_t)r, p->layer,
+                (int64_t)(r % (uint64_t)s->g->m), total);
     if (st) {
         s->broken = true;
         snprintf(s->why, sizeof(s->why), "%s", duet_error());
@@ -281,6 +308,20 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
     const duet_pipe_dispatch_t *d = duet_pipe_msg_dispatch_body(msg);
     if (d)
         return on_dispatch(self, s, d);
+    const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
+    if (sq) {
+        duet_pipe_actor_stats_t rep = {.cookie = sq->cookie,
+                                       .actor = (char *)duet_actor_name(self),
+                                       .busy_ns = s->a.obs->busy_ns,
+                                       .rounds = s->a.obs->rounds,
+                                       .tokens = s->a.obs->tokens,
+                                       .bytes = s->a.obs->bytes,
+                                       .steps = s->a.obs->steps};
+        if (duet_send(self, sq->reply_to, &duet_pipe_msg_actor_stats, &rep))
+            DUET_LOG_D(MOD, "%s: pipe.actor_stats to %s: %s", duet_actor_name(self), sq->reply_to,
+                       duet_error()); /* best effort: a bad reply_to must not stop us */
+        return DUET_OK;
+    }
     const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
     if (rs) {
         s->up_acked = true;
@@ -340,6 +381,7 @@ static void expert_stop(duet_actor_t *self, void *state, const char *reason)
     duet_free(s->pend);
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
     duet_free(s->wired);
+    duet_free(s->wfail);
     duet_experts_destroy(&s->ex);
     if (s->x)
         s->a.be->ops->buf_free(s->a.be, s->x);
@@ -362,6 +404,8 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
         return DUET_ERR_NOMEM;
     *state_out = s;
     s->a = *(const duet_pipe_expert_arg_t *)arg;
+    if (!s->a.obs)
+        s->a.obs = &s->own_obs;
     s->g = s->a.geom;
     s->cfg = &s->a.model->cfg;
     s->M = s->g->n_attention;
@@ -389,8 +433,9 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->nsrc = duet_calloc((size_t)s->M, sizeof(int32_t));
     s->pend = duet_calloc((size_t)s->P, sizeof(pend_t));
     s->wired = duet_calloc((size_t)s->M, 1);
-    if (!s->wired || !s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc ||
-        !s->pend)
+    s->wfail = duet_calloc((size_t)s->M, 1);
+    if (!s->wired || !s->wfail || !s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos ||
+        !s->nsrc || !s->pend)
         return DUET_ERR_NOMEM;
     for (int e = 0; e < s->E; e++)
         s->hidx[e] = -1;

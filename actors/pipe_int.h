@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 
 #include "actors/pipeline.h"
+#include "actors/trace.h"
 #include "model/backend.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -26,6 +27,8 @@ typedef struct duet_pipe_counters {
     atomic_uint_fast64_t dropped_dup;
     atomic_uint_fast64_t steps;
     atomic_uint_fast64_t kv_waits;
+    /* published by the scheduler after each message (duet_pipe_stats) */
+    atomic_uint_fast64_t running, waiting, kv_used, shards_ready, canceled;
 } duet_pipe_counters_t;
 
 typedef struct duet_pipe_geom {
@@ -47,6 +50,7 @@ typedef struct duet_pipe_attn_arg {
     const char *provider;  /* data plane */
     duet_rdma_sim_t *rsim; /* provider "sim" */
     duet_pipe_counters_t *counters;
+    duet_obs_t *obs; /* counters and trace events of this actor */
     /* set by the actor itself (duet__pipe_dp_open) */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* sender */
@@ -64,6 +68,7 @@ typedef struct duet_pipe_expert_arg {
     const char *provider;
     duet_rdma_sim_t *rsim;
     duet_pipe_counters_t *counters;
+    duet_obs_t *obs;
     /* set by the actor itself */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* receiver */
@@ -85,6 +90,7 @@ typedef struct duet_pipe_sched_arg {
     int kv_blocks, kv_block_size;
     int max_seq_len;
     duet_pipe_counters_t *counters;
+    duet_obs_t *obs;
 } duet_pipe_sched_arg_t;
 
 /* A shard's data plane: its context, its end of the dispatch group

@@ -304,6 +304,57 @@ static const duet_field_t duet_pipe_reset_fields[] = {
     DUET_FIELD(duet_pipe_reset_t, epoch, DUET_F_U64),
 };
 
+/* Client -> scheduler: end request `req` now (a client went away). The
+ * scheduler ends it with a pipe.token {done, error "canceled"} and frees its
+ * KV (at once, or after the step it is in); unknown or finished ids are
+ * ignored. */
+typedef struct duet_pipe_cancel {
+    uint64_t req;
+} duet_pipe_cancel_t;
+
+static const duet_field_t duet_pipe_cancel_fields[] = {
+    DUET_FIELD(duet_pipe_cancel_t, req, DUET_F_U64),
+};
+
+#define DUET_PIPE_CANCELED "canceled"
+
+/* Per-actor counters: anyone sends pipe.stats_req to an attention or expert
+ * shard; it answers pipe.actor_stats to reply_to with the same cookie.
+ * busy_ns: time spent computing (attention, dispatch, combine, logits; an
+ * expert shard's gather, FFN and write-back); rounds: rounds dispatched
+ * (attention) or computed (expert); tokens: tokens run (attention) or rows
+ * computed (expert); bytes: data-plane bytes written and read; steps:
+ * iterations completed (attention). */
+typedef struct duet_pipe_stats_req {
+    uint64_t cookie;
+    char *reply_to;
+} duet_pipe_stats_req_t;
+
+static const duet_field_t duet_pipe_stats_req_fields[] = {
+    DUET_FIELD(duet_pipe_stats_req_t, cookie, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_stats_req_t, reply_to, DUET_F_STR, 127),
+};
+
+typedef struct duet_pipe_actor_stats {
+    uint64_t cookie;
+    char *actor;
+    uint64_t busy_ns;
+    uint64_t rounds;
+    uint64_t tokens;
+    uint64_t bytes;
+    uint64_t steps;
+} duet_pipe_actor_stats_t;
+
+static const duet_field_t duet_pipe_actor_stats_fields[] = {
+    DUET_FIELD(duet_pipe_actor_stats_t, cookie, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_actor_stats_t, actor, DUET_F_STR, 127),
+    DUET_FIELD(duet_pipe_actor_stats_t, busy_ns, DUET_F_U64),
+    DUET_FIELD(duet_pipe_actor_stats_t, rounds, DUET_F_U64),
+    DUET_FIELD(duet_pipe_actor_stats_t, tokens, DUET_F_U64),
+    DUET_FIELD(duet_pipe_actor_stats_t, bytes, DUET_F_U64),
+    DUET_FIELD(duet_pipe_actor_stats_t, steps, DUET_F_U64),
+};
+
 /* Message descriptors: one per type for the whole program (the codec's
  * registry knows a type by its descriptor's address, so a header-static
  * DUET_MSG_DEFINE would give every file its own unregistered copy). The
@@ -338,7 +389,13 @@ static const duet_field_t duet_pipe_reset_fields[] = {
     X(duet_pipe_msg_reset, DUET_MSG_RANGE_ROUTER + 0x24, "pipe.reset", duet_pipe_reset_t,          \
       duet_pipe_reset_fields)                                                                      \
     X(duet_pipe_msg_down, DUET_MSG_RANGE_ROUTER + 0x25, "pipe.down", duet_pipe_down_t,             \
-      duet_pipe_down_fields)
+      duet_pipe_down_fields)                                                                       \
+    X(duet_pipe_msg_stats_req, DUET_MSG_RANGE_ATTENTION + 0x30, "pipe.stats_req",                  \
+      duet_pipe_stats_req_t, duet_pipe_stats_req_fields)                                           \
+    X(duet_pipe_msg_actor_stats, DUET_MSG_RANGE_ATTENTION + 0x31, "pipe.actor_stats",              \
+      duet_pipe_actor_stats_t, duet_pipe_actor_stats_fields)                                       \
+    X(duet_pipe_msg_cancel, DUET_MSG_RANGE_SCHEDULER + 0x24, "pipe.cancel", duet_pipe_cancel_t,    \
+      duet_pipe_cancel_fields)
 
 #define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields) DUET_MSG_DECLARE(var, T)
 DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DECLARE)
@@ -394,6 +451,19 @@ typedef struct duet_pipe_config {
     const int *expert_node;    /* [n_expert_shards] node index */
     int scheduler_node;
     int router_node;
+    /* Optional: every pipe.token the client actor receives goes to this
+     * hook (on the client actor's thread, one call at a time) instead of
+     * the per-request results of duet_pipe_wait / duet_pipe_result, which
+     * then hold nothing. */
+    void (*on_token)(void *user, const duet_pipe_token_t *t);
+    void *on_token_user;
+    /* Observability: write a Chrome/Perfetto trace JSON of the pipeline
+     * here when the deployment is destroyed (NULL = no trace). With
+     * only_node the file is "<trace_path>.<node>" (merge them with
+     * duet_pipe_trace_merge). trace_events: events kept per actor (0:
+     * 262144; later events are counted and dropped). */
+    const char *trace_path;
+    size_t trace_events;
 } duet_pipe_config_t;
 
 typedef struct duet_pipe duet_pipe_t;
@@ -427,6 +497,12 @@ DUET_API duet_status_t duet_pipe_wait(duet_pipe_t *p, uint64_t req, int32_t n_to
  * error (may be NULL; "" = none, cap 256) as of now. Returns the count. */
 DUET_API int32_t duet_pipe_result(duet_pipe_t *p, uint64_t req, int32_t *out, int32_t cap,
                                   bool *done, char *error, size_t error_cap);
+/* Cancel request `req` (thread-safe, asynchronous): the scheduler ends it
+ * with error DUET_PIPE_CANCELED and frees its KV blocks. */
+DUET_API duet_status_t duet_pipe_cancel(duet_pipe_t *p, uint64_t req);
+/* The attention-role model of this deployment (config, tokenizer-free);
+ * NULL where the attention shards run in other processes only. */
+DUET_API const struct duet_model *duet_pipe_model(const duet_pipe_t *p);
 /* Kill expert shard s (fault injection). */
 DUET_API duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard);
 /* Start expert shard s again after it stopped (as a supervisor would). */
@@ -446,8 +522,27 @@ typedef struct duet_pipe_stats {
     uint64_t dropped_dup;   /* a second message for a (round, sender) */
     uint64_t steps;         /* iterations completed by all attention shards */
     uint64_t kv_waits;      /* requests that queued for KV blocks before placement */
+    /* the scheduler's view, as of its last message handled */
+    uint32_t running;          /* requests placed on an attention shard */
+    uint32_t waiting;          /* requests queued for KV room */
+    uint64_t kv_blocks_used;   /* reserved on all attention shards */
+    uint64_t kv_blocks_total;  /* kv_blocks x attention shards */
+    uint32_t shards_ready;     /* attention shards ready and not broken */
+    uint32_t n_attention;
+    uint64_t canceled;         /* requests ended by pipe.cancel */
 } duet_pipe_stats_t;
 DUET_API void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out);
+
+/* Ask actor `actor` ("attn/<a>", "expert/<s>") for its counters with a
+ * pipe.stats_req and wait up to timeout_ms for its pipe.actor_stats (the
+ * strings of *out are not kept: out->actor is NULL). Only where the "ctl"
+ * node runs. */
+DUET_API duet_status_t duet_pipe_actor_stats(duet_pipe_t *p, const char *actor,
+                                             duet_pipe_actor_stats_t *out, uint32_t timeout_ms);
+
+/* Merge per-node trace files (trace_path with only_node) into one trace at
+ * `out`; missing parts are skipped. */
+DUET_API duet_status_t duet_pipe_trace_merge(const char *out, const char *const *parts, int n);
 
 #ifdef __cplusplus
 }

@@ -44,6 +44,7 @@ typedef struct sreq {
     float temperature, top_p;
     int32_t top_k;
     uint64_t seed;
+    bool canceled; /* pipe.cancel came while its step was in flight */
 } sreq_t;
 
 typedef struct sshard {
@@ -210,6 +211,18 @@ static duet_status_t start_step(duet_actor_t *self, sched_t *s, int a)
         return duet_error_wrap(st, "pipe.step to %s", to);
     sh->busy = true;
     sh->iter_next++;
+    if (duet_obs_tracing(s->a.obs)) {
+        int64_t queued = 0, running = 0, kv = 0;
+        for (size_t i = 0; i < s->n_req; i++) {
+            queued += s->req[i]->state == REQ_QUEUED;
+            running += s->req[i]->state == REQ_RUNNING;
+        }
+        for (int k = 0; k < s->g->n_attention; k++)
+            kv += s->sh[k].blocks_used;
+        uint64_t now = duet_now_ns();
+        duet_obs_ev(s->a.obs, 'C', DUET_TR_C_QUEUE, now, 0, 0, queued, running, 0, 0);
+        duet_obs_ev(s->a.obs, 'C', DUET_TR_C_KV, now, 0, 0, kv, 0, 0, 0);
+    }
     return DUET_OK;
 }
 
@@ -325,6 +338,14 @@ static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pip
             }
         }
     }
+    for (size_t i = 0; i < s->n_req; i++) { /* canceled while in this step */
+        sreq_t *r = s->req[i];
+        if (r->canceled && r->state == REQ_RUNNING && r->shard == d->shard && !r->chunk) {
+            s->free_req[nf++] = r->id;
+            req_finish(self, s, r, DUET_PIPE_CANCELED);
+            atomic_fetch_add(&s->a.counters->canceled, 1);
+        }
+    }
     if (nf) {
         duet_pipe_free_t f = {{s->free_req, nf}};
         char to[32];
@@ -389,9 +410,66 @@ static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_s
     return kick(self, s);
 }
 
+/* pipe.cancel: a queued request or one between steps ends now (its KV
+ * freed on its shard); one in a step in flight ends when the step is done. */
+static duet_status_t on_cancel(duet_actor_t *self, sched_t *s, uint64_t id)
+{
+    for (size_t i = 0; i < s->n_req; i++) {
+        sreq_t *r = s->req[i];
+        if (r->id != id || r->state == REQ_DONE)
+            continue;
+        if (r->state == REQ_RUNNING && r->chunk) {
+            r->canceled = true;
+            return DUET_OK;
+        }
+        int shard = r->state == REQ_RUNNING ? r->shard : -1;
+        req_finish(self, s, r, DUET_PIPE_CANCELED);
+        atomic_fetch_add(&s->a.counters->canceled, 1);
+        if (shard >= 0) {
+            duet_pipe_free_t f = {{&r->id, 1}};
+            char to[32];
+            snprintf(to, sizeof(to), "attn/%d", shard);
+            if (duet_send(self, to, &duet_pipe_msg_free, &f))
+                DUET_LOG_W(MOD, "pipe.free to %s: %s", to, duet_error());
+        }
+        return kick(self, s); /* reaps it; its room may admit another */
+    }
+    return DUET_OK;
+}
+
+/* Running/waiting/KV for duet_pipe_stats. */
+static void publish(sched_t *s)
+{
+    uint64_t run = 0, wait = 0, kv = 0, ready = 0;
+    for (size_t i = 0; i < s->n_req; i++) {
+        run += s->req[i]->state == REQ_RUNNING;
+        wait += s->req[i]->state == REQ_QUEUED;
+    }
+    for (int a = 0; a < s->g->n_attention; a++) {
+        kv += (uint64_t)(s->sh[a].blocks_used > 0 ? s->sh[a].blocks_used : 0);
+        ready += s->sh[a].ready && !s->sh[a].broken;
+    }
+    atomic_store(&s->a.counters->running, run);
+    atomic_store(&s->a.counters->waiting, wait);
+    atomic_store(&s->a.counters->kv_used, kv);
+    atomic_store(&s->a.counters->shards_ready, ready);
+}
+
+static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_msg_t *msg);
+
 static duet_status_t sched_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
 {
     sched_t *s = state;
+    duet_status_t st = sched_dispatch(self, s, msg);
+    publish(s);
+    return st;
+}
+
+static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_msg_t *msg)
+{
+    const duet_pipe_cancel_t *cn = duet_pipe_msg_cancel_body(msg);
+    if (cn)
+        return on_cancel(self, s, cn->req);
     const duet_pipe_step_done_t *d = duet_pipe_msg_step_done_body(msg);
     if (d)
         return on_step_done(self, s, d);

@@ -56,6 +56,8 @@ static void usage(FILE *f)
                "  --topology FILE    generate through the deployment FILE (attention and expert\n"
                "                     shards as actors, in this process); the model is the\n"
                "                     file's unless --model is given\n"
+               "  --trace FILE       with --topology: write a Chrome/Perfetto trace JSON of\n"
+               "                     the pipeline (open it in ui.perfetto.dev)\n"
                "  -h, --help         this help\n");
 }
 
@@ -136,14 +138,15 @@ typedef struct gen_opts {
     duet_rope_freq_t rope_freq;
     bool stats;
     const char *topology;
+    const char *trace;
 } gen_opts_t;
 
 /* cmd_generate_topo.c */
 int duet__topology_model_dir(const char *path, char *buf, size_t cap);
 int duet__generate_topology(const char *path, const char *model_dir, const int32_t *prompt,
                             int32_t n_prompt, int32_t max_tokens, int32_t eos,
-                            const duet_sampling_params_t *sp, int threads, int32_t *gen,
-                            int32_t *n_gen, double *secs);
+                            const duet_sampling_params_t *sp, int threads, const char *trace,
+                            int32_t *gen, int32_t *n_gen, double *secs);
 
 static bool is_eos(const duet_config_t *cfg, int32_t eos_tok, int32_t id)
 {
@@ -168,7 +171,7 @@ static int run_topology(const gen_opts_t *o, const duet_config_t *cfg, duet_toke
     if (!gen)
         return 1;
     if (duet__generate_topology(o->topology, o->model, prompt, n_prompt, (int32_t)o->max_tokens,
-                                eos, &o->sp, (int)o->threads, gen, &n_gen, &secs)) {
+                                eos, &o->sp, (int)o->threads, o->trace, gen, &n_gen, &secs)) {
         duet_free(gen);
         return 1;
     }
@@ -464,7 +467,8 @@ int duet_cmd_generate(int argc, char **argv)
         O_IGNORE_EOS,
         O_STATS,
         O_ROPE_FREQ,
-        O_TOPOLOGY
+        O_TOPOLOGY,
+        O_TRACE
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -481,6 +485,7 @@ int duet_cmd_generate(int argc, char **argv)
         {"stats", no_argument, NULL, O_STATS},
         {"rope-freq", required_argument, NULL, O_ROPE_FREQ},
         {"topology", required_argument, NULL, O_TOPOLOGY},
+        {"trace", required_argument, NULL, O_TRACE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -537,6 +542,7 @@ int duet_cmd_generate(int argc, char **argv)
                 return fail("--rope-freq wants 'checkpoint' or 'f32', not '%s'", optarg);
             break;
         case O_TOPOLOGY: o.topology = optarg; break;
+        case O_TRACE: o.trace = optarg; break;
         case 'h': usage(stdout); return 0;
         case ':': return fail("option '%s' needs a value", argv[optind - 1]);
         default: return fail("unknown option '%s'", argv[optind - 1]);
@@ -547,6 +553,8 @@ int duet_cmd_generate(int argc, char **argv)
     if (!o.prompt == !o.prompt_ids)
         return fail("%s", o.prompt ? "give --prompt or --prompt-ids, not both"
                                    : "give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
+    if (o.trace && !o.topology)
+        return fail("%s", "--trace traces a deployment: give --topology FILE");
     if (!o.model && o.topology) {
         if (duet__topology_model_dir(o.topology, model_buf, sizeof(model_buf)))
             return 2;

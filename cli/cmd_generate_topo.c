@@ -15,8 +15,8 @@
 int duet__topology_model_dir(const char *path, char *buf, size_t cap);
 int duet__generate_topology(const char *path, const char *model_dir, const int32_t *prompt,
                             int32_t n_prompt, int32_t max_tokens, int32_t eos,
-                            const duet_sampling_params_t *sp, int threads, int32_t *gen,
-                            int32_t *n_gen, double *secs);
+                            const duet_sampling_params_t *sp, int threads, const char *trace,
+                            int32_t *gen, int32_t *n_gen, double *secs);
 
 static duet_status_t load(const char *cmd, const char *path, duet_topology_t **topo)
 {
@@ -162,14 +162,15 @@ int duet__topology_model_dir(const char *path, char *buf, size_t cap)
 
 int duet__generate_topology(const char *path, const char *model_dir, const int32_t *prompt,
                             int32_t n_prompt, int32_t max_tokens, int32_t eos,
-                            const duet_sampling_params_t *sp, int threads, int32_t *gen,
-                            int32_t *n_gen, double *secs)
+                            const duet_sampling_params_t *sp, int threads, const char *trace,
+                            int32_t *gen, int32_t *n_gen, double *secs)
 {
     duet__topo_pipe_t tp;
     if (duet__topo_pipe_init(&tp, "generate", path, model_dir, false))
         return -1;
     if (threads > 0)
         tp.cfg.threads = threads;
+    tp.cfg.trace_path = trace;
     int rc = -1;
     duet_pipe_t *p = NULL;
     double t0 = duet_now_s();

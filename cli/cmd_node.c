@@ -12,7 +12,7 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: duet node TOPOLOGY -n NAME [-m DIR]\n"
+    fprintf(f, "usage: duet node TOPOLOGY -n NAME [-m DIR] [--trace FILE]\n"
                "\n"
                "Run the actors that the deployment file TOPOLOGY places on node NAME, until\n"
                "SIGINT or SIGTERM. Start every node of the file (duet run does this on one\n"
@@ -21,6 +21,7 @@ static void usage(FILE *f)
                "options:\n"
                "  -n, --node NAME   the node to run (as named in the file)\n"
                "  -m, --model DIR   model directory instead of the file's\n"
+               "  --trace FILE      write this node's actors' trace to FILE.NAME at exit\n"
                "  -h, --help        this help\n");
 }
 
@@ -29,10 +30,11 @@ int duet_cmd_node(int argc, char **argv)
     static const struct option longopts[] = {
         {"node", required_argument, NULL, 'n'},
         {"model", required_argument, NULL, 'm'},
+        {"trace", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *node = NULL, *model = NULL;
+    const char *node = NULL, *model = NULL, *trace = NULL;
     int c;
     optind = 1;
     opterr = 0;
@@ -40,6 +42,7 @@ int duet_cmd_node(int argc, char **argv)
         switch (c) {
         case 'n': node = optarg; break;
         case 'm': model = optarg; break;
+        case 't': trace = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -58,6 +61,7 @@ int duet_cmd_node(int argc, char **argv)
         return 2;
     }
     tp.cfg.only_node = node;
+    tp.cfg.trace_path = trace;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);

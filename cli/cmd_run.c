@@ -18,7 +18,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: duet run TOPOLOGY [--single-process] [-m DIR]\n"
-               "                [--prompt-ids IDS [--max-tokens N]]\n"
+               "                [--prompt-ids IDS [--max-tokens N]] [--trace FILE]\n"
                "\n"
                "Start every node of the deployment file TOPOLOGY on this host: one process\n"
                "per node (this one runs the scheduler's node), or all nodes in this process\n"
@@ -30,6 +30,8 @@ static void usage(FILE *f)
                "  -m, --model DIR    model directory instead of the file's\n"
                "  --prompt-ids IDS   comma-separated prompt token ids to generate from\n"
                "  --max-tokens N     tokens to generate (default 16)\n"
+               "  --trace FILE       write a Chrome/Perfetto trace JSON of the pipeline at exit\n"
+               "                     (every node's actors, merged into FILE)\n"
                "  -h, --help         this help\n");
 }
 
@@ -50,16 +52,17 @@ static int parse_ids(const char *s, int32_t *ids, int cap)
 
 int duet_cmd_run(int argc, char **argv)
 {
-    enum { O_SINGLE = 256, O_PROMPT_IDS, O_MAX_TOKENS };
+    enum { O_SINGLE = 256, O_PROMPT_IDS, O_MAX_TOKENS, O_TRACE };
     static const struct option longopts[] = {
         {"single-process", no_argument, NULL, O_SINGLE},
         {"model", required_argument, NULL, 'm'},
         {"prompt-ids", required_argument, NULL, O_PROMPT_IDS},
         {"max-tokens", required_argument, NULL, O_MAX_TOKENS},
+        {"trace", required_argument, NULL, O_TRACE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model = NULL, *prompt_s = NULL;
+    const char *model = NULL, *prompt_s = NULL, *trace = NULL;
     bool single = false;
     long max_tokens = 16;
     int c;
@@ -70,6 +73,7 @@ int duet_cmd_run(int argc, char **argv)
         case O_SINGLE: single = true; break;
         case 'm': model = optarg; break;
         case O_PROMPT_IDS: prompt_s = optarg; break;
+        case O_TRACE: trace = optarg; break;
         case O_MAX_TOKENS:
             max_tokens = strtol(optarg, NULL, 10);
             if (max_tokens < 1 || max_tokens > 1 << 20) {
@@ -103,6 +107,7 @@ int duet_cmd_run(int argc, char **argv)
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+    tp.cfg.trace_path = trace;
     pid_t kids[256];
     int n_kids = 0, rc = 1;
     duet_pipe_t *p = NULL;
@@ -114,11 +119,17 @@ int duet_cmd_run(int argc, char **argv)
             pid_t pid = fork();
             if (pid == 0) {
                 sigprocmask(SIG_UNBLOCK, &set, NULL);
-                const char *av[8] = {"duet", "node", path, "--node", tp.names[i], NULL, NULL, NULL};
+                const char *av[12] = {"duet", "node", path, "--node", tp.names[i], NULL};
+                int ac = 5;
                 if (model) {
-                    av[5] = "--model";
-                    av[6] = model;
+                    av[ac++] = "--model";
+                    av[ac++] = model;
                 }
+                if (trace) {
+                    av[ac++] = "--trace";
+                    av[ac++] = trace;
+                }
+                av[ac] = NULL;
                 execv("/proc/self/exe", (char *const *)av);
                 fprintf(stderr, "duet run: exec for node %s: %s\n", tp.names[i], strerror(errno));
                 _exit(127);
@@ -170,6 +181,25 @@ out:
         int ws = 0;
         if (waitpid(kids[k], &ws, 0) == kids[k] && !(WIFEXITED(ws) && WEXITSTATUS(ws) == 0))
             rc = rc ? rc : 1;
+    }
+    if (trace && !single) { /* every node wrote TRACE.<node>: merge them */
+        char(*parts)[1024] = calloc((size_t)tp.cfg.n_nodes + 1, sizeof(*parts));
+        const char **pp = calloc((size_t)tp.cfg.n_nodes + 1, sizeof(char *));
+        if (parts && pp) {
+            for (int i = 0; i < tp.cfg.n_nodes; i++) {
+                snprintf(parts[i], sizeof(parts[i]), "%s.%s", trace, tp.names[i]);
+                pp[i] = parts[i];
+            }
+            if (duet_pipe_trace_merge(trace, pp, tp.cfg.n_nodes)) {
+                fprintf(stderr, "duet run: %s\n", duet_error());
+                rc = rc ? rc : 1;
+            } else {
+                for (int i = 0; i < tp.cfg.n_nodes; i++)
+                    unlink(parts[i]);
+            }
+        }
+        free(parts);
+        free(pp);
     }
     duet__topo_pipe_cleanup(&tp);
     return rc;

@@ -1,9 +1,11 @@
 /* duet serve — serve a model over the OpenAI-compatible HTTP API.
  *
- * With no arguments it serves the bundled demo model on 127.0.0.1:8000.
- * The model runs in this process on the single-process engine (continuous
- * batching, chunked prefill) behind the gateway's engine interface; the
- * disaggregated deployment plugs in behind the same interface. */
+ * With no arguments it serves the bundled demo model on 127.0.0.1:8000
+ * through a local disaggregated deployment in this process: one attention
+ * shard and one expert shard holding every expert, as separate actors, with
+ * m = 2 micro-batches (gateway/engine_pipe.h). --topology FILE serves that
+ * file's deployment (all its nodes in this process); --engine local serves
+ * on the single-process engine instead (gateway/engine_local.h). */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -14,7 +16,9 @@
 
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/pipe_topo.h"
 #include "gateway/engine_local.h"
+#include "gateway/engine_pipe.h"
 #include "gateway/gateway.h"
 #include "model/backend.h"
 #include "model/model.h"
@@ -41,14 +45,81 @@ static void usage(FILE *f)
             "                     (default: the bundled models/" DUET_CLI_DEFAULT_MODEL ")\n"
             "  --host ADDR        IPv4 address to bind (default 127.0.0.1)\n"
             "  --port N           TCP port (default 8000; 0 picks a free one)\n"
+            "  --topology FILE    serve this deployment file's pipeline (all its nodes in\n"
+            "                     this process; --model overrides its model)\n"
+            "  --engine KIND      'pipeline' (default: attention and expert shards as\n"
+            "                     separate actors; without --topology 1 attention shard,\n"
+            "                     1 expert shard, m = 2) or 'local' (the single-process\n"
+            "                     engine; not with --topology)\n"
             "  --model-name NAME  name served in /v1/models and accepted in requests\n"
             "                     (default: the model directory's name)\n"
             "  --api-key KEY      require 'Authorization: Bearer KEY' on /v1/*\n"
-            "  --threads N        compute threads (default 2)\n"
+            "  --threads N        compute threads (per shard with the pipeline; default 2,\n"
+            "                     or the topology file's)\n"
             "  --max-body BYTES   largest request body accepted (default 1048576)\n"
             "  -h, --help         show this help\n\n"
             "It prints 'duet: serving MODEL on http://HOST:PORT' once ready and runs until\n"
             "SIGINT or SIGTERM.\n");
+}
+
+/* The pipeline engine for `cfg` (a topology file's), or by default one
+ * attention shard and one expert shard with every expert of the model, m = 2
+ * (as examples/topologies/single.yaml). Waits until it can serve. */
+static int start_pipeline(const duet_pipe_config_t *cfg, const char *model_dir, int threads,
+                          const char *name, duet_gw_engine_t **eng)
+{
+    duet_pipe_config_t c;
+    int *experts = NULL;
+    const int *rows[1];
+    int n_rows[1];
+    int rc = -1;
+    if (cfg) {
+        c = *cfg;
+    } else {
+        char path[4200];
+        duet_config_t mc;
+        snprintf(path, sizeof(path), "%s/config.json", model_dir);
+        if (duet_config_load(path, &mc)) {
+            fprintf(stderr, "duet serve: %s\n", duet_error());
+            return -1;
+        }
+        int ne = mc.n_experts;
+        duet_config_cleanup(&mc);
+        experts = duet_calloc((size_t)(ne > 0 ? ne : 1), sizeof(int));
+        if (!experts) {
+            fprintf(stderr, "duet serve: out of memory\n");
+            return -1;
+        }
+        for (int e = 0; e < ne; e++)
+            experts[e] = e;
+        rows[0] = experts;
+        n_rows[0] = ne;
+        c = (duet_pipe_config_t){.model_dir = model_dir,
+                                 .n_attention = 1,
+                                 .n_expert_shards = 1,
+                                 .shard_experts = rows,
+                                 .shard_n_experts = n_rows,
+                                 .micro_batches = 2,
+                                 .provider = "shm",
+                                 .control = DUET_PIPE_CONTROL_INPROC,
+                                 .threads = threads};
+    }
+    fprintf(stderr, "duet serve: bringing up %d attention and %d expert shard(s), m = %d\n",
+            c.n_attention, c.n_expert_shards, c.micro_batches);
+    duet_gw_pipe_opts_t po = {.model_name = name};
+    if (duet_gw_pipe_create(&c, &po, eng)) {
+        fprintf(stderr, "duet serve: %s\n", duet_error());
+        goto out;
+    }
+    if (!duet_gw_pipe_wait_ready(*eng, 60000)) {
+        fprintf(stderr, "duet serve: the deployment was not ready within 60 s\n");
+        duet_gw_pipe_destroy(eng);
+        goto out;
+    }
+    rc = 0;
+out:
+    duet_free(experts);
+    return rc;
 }
 
 static int parse_long(const char *flag, const char *v, long lo, long hi, long *out)
@@ -71,11 +142,14 @@ int duet_cmd_serve(int argc, char **argv)
         {"model", required_argument, NULL, 'm'},   {"host", required_argument, NULL, 'H'},
         {"port", required_argument, NULL, 'p'},    {"model-name", required_argument, NULL, 'n'},
         {"api-key", required_argument, NULL, 'k'}, {"threads", required_argument, NULL, 't'},
-        {"max-body", required_argument, NULL, 'b'}, {"help", no_argument, NULL, 'h'},
+        {"max-body", required_argument, NULL, 'b'}, {"topology", required_argument, NULL, 'T'},
+        {"engine", required_argument, NULL, 'e'},   {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *model_dir = NULL, *host = "127.0.0.1", *model_name = NULL, *api_key = NULL;
+    const char *topo_path = NULL;
     long port = 8000, threads = 2, max_body = 1 << 20;
+    bool threads_set = false, use_local = false;
     char model_buf[4096];
     int c;
     optind = 1;
@@ -86,6 +160,18 @@ int duet_cmd_serve(int argc, char **argv)
         case 'H': host = optarg; break;
         case 'n': model_name = optarg; break;
         case 'k': api_key = optarg; break;
+        case 'T': topo_path = optarg; break;
+        case 'e':
+            if (!strcmp(optarg, "local"))
+                use_local = true;
+            else if (!strcmp(optarg, "pipeline"))
+                use_local = false;
+            else {
+                fprintf(stderr, "duet serve: --engine expects 'pipeline' or 'local', not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 'p':
             if (parse_long("--port", optarg, 0, 65535, &port))
                 return 2;
@@ -93,6 +179,7 @@ int duet_cmd_serve(int argc, char **argv)
         case 't':
             if (parse_long("--threads", optarg, 1, 1024, &threads))
                 return 2;
+            threads_set = true;
             break;
         case 'b':
             if (parse_long("--max-body", optarg, 1024, 1L << 30, &max_body))
@@ -112,6 +199,24 @@ int duet_cmd_serve(int argc, char **argv)
         fprintf(stderr, "duet serve: unexpected argument '%s' (see duet serve --help)\n",
                 argv[optind]);
         return 2;
+    }
+    if (use_local && topo_path) {
+        fprintf(stderr, "duet serve: --engine local serves no --topology\n");
+        return 2;
+    }
+    duet__topo_pipe_t tp;
+    memset(&tp, 0, sizeof(tp));
+    if (topo_path) {
+        if (duet__topo_pipe_init(&tp, "serve", topo_path, model_dir, false))
+            return 1;
+        if (!tp.cfg.model_dir) {
+            fprintf(stderr, "duet serve: %s names no model; give --model\n", topo_path);
+            duet__topo_pipe_cleanup(&tp);
+            return 1;
+        }
+        model_dir = tp.cfg.model_dir;
+        if (threads_set)
+            tp.cfg.threads = (int)threads;
     }
     if (!model_dir) {
         model_dir = duet_cli_default_model(model_buf, sizeof(model_buf));
@@ -139,6 +244,7 @@ int duet_cmd_serve(int argc, char **argv)
 
     if (pipe(sig_pipe) != 0) {
         perror("duet serve: pipe");
+        duet__topo_pipe_cleanup(&tp);
         return 1;
     }
     struct sigaction sa = {.sa_handler = on_signal};
@@ -159,20 +265,26 @@ int duet_cmd_serve(int argc, char **argv)
         fprintf(stderr, "duet serve: %s\n", duet_error());
         goto out;
     }
-    duet_backend_opts_t bo = {.n_threads = (int)threads};
-    if (duet_backend_open("cpu", &bo, &be)) {
-        fprintf(stderr, "duet serve: %s\n", duet_error());
-        goto out;
-    }
-    duet_load_opts_t lo = {.role = DUET_ROLE_FULL, .prefault = true,
-                           .progress = duet_cli_progress, .progress_arg = (void *)"loading model"};
-    if (duet_model_load(model_dir, &lo, &model)) {
-        fprintf(stderr, "duet serve: %s\n", duet_error());
-        goto out;
-    }
-    duet_gw_local_opts_t glo = {.model_name = name_buf};
-    if (duet_gw_local_create(be, model, NULL, &glo, &eng)) {
-        fprintf(stderr, "duet serve: %s\n", duet_error());
+    if (use_local) {
+        duet_backend_opts_t bo = {.n_threads = (int)threads};
+        if (duet_backend_open("cpu", &bo, &be)) {
+            fprintf(stderr, "duet serve: %s\n", duet_error());
+            goto out;
+        }
+        duet_load_opts_t lo = {.role = DUET_ROLE_FULL, .prefault = true,
+                               .progress = duet_cli_progress,
+                               .progress_arg = (void *)"loading model"};
+        if (duet_model_load(model_dir, &lo, &model)) {
+            fprintf(stderr, "duet serve: %s\n", duet_error());
+            goto out;
+        }
+        duet_gw_local_opts_t glo = {.model_name = name_buf};
+        if (duet_gw_local_create(be, model, NULL, &glo, &eng)) {
+            fprintf(stderr, "duet serve: %s\n", duet_error());
+            goto out;
+        }
+    } else if (start_pipeline(topo_path ? &tp.cfg : NULL, model_dir, (int)threads, name_buf,
+                              &eng)) {
         goto out;
     }
     duet_gateway_opts_t go = {.host = host,
@@ -194,7 +306,11 @@ int duet_cmd_serve(int argc, char **argv)
     rc = 0;
 out:
     duet_gateway_destroy(&gw);
-    duet_gw_local_destroy(&eng);
+    if (use_local)
+        duet_gw_local_destroy(&eng);
+    else
+        duet_gw_pipe_destroy(&eng);
+    duet__topo_pipe_cleanup(&tp);
     duet_model_destroy(&model);
     duet_backend_close(&be);
     duet_tokenizer_destroy(&tok);

@@ -5,11 +5,14 @@ Starts `duet serve --port 0`, waits for its "serving ... on http://H:P" line, th
 checks over HTTP (stdlib only) against HF transformers' greedy references in
 models/pycoder-moe/reference.json: greedy completions of every reference prompt equal
 HF's text, streaming yields the same text, /health, /v1/models and a 400 naming the
-bad field; finally SIGTERM must shut it down with exit status 0.
+bad field; a streamed request whose client disconnects is canceled (its KV blocks
+freed, visible in /metrics); finally SIGTERM must shut it down with exit status 0.
 
-usage: serve_test.py DUET MODELS_DIR
+usage: serve_test.py DUET MODELS_DIR [EXTRA DUET SERVE ARGS...]
+(extra args, e.g. --topology FILE or --engine local, go to `duet serve`)
 """
 import json
+import http.client
 import re
 import signal
 import subprocess
@@ -18,11 +21,11 @@ import time
 import urllib.error
 import urllib.request
 
-duet, models = sys.argv[1], sys.argv[2]
+duet, models, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
 ref = json.load(open(f"{models}/pycoder-moe/reference.json"))
 fails = []
 
-proc = subprocess.Popen([duet, "serve", "--model", f"{models}/pycoder-moe", "--port", "0"],
+proc = subprocess.Popen([duet, "serve", "--model", f"{models}/pycoder-moe", "--port", "0"] + extra,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 line = proc.stdout.readline()
 m = re.match(r"duet: serving (\S+) on (http://[0-9.]+:[0-9]+)", line)
@@ -81,6 +84,41 @@ try:
     st, body = post("/v1/completions", {"model": name, "prompt": "x", "max_tokens": -3})
     if st != 400 or json.loads(body)["error"].get("param") != "max_tokens":
         fails.append(f"max_tokens -3: HTTP {st} {body[:200]}")
+
+    # cancel on disconnect: a long streamed request, dropped after its first
+    # chunk, must leave nothing running and no KV in use
+    def metric(name):
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+            for l in r.read().decode().split("\n"):
+                if l.startswith(name + " ") or l.startswith(name + "{"):
+                    return float(l.split()[-1])
+        return None
+
+    host, port = base[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v1/completions",
+                 body=json.dumps({"model": name, "prompt": g["prompt"], "stream": True,
+                                  "max_tokens": 400, "temperature": 0,
+                                  "ignore_eos": True}),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = resp.read(6)
+    if resp.status != 200 or not first.startswith(b"data: "):
+        fails.append(f"cancel: HTTP {resp.status}, first line {first[:200]!r}")
+    conn.sock.close()
+    conn.close()
+    running = kv = None
+    for _ in range(200):
+        time.sleep(0.05)
+        running = metric("vllm:num_requests_running")
+        kv = metric("vllm:kv_cache_usage_perc")
+        if running == 0 and kv == 0:
+            break
+    if running != 0 or kv != 0:
+        fails.append(f"cancel on disconnect: running {running}, KV usage {kv} (want 0, 0)")
+    canceled = metric("duet_pipe_canceled_total")  # the pipeline engine's own count
+    if canceled is not None and canceled < 1:
+        fails.append(f"cancel on disconnect: the pipeline canceled {canceled} requests")
 finally:
     proc.send_signal(signal.SIGTERM)
     try:

@@ -101,7 +101,8 @@ static const char *jstr(json_t *o, const char *path)
     char buf[128];
     snprintf(buf, sizeof(buf), "%s", path);
     json_t *cur = o;
-    for (char *tok = strtok(buf, "/"); tok && cur; tok = strtok(NULL, "/")) {
+    char *save = NULL; /* strtok_r: client threads run this concurrently */
+    for (char *tok = strtok_r(buf, "/", &save); tok && cur; tok = strtok_r(NULL, "/", &save)) {
         if (json_is_array(cur))
             cur = json_array_get(cur, (size_t)atoi(tok));
         else
@@ -115,7 +116,8 @@ static long long jint(json_t *o, const char *path)
     char buf[128];
     snprintf(buf, sizeof(buf), "%s", path);
     json_t *cur = o;
-    for (char *tok = strtok(buf, "/"); tok && cur; tok = strtok(NULL, "/")) {
+    char *save = NULL; /* strtok_r: client threads run this concurrently */
+    for (char *tok = strtok_r(buf, "/", &save); tok && cur; tok = strtok_r(NULL, "/", &save)) {
         if (json_is_array(cur))
             cur = json_array_get(cur, (size_t)atoi(tok));
         else
@@ -715,6 +717,8 @@ static void test_metrics(void **state)
 typedef struct conc_arg {
     int i;
     bool ok;
+    int status;      /* HTTP status seen (0: no response) */
+    char why[200];   /* start of the body when the check failed */
 } conc_arg_t;
 
 static void *conc_client(void *p)
@@ -726,8 +730,12 @@ static void *conc_client(void *p)
              a->i % 2 ? "true" : "false");
     http_resp_t r;
     a->ok = false;
-    if (!http_do(g_port, "POST", "/v1/completions", KEY, body, &r))
+    if (!http_do(g_port, "POST", "/v1/completions", KEY, body, &r)) {
+        snprintf(a->why, sizeof(a->why), "no response (socket error)");
         return NULL;
+    }
+    a->status = r.status;
+    snprintf(a->why, sizeof(a->why), "%.180s", r.body ? r.body : "");
     char *want = NULL;
     int32_t ids[8];
     for (int k = 0; k < 8; k++)
@@ -750,9 +758,14 @@ static void *conc_client(void *p)
                 const char *t = j ? jstr(j, "choices/0/text") : NULL;
                 if (t)
                     strncat(acc, t, sizeof(acc) - strlen(acc) - 1);
+                else if (e < n - 1)
+                    fprintf(stderr, "client %d: event %d has no text: '%s'\n", a->i, e, ev[e]);
                 json_decref(j);
             }
             a->ok = n > 1 && !strcmp(ev[n - 1], "[DONE]") && !strcmp(acc, want);
+            if (!a->ok)
+                snprintf(a->why, sizeof(a->why), "%d events, last '%.20s', text '%.60s' want '%.60s'",
+                         n, n > 0 ? ev[n - 1] : "", acc, want);
             http_sse_free(ev, n);
         }
         free(enc);
@@ -777,7 +790,8 @@ static void test_concurrent(void **state)
     for (int i = 0; i < N; i++) {
         pthread_join(th[i], NULL);
         if (!args[i].ok)
-            fail_msg("client %d failed", i);
+            fail_msg("client %d failed: HTTP %d, body starts '%s'", i, args[i].status,
+                     args[i].why);
     }
     fake_engine_set_delays(g_eng, 0, 0);
 }
