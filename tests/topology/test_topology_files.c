@@ -270,7 +270,8 @@ static void test_compose_example(void **state)
 {
     (void)state;
 #ifndef DUET_EXAMPLE_COMPOSE
-    skip(); /* examples/ did not build the program */
+    print_message("SKIP: examples/compose_topology was not built in this configuration\n");
+    skip();
 #else
     char *model = model_realpath();
     char cmd[1024];
