@@ -635,16 +635,7 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
         return on_result(self, s, res);
     const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
     if (sq) {
-        duet_pipe_actor_stats_t r = {.cookie = sq->cookie,
-                                     .actor = (char *)duet_actor_name(self),
-                                     .busy_ns = s->a.obs->busy_ns,
-                                     .rounds = s->a.obs->rounds,
-                                     .tokens = s->a.obs->tokens,
-                                     .bytes = s->a.obs->bytes,
-                                     .steps = s->a.obs->steps};
-        if (duet_send(self, sq->reply_to, &duet_pipe_msg_actor_stats, &r))
-            DUET_LOG_D(MOD, "%s: pipe.actor_stats to %s: %s", duet_actor_name(self), sq->reply_to,
-                       duet_error()); /* best effort: a bad reply_to must not stop us */
+        duet__pipe_reply_stats(self, s->a.obs, sq);
         return DUET_OK;
     }
     const duet_pipe_step_t *step = duet_pipe_msg_step_body(msg);

@@ -182,6 +182,21 @@ duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer
     return DUET_OK;
 }
 
+void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
+                            const duet_pipe_stats_req_t *req)
+{
+    duet_pipe_actor_stats_t r = {.cookie = req->cookie,
+                                 .actor = (char *)duet_actor_name(self),
+                                 .busy_ns = obs->busy_ns,
+                                 .rounds = obs->rounds,
+                                 .tokens = obs->tokens,
+                                 .bytes = obs->bytes,
+                                 .steps = obs->steps};
+    if (duet_send(self, req->reply_to, &duet_pipe_msg_actor_stats, &r))
+        DUET_LOG_D(MOD, "%s: pipe.actor_stats to %s: %s", duet_actor_name(self), req->reply_to,
+                   duet_error());
+}
+
 duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, uint64_t epoch,
                                       int my_rank, int peer, duet_m2n_t *disp, duet_m2n_t *comb)
 {

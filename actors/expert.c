@@ -310,16 +310,7 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
         return on_dispatch(self, s, d);
     const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
     if (sq) {
-        duet_pipe_actor_stats_t rep = {.cookie = sq->cookie,
-                                       .actor = (char *)duet_actor_name(self),
-                                       .busy_ns = s->a.obs->busy_ns,
-                                       .rounds = s->a.obs->rounds,
-                                       .tokens = s->a.obs->tokens,
-                                       .bytes = s->a.obs->bytes,
-                                       .steps = s->a.obs->steps};
-        if (duet_send(self, sq->reply_to, &duet_pipe_msg_actor_stats, &rep))
-            DUET_LOG_D(MOD, "%s: pipe.actor_stats to %s: %s", duet_actor_name(self), sq->reply_to,
-                       duet_error()); /* best effort: a bad reply_to must not stop us */
+        duet__pipe_reply_stats(self, s->a.obs, sq);
         return DUET_OK;
     }
     const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);

@@ -106,6 +106,10 @@ void duet__pipe_dp_close(duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **
 duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer,
                                     const duet_pipe_wire_t *w);
 /* Send peer `peer` (actor `to`) this shard's info for it. */
+/* Answer a pipe.stats_req with this actor's counters. Best effort: a bad
+ * reply_to is logged, never an error that would stop the actor. */
+void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
+                            const duet_pipe_stats_req_t *req);
 duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, uint64_t epoch,
                                       int my_rank, int peer, duet_m2n_t *disp, duet_m2n_t *comb);
 
