@@ -9,7 +9,9 @@
  * Threads: a node owns its threads. A DUET_RUN_THREAD actor (compute:
  * attention, expert) gets a loop of its own; DUET_RUN_SHARED actors share
  * the node's light loop. A loop waits in one poll() on its mailbox, its
- * timers and the fds its actors registered. A node with a ZeroMQ endpoint
+ * timers and the fds its actors registered (a DUET_RUN_THREAD loop first
+ * polls without sleeping for a while after its last message:
+ * duet_spawn_opts_t.spin_us). A node with a ZeroMQ endpoint
  * also runs an I/O thread that owns the ROUTER socket. An actor's callbacks
  * always run on its loop's thread, one at a time.
  *
@@ -132,7 +134,16 @@ typedef enum duet_run_mode {
 typedef struct duet_spawn_opts {
     duet_run_mode_t mode;
     bool trap_exit; /* receive sys.exit from links instead of stopping with them */
+    /* DUET_RUN_THREAD only: after its loop last handled something, it polls
+     * (no sleep) for up to this many µs before it sleeps, so that a message
+     * that comes soon (a pipeline peer's answer) finds it awake rather than
+     * paying a wake-up. 0: the default (DUET_DEFAULT_SPIN_US, or the
+     * environment's DUET_SPIN_US); < 0: never. An idle actor spins once per
+     * message it handled, then sleeps. */
+    int32_t spin_us;
 } duet_spawn_opts_t;
+
+#define DUET_DEFAULT_SPIN_US 1000
 
 /* ---- registry ------------------------------------------------------------ */
 
@@ -212,6 +223,9 @@ DUET_API duet_status_t duet_node_send(duet_node_t *node, const char *from, const
 typedef struct duet_node_stats {
     uint64_t sent, delivered, decode_errors, undeliverable, unroutable, dup_dropped, peers_down;
     uint64_t refused; /* connections the CURVE allow-list turned away */
+    /* dedicated loops: spin phases after work (spin_us), and those that found
+     * the next message or event without going to sleep */
+    uint64_t spins, spin_hits;
 } duet_node_stats_t;
 DUET_API void duet_node_stats(duet_node_t *node, duet_node_stats_t *out);
 

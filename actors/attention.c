@@ -16,7 +16,20 @@
  * pipe.result from every expert shard) combines and runs on to its next
  * sparse layer, so micro-batch i+1's attention overlaps the experts' work
  * on micro-batch i. When all micro-batches ran their last layer the step
- * ends with their sampled tokens. */
+ * ends with their sampled tokens.
+ *
+ * Membership and recovery: a data-plane epoch (pipe.reset from the router)
+ * names the expert shards and attention shards that take part and carries
+ * the routing table over the live expert shards; rounds go to, and wait
+ * for, those only. A failed step (a round that timed out, data that did
+ * not match, an expert shard's error or death) is reported to the
+ * scheduler (which replays its requests) and to the router (pipe.resync:
+ * the data plane of this epoch is out of step); the shard refuses steps
+ * until a newer epoch. pipe.hello repeats every 100 ms for as long as the
+ * shard lives: the router's view of it. pipe.free that comes during a step
+ * waits for the step's end. A first chunk (SEQ_NEW) for a request that
+ * still has a KV sequence here (a replay whose pipe.free was lost) starts
+ * it afresh. */
 #include <stdio.h>
 #include <string.h>
 
@@ -61,6 +74,21 @@ typedef struct attn {
     uint8_t *wired;
     uint64_t *wired_inc; /* [N] incarnation of each expert shard wired with */
     int n_wired;
+    uint32_t *alive_a, *alive_e; /* membership of the epoch ([A], [N]) */
+    int n_live_e;
+    bool member;
+    uint64_t *pfree; /* pipe.free during a step: applied at its end */
+    int n_pfree;
+    size_t cap_pfree;
+    uint64_t ticks;
+    /* pipe.dispatch that found no credit towards expert/d (DUET_ERR_AGAIN):
+     * sent in order on sys.writable; dropped with the epoch */
+    struct qdisp {
+        uint64_t round;
+        int32_t layer, ng;
+        int32_t *exp, *cnt;
+    } * *q; /* [N] */
+    int *q_n, *q_cap;
     bool ready_sent, stepped, acked;
     uint64_t startup_timer;
     uint64_t epoch; /* data-plane epoch */
@@ -97,6 +125,85 @@ static int map_find(const attn_t *s, uint64_t req)
     return -1;
 }
 
+static void free_req(attn_t *s, uint64_t req)
+{
+    int mi = map_find(s, req);
+    if (mi < 0)
+        return;
+    duet_kvcache_seq_close(s->kv, s->map_seq[mi]);
+    s->map_req[mi] = s->map_req[s->map_n - 1];
+    s->map_seq[mi] = s->map_seq[s->map_n - 1];
+    s->map_n--;
+}
+
+static void apply_pending_frees(attn_t *s)
+{
+    for (int k = 0; k < s->n_pfree; k++)
+        free_req(s, s->pfree[k]);
+    s->n_pfree = 0;
+}
+
+static duet_status_t send_disp(duet_actor_t *self, attn_t *s, int d, const struct qdisp *q)
+{
+    duet_pipe_dispatch_t m = {
+        .epoch = s->epoch,
+        .round = q->round,
+        .layer = q->layer,
+        .shard = s->a.shard,
+        .experts = {q->exp, (size_t)q->ng},
+        .counts = {q->cnt, (size_t)q->ng},
+    };
+    char to[32];
+    snprintf(to, sizeof(to), "expert/%d", d);
+    return duet_send(self, to, &duet_pipe_msg_dispatch, &m);
+}
+
+/* Queue a pipe.dispatch that found no credit (or that must wait behind one). */
+static duet_status_t queue_disp(attn_t *s, int d, const struct qdisp *q)
+{
+    const int E = s->cfg->n_experts;
+    if (s->q_n[d] == s->q_cap[d]) {
+        int nc = s->q_cap[d] ? 2 * s->q_cap[d] : 8;
+        struct qdisp *nq = duet_realloc_array(s->q[d], (size_t)nc, sizeof(*nq));
+        if (!nq)
+            return DUET_ERR_NOMEM;
+        for (int k = s->q_cap[d]; k < nc; k++) {
+            nq[k].exp = duet_calloc((size_t)E + 1, sizeof(int32_t));
+            nq[k].cnt = duet_calloc((size_t)E + 1, sizeof(int32_t));
+            if (!nq[k].exp || !nq[k].cnt) {
+                s->q[d] = nq;
+                s->q_cap[d] = k;
+                return DUET_ERR_NOMEM;
+            }
+        }
+        s->q[d] = nq;
+        s->q_cap[d] = nc;
+    }
+    struct qdisp *t = &s->q[d][s->q_n[d]++];
+    t->round = q->round;
+    t->layer = q->layer;
+    t->ng = q->ng;
+    memcpy(t->exp, q->exp, sizeof(int32_t) * (size_t)q->ng);
+    memcpy(t->cnt, q->cnt, sizeof(int32_t) * (size_t)q->ng);
+    return DUET_OK;
+}
+
+/* Send what waits for expert/d, in order, until credit runs out again. */
+static void flush_disp(duet_actor_t *self, attn_t *s, int d)
+{
+    int k = 0;
+    while (k < s->q_n[d] && send_disp(self, s, d, &s->q[d][k]) == DUET_OK)
+        k++;
+    if (!k)
+        return;
+    for (int j = k; j < s->q_n[d]; j++) { /* keep the buffers: swap */
+        struct qdisp t = s->q[d][j - k];
+        s->q[d][j - k] = s->q[d][j];
+        s->q[d][j] = t;
+    }
+    s->q_n[d] -= k;
+}
+
 static duet_status_t send_step_done(duet_actor_t *self, attn_t *s, const char *err)
 {
     duet_pipe_step_done_t d = {
@@ -107,7 +214,11 @@ static duet_status_t send_step_done(duet_actor_t *self, attn_t *s, const char *e
         .token = {s->res_tok, err ? 0 : (size_t)s->res_n},
         .error = (char *)(err ? err : ""),
     };
-    return duet_send(self, "scheduler", &duet_pipe_msg_step_done, &d);
+    /* not fatal: a step whose answer is lost is failed by the scheduler's
+     * watchdog and replayed */
+    if (duet_send(self, "scheduler", &duet_pipe_msg_step_done, &d))
+        DUET_LOG_W(MOD, "%s: pipe.step_done: %s", duet_actor_name(self), duet_error());
+    return DUET_OK;
 }
 
 static void report_load(duet_actor_t *self, attn_t *s)
@@ -130,20 +241,25 @@ static duet_status_t step_fail(duet_actor_t *self, attn_t *s, const char *why)
             duet_fwd_abort(s->fwd, u->ub);
         u->begun = u->done = u->waiting = false;
     }
-    /* the M2N rings are now out of step with the expert shards */
+    /* the M2N rings are now out of step with the expert shards: a new
+     * epoch is needed (the router starts one, once per epoch) */
     if (!s->broken) {
         s->broken = true;
         snprintf(s->why, sizeof(s->why), "%s", why);
     }
+    duet_pipe_resync_t rs = {.shard = s->a.shard, .epoch = s->epoch, .why = (char *)why};
+    duet_send(self, "router", &duet_pipe_msg_resync, &rs);
     s->busy = false;
     duet_status_t st = send_step_done(self, s, why);
     s->iter++;
+    apply_pending_frees(s);
     return st;
 }
 
 static duet_status_t step_finish(duet_actor_t *self, attn_t *s)
 {
     s->busy = false;
+    apply_pending_frees(s);
     for (int i = 0; i < s->g->m; i++)
         s->ubs[i].begun = s->ubs[i].done = false;
     duet_status_t st = send_step_done(self, s, NULL);
@@ -190,6 +306,11 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
             if (hi <= lo)
                 continue;
             int dst = s->shards[lo0 + (k + s->rr[e]) % nr];
+            if (!s->alive_e[dst])
+                return duet_errorf(DUET_ERR_INVALID,
+                                   "table v%llu routes expert %d to expert/%d, not in epoch %llu",
+                                   (unsigned long long)s->table_version, e, dst,
+                                   (unsigned long long)s->epoch);
             s->dexp[dst * E + s->dng[dst]] = e;
             s->dcnt[dst * E + s->dng[dst]] = hi - lo;
             s->dng[dst]++;
@@ -202,18 +323,28 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
     uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
     size_t slot = (size_t)(round % (uint64_t)s->g->ring);
     for (int d = 0; d < N; d++) {
+        if (!s->alive_e[d])
+            continue;
         size_t off = (slot * (size_t)N + (size_t)d) * s->g->slot_size;
         uint8_t *buf = base + off;
-        duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, (uint32_t)u->dest_n[d], round};
-        memcpy(buf, &h, sizeof(h));
+        duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, (uint32_t)u->dest_n[d], round, 0, 0};
         for (int32_t j = 0; j < u->dest_n[d]; j++) {
             int32_t row = u->dest_rows[(size_t)d * s->max_rows + j];
             memcpy(buf + sizeof(h) + (size_t)j * s->rowb,
                    x + (size_t)u->d.row_token[row] * (size_t)hidden, s->rowb);
         }
         size_t len = sizeof(h) + (size_t)u->dest_n[d] * s->rowb;
-        st = duet_m2n_send(s->a.dispatch, round, (uint32_t)d, s->a.send_mr, off, len,
-                           (int64_t)s->g->round_timeout_ms * 1000000);
+        if (s->g->checksum)
+            h.sum = duet__pipe_sum(buf + sizeof(h), len - sizeof(h));
+        memcpy(buf, &h, sizeof(h));
+        if (u->dest_n[d] > 0 && s->a.corrupt_countdown && atomic_load(s->a.corrupt_countdown) > 0 &&
+            atomic_fetch_sub(s->a.corrupt_countdown, 1) == 1) {
+            buf[sizeof(h) + 5] ^= 0x40; /* fault injection: a corrupted byte on the wire */
+            DUET_LOG_I(MOD, "%s: corrupted a byte of round %llu to expert/%d (fault injection)",
+                       duet_actor_name(self), (unsigned long long)round, d);
+        }
+        st = duet_m2n_send(s->a.dispatch, round, (uint32_t)duet__pipe_grank(s->alive_e, d),
+                           s->a.send_mr, off, len, (int64_t)s->g->round_timeout_ms * 1000000);
         if (st)
             return duet_error_wrap(st, "dispatch round %llu to expert/%d",
                                    (unsigned long long)round, d);
@@ -225,19 +356,15 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
      * pipe.dispatch can wake an expert shard */
     s->disp_end = duet_now_ns();
     for (int d = 0; d < N; d++) {
-        duet_pipe_dispatch_t m = {
-            .epoch = s->epoch,
-            .round = round,
-            .layer = layer,
-            .shard = s->a.shard,
-            .experts = {s->dexp + (size_t)d * E, (size_t)s->dng[d]},
-            .counts = {s->dcnt + (size_t)d * E, (size_t)s->dng[d]},
-        };
-        char to[32];
-        snprintf(to, sizeof(to), "expert/%d", d);
-        st = duet_send(self, to, &duet_pipe_msg_dispatch, &m);
+        if (!s->alive_e[d])
+            continue;
+        struct qdisp q = {round, layer, s->dng[d], s->dexp + (size_t)d * E,
+                          s->dcnt + (size_t)d * E};
+        st = s->q_n[d] ? DUET_ERR_AGAIN : send_disp(self, s, d, &q);
+        if (st == DUET_ERR_AGAIN) /* no credit: it goes on sys.writable */
+            st = queue_disp(s, d, &q);
         if (st)
-            return duet_error_wrap(st, "pipe.dispatch to %s", to);
+            return duet_error_wrap(st, "pipe.dispatch to expert/%d", d);
     }
     return DUET_OK;
 }
@@ -322,7 +449,10 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
     for (int d = 0; d < N; d++) {
         const void *data;
         size_t len;
-        if ((st = duet_m2n_data(s->a.combine, u->round, (uint32_t)d, &data, &len)))
+        if (!s->alive_e[d])
+            continue;
+        if ((st = duet_m2n_data(s->a.combine, u->round, (uint32_t)duet__pipe_grank(s->alive_e, d),
+                                &data, &len)))
             return st;
         duet_pipe_hdr_t h;
         if (len < sizeof(h))
@@ -337,6 +467,10 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
                                (unsigned long long)u->round, d, (unsigned long long)h.round, h.rows,
                                len, u->dest_n[d]);
         const uint8_t *q = (const uint8_t *)data + sizeof(h);
+        if (s->g->checksum && duet__pipe_sum(q, len - sizeof(h)) != h.sum)
+            return duet_errorf(DUET_ERR_PROTOCOL,
+                               "round %llu from expert/%d: data-plane checksum mismatch",
+                               (unsigned long long)u->round, d);
         s->a.obs->bytes += len;
         rows_in += h.rows;
         for (uint32_t j = 0; j < h.rows; j++) {
@@ -356,8 +490,9 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
         duet_obs_ev(s->a.obs, 'X', DUET_TR_COMBINE, t0, t1 - t0, 0, (int64_t)u->round, u->layer, i,
                     rows_in);
         for (int d = 0; d < N; d++)
-            duet_obs_ev(s->a.obs, 'f', DUET_TR_FLOW_RESULT, t0, 0,
-                        duet_obs_flow_id(s->epoch, 1, u->round, s->a.shard, d), 0, 0, 0, 0);
+            if (s->alive_e[d])
+                duet_obs_ev(s->a.obs, 'f', DUET_TR_FLOW_RESULT, t0, 0,
+                            duet_obs_flow_id(s->epoch, 1, u->round, s->a.shard, d), 0, 0, 0, 0);
     }
     u->waiting = false;
     u->layer++;
@@ -371,15 +506,23 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
     if (m->epoch != s->epoch) { /* sent before the scheduler heard of our reset */
         duet_pipe_step_done_t d = {
             .shard = s->a.shard, .epoch = m->epoch, .iter = m->iter, .error = "stale epoch"};
-        return duet_send(self, "scheduler", &duet_pipe_msg_step_done, &d);
+        if (duet_send(self, "scheduler", &duet_pipe_msg_step_done, &d))
+            DUET_LOG_W(MOD, "%s: pipe.step_done: %s", duet_actor_name(self), duet_error());
+        return DUET_OK;
     }
     if (s->broken) {
         snprintf(why, sizeof(why), "%s: unavailable: %s", duet_actor_name(self), s->why);
+        s->iter = m->iter; /* the answer names the step it answers */
+        send_step_done(self, s, why);
         s->iter = m->iter + 1;
-        return send_step_done(self, s, why);
+        return DUET_OK;
     }
     size_t n = m->req.count;
     const int M = s->g->m;
+    if (m->iter < s->iter || (s->busy && m->iter == s->iter)) { /* a duplicate */
+        atomic_fetch_add(&s->a.counters->dropped_dup, 1);
+        return DUET_OK;
+    }
     if (s->busy || m->iter != s->iter || m->ub.count != n || m->ntok.count != n ||
         m->flags.count != n || m->temperature.count != n || m->top_k.count != n ||
         m->top_p.count != n || m->seed.count != n) {
@@ -405,7 +548,7 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
         if (ubi[k] < 0 || ubi[k] >= M || M > 64 || ntok[k] < 1 ||
             pos + (size_t)ntok[k] > m->tokens.count || ++seqs_in[ubi[k]] > s->g->max_seqs_ub ||
             (toks_in[ubi[k]] += ntok[k]) > s->g->max_tokens_ub ||
-            ((flags[k] & DUET_PIPE_SEQ_NEW) != 0) == (map_find(s, req[k]) >= 0)) {
+            (!(flags[k] & DUET_PIPE_SEQ_NEW) && map_find(s, req[k]) < 0)) {
             snprintf(why, sizeof(why), "bad pipe.step entry %zu (req %llu)", k,
                      (unsigned long long)req[k]);
             return step_fail(self, s, why);
@@ -413,6 +556,9 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
         pos += (size_t)ntok[k];
     }
     pos = 0;
+    for (size_t k = 0; k < n; k++) /* a replay from position 0: start afresh */
+        if (flags[k] & DUET_PIPE_SEQ_NEW)
+            free_req(s, req[k]);
     for (size_t k = 0; k < n; k++) {
         ub_state_t *u = &s->ubs[ubi[k]];
         int mi = map_find(s, req[k]);
@@ -468,7 +614,8 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
     for (int k = 0; k < s->g->m && s->busy && r->epoch == s->epoch; k++)
         if (s->ubs[k].waiting && s->ubs[k].round == r->round)
             i = k;
-    if (i < 0 || r->expert_shard < 0 || r->expert_shard >= s->g->n_expert_shards) {
+    if (i < 0 || r->expert_shard < 0 || r->expert_shard >= s->g->n_expert_shards ||
+        !s->alive_e[r->expert_shard]) {
         atomic_fetch_add(&s->a.counters->dropped_stray, 1);
         DUET_LOG_D(MOD, "%s: stray pipe.result round %llu from expert/%d", duet_actor_name(self),
                    (unsigned long long)r->round, r->expert_shard);
@@ -487,7 +634,7 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
     u->got[r->expert_shard] = 1;
     u->got_rows[r->expert_shard] = r->rows;
     s->last_progress = duet_actor_now_ns(self);
-    if (++u->n_got < s->g->n_expert_shards)
+    if (++u->n_got < s->n_live_e)
         return DUET_OK;
     /* The N2M ring releases rounds in order, and control messages may
      * arrive out of order (delay, other senders): combine the oldest
@@ -497,7 +644,7 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
         for (int k = 0; k < s->g->m; k++)
             if (s->ubs[k].waiting && (lo < 0 || s->ubs[k].round < s->ubs[lo].round))
                 lo = k;
-        if (lo < 0 || s->ubs[lo].n_got < s->g->n_expert_shards)
+        if (lo < 0 || s->ubs[lo].n_got < s->n_live_e)
             break;
         duet_status_t st = complete(self, s, lo);
         if (st && s->busy) {
@@ -510,23 +657,37 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
 
 static duet_status_t maybe_ready(duet_actor_t *self, attn_t *s)
 {
-    if (s->ready_sent || !s->have_table || s->n_wired < s->g->n_expert_shards)
+    if (s->ready_sent || !s->member || !s->have_table || s->n_wired < s->n_live_e ||
+        s->n_live_e < 1)
         return DUET_OK;
+    for (int e = 0; e < s->cfg->n_experts; e++)
+        if (s->off[e + 1] == s->off[e])
+            return DUET_OK; /* an expert with no live shard: wait for its return */
     s->ready_sent = true;
+    /* the router watches this shard from its first report on: make one now */
+    duet_pipe_hello_t h = {.shard = s->a.shard,
+                           .incarnation = duet_actor_epoch(self),
+                           .epoch = s->epoch,
+                           .member = true};
+    duet_send(self, "router", &duet_pipe_msg_hello, &h);
     duet_pipe_ready_t r = {.shard = s->a.shard, .epoch = s->epoch};
     return duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
 }
 
 static duet_status_t on_wire(duet_actor_t *self, attn_t *s, const duet_pipe_wire_t *w)
 {
-    if (w->epoch != s->epoch || w->rank < 0 || w->rank >= s->g->n_expert_shards ||
-        s->wired[w->rank]) {
+    if (w->epoch != s->epoch || !s->member || w->rank < 0 || w->rank >= s->g->n_expert_shards ||
+        !s->alive_e[w->rank] || s->wired[w->rank]) {
         atomic_fetch_add(&s->a.counters->dropped_dup, 1);
         return DUET_OK;
     }
-    duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
-    if (st)
-        return duet_error_wrap(st, "%s: wiring expert/%d", duet_actor_name(self), w->rank);
+    duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine,
+                                             duet__pipe_grank(s->alive_e, w->rank), w);
+    if (st) { /* info of a context gone (a late repeat): the next one will do */
+        DUET_LOG_D(MOD, "%s: wiring expert/%d: %s", duet_actor_name(self), w->rank, duet_error());
+        atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+        return DUET_OK;
+    }
     s->wired[w->rank] = 1;
     s->wired_inc[w->rank] = w->incarnation;
     s->n_wired++;
@@ -538,11 +699,53 @@ static duet_status_t on_wire(duet_actor_t *self, attn_t *s, const duet_pipe_wire
     return maybe_ready(self, s);
 }
 
-/* A new data-plane epoch (an expert shard came back): fail what is in
- * flight, rebuild the groups, rewire, and become ready again. The KV cache
- * and the requests not in a failed step stay. */
-static duet_status_t reset_epoch(duet_actor_t *self, attn_t *s, uint64_t epoch)
+/* Apply a routing table (from pipe.reset); false if malformed. */
+static bool apply_table(duet_actor_t *self, attn_t *s, uint64_t version,
+                        const duet_array_t *offsets, const duet_array_t *shards)
 {
+    const int E = s->cfg->n_experts;
+    const uint32_t *off = offsets->data;
+    const int32_t *sh = shards->data;
+    if (offsets->count != (size_t)E + 1 || off[0] != 0 || off[E] != shards->count) {
+        DUET_LOG_W(MOD, "%s: malformed routing table v%llu ignored", duet_actor_name(self),
+                   (unsigned long long)version);
+        return false;
+    }
+    for (int e = 0; e < E; e++)
+        if (off[e + 1] < off[e])
+            return false;
+    for (size_t k = 0; k < shards->count; k++)
+        if (sh[k] < 0 || sh[k] >= s->g->n_expert_shards)
+            return false;
+    int32_t *ns = duet_realloc_array(s->shards, shards->count ? shards->count : 1, sizeof(int32_t));
+    if (!ns)
+        return false;
+    s->shards = ns;
+    memcpy(s->shards, sh, sizeof(int32_t) * shards->count);
+    memcpy(s->off, off, sizeof(uint32_t) * (size_t)(E + 1));
+    s->table_version = version;
+    s->have_table = true;
+    return true;
+}
+
+static void send_wires(duet_actor_t *self, attn_t *s)
+{
+    for (int d = 0; d < s->g->n_expert_shards && s->member; d++) {
+        if (s->wired[d] || !s->alive_e[d])
+            continue;
+        char name[32];
+        snprintf(name, sizeof(name), "expert/%d", d);
+        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, duet__pipe_grank(s->alive_e, d),
+                                s->a.dispatch, s->a.combine);
+    }
+}
+
+/* A new data-plane epoch: fail what is in flight, rebuild the groups over
+ * the epoch's members, rewire, and become ready again. The KV cache stays
+ * (the scheduler frees what it replays). */
+static duet_status_t reset_epoch(duet_actor_t *self, attn_t *s, const duet_pipe_reset_t *rs)
+{
+    uint64_t epoch = rs->epoch;
     DUET_LOG_I(MOD, "%s: data-plane epoch %llu", duet_actor_name(self), (unsigned long long)epoch);
     if (s->busy) {
         char why[64];
@@ -550,81 +753,71 @@ static duet_status_t reset_epoch(duet_actor_t *self, attn_t *s, uint64_t epoch)
         step_fail(self, s, why);
     }
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
-    duet_status_t st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard,
-                                          &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    const int A = s->g->n_attention, N = s->g->n_expert_shards;
+    const uint32_t *la = rs->attn_live.data, *le = rs->expert_live.data;
+    for (int a = 0; a < A; a++)
+        s->alive_a[a] = rs->attn_live.count == (size_t)A ? la[a] != 0 : 1;
+    for (int d = 0; d < N; d++)
+        s->alive_e[d] = rs->expert_live.count == (size_t)N ? le[d] != 0 : 1;
+    s->n_live_e = duet__pipe_count(s->alive_e, N);
+    s->member = s->alive_a[s->a.shard] != 0;
+    if (rs->offsets.count)
+        apply_table(self, s, epoch, &rs->offsets, &rs->shards);
+    duet_status_t st = DUET_OK;
+    if (s->member && s->n_live_e > 0)
+        st =
+            duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, s->alive_a,
+                               s->alive_e, &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
     if (st)
         return st;
-    memset(s->wired, 0, (size_t)s->g->n_expert_shards);
-    memset(s->wired_inc, 0, sizeof(uint64_t) * (size_t)s->g->n_expert_shards);
+    memset(s->wired, 0, (size_t)N);
+    memset(s->wired_inc, 0, sizeof(uint64_t) * (size_t)N);
     s->n_wired = 0;
+    for (int d = 0; d < N; d++) /* rounds of the old epoch are void */
+        s->q_n[d] = 0;
     s->ready_sent = s->acked = s->stepped = false;
     s->broken = false;
     s->why[0] = 0;
     s->iter = 0;
     s->epoch = epoch;
-    duet_timer_cancel(self, s->startup_timer);
-    for (int d = 0; d < s->g->n_expert_shards; d++) {
-        char name[32];
-        snprintf(name, sizeof(name), "expert/%d", d);
-        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, d, s->a.dispatch, s->a.combine);
+    if (!s->member) {
+        s->broken = true;
+        snprintf(s->why, sizeof(s->why), "not a member of data-plane epoch %llu",
+                 (unsigned long long)epoch);
     }
-    return duet_timer_start(self, 50, 50, 1, &s->startup_timer);
+    send_wires(self, s);
+    return maybe_ready(self, s);
 }
 
-/* Start-up, every 50 ms: ask again for what has not come. */
+/* Every 50 ms: ask again for what has not come; every 100 ms the
+ * keep-alive pipe.hello to the router. */
 static duet_status_t startup_tick(duet_actor_t *self, attn_t *s)
 {
-    if (s->stepped || s->acked) {
-        duet_timer_cancel(self, s->startup_timer);
-        return DUET_OK;
-    }
-    for (int d = 0; d < s->g->n_expert_shards; d++) {
-        if (s->wired[d])
-            continue;
-        char name[32];
-        snprintf(name, sizeof(name), "expert/%d", d);
-        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, d, s->a.dispatch, s->a.combine);
-    }
-    if (!s->have_table) {
-        duet_pipe_hello_t h = {.shard = s->a.shard};
+    if (!s->acked)
+        send_wires(self, s);
+    if ((s->ticks++ & 1) == 0 || !s->have_table) {
+        duet_pipe_hello_t h = {.shard = s->a.shard,
+                               .incarnation = duet_actor_epoch(self),
+                               .epoch = s->epoch,
+                               .member = s->member && s->have_table};
         duet_send(self, "router", &duet_pipe_msg_hello, &h);
     }
-    if (s->ready_sent) {
+    if (s->ready_sent && !s->acked) {
         duet_pipe_ready_t r = {.shard = s->a.shard, .epoch = s->epoch};
         duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
     }
     return DUET_OK;
 }
 
-static duet_status_t on_table(duet_actor_t *self, attn_t *s, const duet_pipe_table_t *t)
+static duet_status_t on_reset(duet_actor_t *self, attn_t *s, const duet_pipe_reset_t *rs)
 {
-    const int E = s->cfg->n_experts;
-    const uint32_t *off = t->offsets.data;
-    const int32_t *sh = t->shards.data;
-    if (t->offsets.count != (size_t)E + 1 || off[0] != 0 || off[E] != t->shards.count) {
-        DUET_LOG_W(MOD, "%s: malformed routing table v%llu ignored", duet_actor_name(self),
-                   (unsigned long long)t->version);
-        return DUET_OK;
+    if (rs->epoch > s->epoch)
+        return reset_epoch(self, s, rs);
+    if (rs->epoch == s->epoch && !s->have_table && rs->offsets.count) {
+        apply_table(self, s, rs->epoch, &rs->offsets, &rs->shards);
+        return maybe_ready(self, s);
     }
-    for (int e = 0; e < E; e++)
-        if (off[e + 1] < off[e])
-            return DUET_OK;
-    for (size_t k = 0; k < t->shards.count; k++)
-        if (sh[k] < 0 || sh[k] >= s->g->n_expert_shards)
-            return DUET_OK;
-    if (s->have_table && t->version <= s->table_version)
-        return DUET_OK;
-    /* a new table applies from the next round dispatched */
-    int32_t *ns =
-        duet_realloc_array(s->shards, t->shards.count ? t->shards.count : 1, sizeof(int32_t));
-    if (!ns)
-        return DUET_ERR_NOMEM;
-    s->shards = ns;
-    memcpy(s->shards, sh, sizeof(int32_t) * t->shards.count);
-    memcpy(s->off, off, sizeof(uint32_t) * (size_t)(E + 1));
-    s->table_version = t->version;
-    s->have_table = true;
-    return maybe_ready(self, s);
+    return DUET_OK;
 }
 
 static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
@@ -635,7 +828,10 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
         return on_result(self, s, res);
     const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
     if (sq) {
-        duet__pipe_reply_stats(self, s->a.obs, sq);
+        duet__pipe_reply_stats(
+            self, s->a.obs, sq, (uint64_t)duet_kvcache_open_seqs(s->kv),
+            (uint64_t)(duet_kvcache_total_blocks(s->kv) - duet_kvcache_free_blocks(s->kv)),
+            s->epoch);
         return DUET_OK;
     }
     const duet_pipe_step_t *step = duet_pipe_msg_step_body(msg);
@@ -644,22 +840,44 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
         return on_step(self, s, step);
     }
     const duet_pipe_free_t *fr = duet_pipe_msg_free_body(msg);
+    if (fr && fr->keep_only) {
+        const uint64_t *keep = fr->req.data;
+        if (s->busy)
+            return DUET_OK; /* the next epoch's list will come */
+        for (int i = s->map_n - 1; i >= 0; i--) {
+            bool k = false;
+            for (size_t j = 0; j < fr->req.count && !k; j++)
+                k = keep[j] == s->map_req[i];
+            if (!k) {
+                DUET_LOG_D(MOD, "%s: req %llu left behind: KV freed", duet_actor_name(self),
+                           (unsigned long long)s->map_req[i]);
+                free_req(s, s->map_req[i]);
+            }
+        }
+        return DUET_OK;
+    }
     if (fr) {
         const uint64_t *req = fr->req.data;
         for (size_t k = 0; k < fr->req.count; k++) {
-            int mi = map_find(s, req[k]);
-            if (mi < 0)
+            if (!s->busy) {
+                free_req(s, req[k]);
                 continue;
-            duet_kvcache_seq_close(s->kv, s->map_seq[mi]);
-            s->map_req[mi] = s->map_req[s->map_n - 1];
-            s->map_seq[mi] = s->map_seq[s->map_n - 1];
-            s->map_n--;
+            }
+            if (duet_vec_reserve((void **)&s->pfree, &s->cap_pfree, (size_t)s->n_pfree + 1,
+                                 sizeof(uint64_t)))
+                return DUET_ERR_NOMEM;
+            s->pfree[s->n_pfree++] = req[k];
         }
         return DUET_OK;
     }
     const duet_pipe_table_t *t = duet_pipe_msg_table_body(msg);
-    if (t)
-        return on_table(self, s, t);
+    if (t) {
+        if (!s->have_table || t->version > s->table_version) {
+            apply_table(self, s, t->version, &t->offsets, &t->shards);
+            return maybe_ready(self, s);
+        }
+        return DUET_OK;
+    }
     const duet_pipe_wire_t *w = duet_pipe_msg_wire_body(msg);
     if (w)
         return on_wire(self, s, w);
@@ -670,13 +888,15 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
         return DUET_OK;
     }
     const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
-    if (rs && rs->epoch > s->epoch)
-        return reset_epoch(self, s, rs->epoch);
+    if (rs)
+        return on_reset(self, s, rs);
     const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
     if (dn) {
         int k = -1;
-        if (sscanf(dn->actor, "expert/%d", &k) == 1 && k >= 0 && k < s->g->n_expert_shards &&
-            s->wired_inc[k]) {
+        if (sscanf(dn->actor, "expert/%d", &k) != 1 || k < 0 || k >= s->g->n_expert_shards ||
+            !s->alive_e[k] || !s->wired[k])
+            return DUET_OK; /* not part of this epoch: nothing of ours waits for it */
+        if (s->wired_inc[k]) {
             duet_pipe_down_t d = {.shard = k, .incarnation = s->wired_inc[k]};
             duet_send(self, "router", &duet_pipe_msg_down, &d); /* it restarts the epoch */
         }
@@ -688,6 +908,13 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
             s->broken = true;
             snprintf(s->why, sizeof(s->why), "%.500s", why);
         }
+        return DUET_OK;
+    }
+    const duet_sys_writable_t *wr = duet_msg_body(msg, &duet_msg_sys_writable);
+    if (wr) {
+        int k = -1;
+        if (sscanf(wr->to, "expert/%d", &k) == 1 && k >= 0 && k < s->g->n_expert_shards)
+            flush_disp(self, s, k);
         return DUET_OK;
     }
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
@@ -740,6 +967,19 @@ static void attn_stop(duet_actor_t *self, void *state, const char *reason)
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
     duet_free(s->wired);
     duet_free(s->wired_inc);
+    duet_free(s->alive_a);
+    duet_free(s->alive_e);
+    duet_free(s->pfree);
+    for (int d = 0; s->q && d < s->g->n_expert_shards; d++) {
+        for (int k = 0; k < s->q_cap[d]; k++) {
+            duet_free(s->q[d][k].exp);
+            duet_free(s->q[d][k].cnt);
+        }
+        duet_free(s->q[d]);
+    }
+    duet_free(s->q);
+    duet_free(s->q_n);
+    duet_free(s->q_cap);
     duet_fwd_destroy(&s->fwd);
     duet_kvcache_destroy(&s->kv);
     duet_free(s->map_req);
@@ -826,16 +1066,23 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
     }
     s->wired = duet_calloc((size_t)N, 1);
     s->wired_inc = duet_calloc((size_t)N, sizeof(uint64_t));
-    if (!s->wired || !s->wired_inc)
+    s->alive_a = duet_calloc((size_t)s->g->n_attention, sizeof(uint32_t));
+    s->alive_e = duet_calloc((size_t)N, sizeof(uint32_t));
+    s->q = duet_calloc((size_t)N, sizeof(*s->q));
+    s->q_n = duet_calloc((size_t)N, sizeof(int));
+    s->q_cap = duet_calloc((size_t)N, sizeof(int));
+    if (!s->wired || !s->wired_inc || !s->alive_a || !s->alive_e || !s->q || !s->q_n || !s->q_cap)
         return DUET_ERR_NOMEM;
-    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, &s->a.ctx,
-                                 &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
+    for (int a = 0; a < s->g->n_attention; a++) /* epoch 0: every shard */
+        s->alive_a[a] = 1;
+    for (int d = 0; d < N; d++)
+        s->alive_e[d] = 1;
+    s->n_live_e = N;
+    s->member = true;
+    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, NULL, NULL,
+                                 &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
         return st;
-    for (int d = 0; d < N; d++) { /* best effort: repeated until answered */
-        char name[32];
-        snprintf(name, sizeof(name), "expert/%d", d);
-        duet__pipe_dp_send_wire(self, name, s->epoch, s->a.shard, d, s->a.dispatch, s->a.combine);
-    }
+    send_wires(self, s); /* best effort: repeated until answered */
     if ((st = duet_timer_start(self, 50, 50, 1, &s->startup_timer)))
         return st;
     uint64_t period = s->g->round_timeout_ms / 4 ? s->g->round_timeout_ms / 4 : 1;

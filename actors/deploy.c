@@ -7,7 +7,12 @@
  * Nodes: "ctl" (client, scheduler, router), "a<i>" (attn/<i>), "e<s>"
  * (expert/<s>). Spawn order: client and scheduler, expert shards,
  * attention shards (they monitor the expert shards), router (its first
- * table makes the attention shards ready). */
+ * table makes the attention shards ready). Unless no_restart, the shards
+ * and the router of a node run under a one-for-one supervisor
+ * ("sup/<node>") that restarts them when they stop; a restarted expert
+ * shard maps its weights again from the model files (the model object of
+ * its role stays loaded), a restarted attention shard starts with an empty
+ * KV cache. */
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +32,18 @@ typedef struct pres {
     bool done;
     char error[256];
 } pres_t;
+
+/* The client's side of a request's stream: pipe.submit is repeated until
+ * acknowledged; tokens are taken in index order (duplicates dropped, a gap
+ * asks for a resend) and acknowledged (pipe.ack). */
+typedef struct cstream {
+    uint64_t req;
+    int32_t next;        /* stream messages taken in order */
+    int32_t asked;       /* `next` a resend was last asked at (-1: none) */
+    bool acked, done;    /* the submit arrived; the stream ended */
+    uint64_t sent_ns;    /* last pipe.submit (0: not yet stamped) */
+    duet_pipe_submit_t m; /* a copy (prompt, eos_ids owned; reply_to static) */
+} cstream_t;
 
 struct duet_pipe {
     duet_pipe_config_t cfg;
@@ -53,11 +70,19 @@ struct duet_pipe {
     int sched_ni, router_ni;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    uint64_t t_nodes; /* CLOCK_MONOTONIC when the nodes were created */
     pres_t *res;
     size_t n_res, cap_res;
+    cstream_t *cs;
+    size_t n_cs, cap_cs;
     /* observability: [A] attention, [S] expert shards, scheduler */
     duet_obs_t *obs;
     int n_obs;
+    /* supervision: one supervisor per node, children in spawn order */
+    duet_child_spec_t *children;
+    duet_sup_spec_t *sups;
+    duet_sup_stats_t sup_stats;
+    atomic_int fail_countdown, corrupt_countdown;
     uint64_t stats_seq;
     duet_pipe_actor_stats_t stats_got; /* the last reply (cookie, counters) */
 };
@@ -82,17 +107,100 @@ static pres_t *res_find(duet_pipe_t *p, uint64_t req)
     return NULL;
 }
 
+#define CLIENT_TICK 11
+#define CLIENT_RESUBMIT_NS 300000000ull
+
 static duet_status_t client_start(duet_actor_t *self, void *arg, void **state_out)
 {
-    (void)self;
     *state_out = arg;
-    return DUET_OK;
+    return duet_timer_start(self, 100, 100, CLIENT_TICK, NULL);
+}
+
+static void cs_drop(duet_pipe_t *p, size_t i)
+{
+    duet_free(p->cs[i].m.prompt.data);
+    duet_free(p->cs[i].m.eos_ids.data);
+    p->cs[i] = p->cs[--p->n_cs];
+}
+
+static void client_ack(duet_actor_t *self, uint64_t req, int32_t next, bool resend)
+{
+    duet_pipe_ack_t a = {req, next, resend};
+    if (duet_send(self, "scheduler", &duet_pipe_msg_ack, &a))
+        DUET_LOG_D(MOD, "pipe.ack to the scheduler: %s", duet_error());
+}
+
+/* Stream bookkeeping of a pipe.token; false: not to be taken (a duplicate,
+ * out of order, or of a finished stream). Under p->mu. */
+static bool client_take(duet_actor_t *self, duet_pipe_t *p, const duet_pipe_token_t *t)
+{
+    size_t i = 0;
+    for (; i < p->n_cs && p->cs[i].req != t->req; i++)
+        ;
+    if (i == p->n_cs) { /* finished (or unknown): it has all of it */
+        client_ack(self, t->req, INT32_MAX, false);
+        return false;
+    }
+    cstream_t *c = &p->cs[i];
+    c->acked = true;
+    if (t->index < c->next || c->done) { /* a duplicate: the scheduler is behind */
+        client_ack(self, t->req, c->next, false);
+        return false;
+    }
+    if (t->index > c->next) { /* a gap: ask once per position */
+        if (c->asked != c->next) {
+            c->asked = c->next;
+            client_ack(self, t->req, c->next, true);
+        }
+        return false;
+    }
+    c->next++;
+    c->done = t->done || (t->error && t->error[0]);
+    if (c->done) {
+        client_ack(self, t->req, INT32_MAX, false);
+        cs_drop(p, i);
+    } else if (c->next % 8 == 0) {
+        client_ack(self, t->req, c->next, false);
+    }
+    return true;
+}
+
+static void client_tick(duet_actor_t *self, duet_pipe_t *p)
+{
+    uint64_t now = duet_actor_now_ns(self);
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->n_cs; i++) {
+        cstream_t *c = &p->cs[i];
+        if (c->acked)
+            continue;
+        if (!c->sent_ns) {
+            c->sent_ns = now ? now : 1;
+        } else if (now - c->sent_ns > CLIENT_RESUBMIT_NS) {
+            c->sent_ns = now;
+            if (duet_send(self, "scheduler", &duet_pipe_msg_submit, &c->m))
+                DUET_LOG_D(MOD, "pipe.submit again: %s", duet_error());
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
 }
 
 static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
 {
-    (void)self;
     duet_pipe_t *p = state;
+    const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
+    if (tm && tm->tag == CLIENT_TICK) {
+        client_tick(self, p);
+        return DUET_OK;
+    }
+    const duet_pipe_ack_t *ak = duet_pipe_msg_ack_body(msg);
+    if (ak) { /* the scheduler has the submit */
+        pthread_mutex_lock(&p->mu);
+        for (size_t i = 0; i < p->n_cs; i++)
+            if (p->cs[i].req == ak->req)
+                p->cs[i].acked = true;
+        pthread_mutex_unlock(&p->mu);
+        return DUET_OK;
+    }
     const duet_pipe_actor_stats_t *as = duet_pipe_msg_actor_stats_body(msg);
     if (as) {
         pthread_mutex_lock(&p->mu);
@@ -104,6 +212,11 @@ static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_m
     }
     const duet_pipe_token_t *t = duet_pipe_msg_token_body(msg);
     if (!t)
+        return DUET_OK;
+    pthread_mutex_lock(&p->mu);
+    bool take = client_take(self, p, t);
+    pthread_mutex_unlock(&p->mu);
+    if (!take)
         return DUET_OK;
     if (p->cfg.on_token) {
         p->cfg.on_token(p->cfg.on_token_user, t);
@@ -134,12 +247,34 @@ static const duet_actor_ops_t client_ops = {
 
 /* ---- bring-up ------------------------------------------------------------- */
 
+int duet__pipe_grank(const uint32_t *alive, int i)
+{
+    if (!alive)
+        return i;
+    int r = 0;
+    for (int k = 0; k < i; k++)
+        r += alive[k] != 0;
+    return r;
+}
+
+int duet__pipe_count(const uint32_t *alive, int n)
+{
+    return duet__pipe_grank(alive, n);
+}
+
 duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
                                  const duet_pipe_geom_t *g, bool attention, int rank,
+                                 const uint32_t *alive_a, const uint32_t *alive_e,
                                  duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
                                  duet_rdma_mr_t **mr)
 {
-    const int A = g->n_attention, S = g->n_expert_shards;
+    const int A = duet__pipe_count(alive_a, g->n_attention),
+              S = duet__pipe_count(alive_e, g->n_expert_shards);
+    const int full = attention ? g->n_expert_shards : g->n_attention;
+    rank = duet__pipe_grank(attention ? alive_a : alive_e, rank);
+    if (A < 1 || S < 1)
+        return duet_errorf(DUET_ERR_INVALID, "data plane: an epoch without %s shards",
+                           A < 1 ? "attention" : "expert");
     duet_status_t st;
     duet_rdma_ctx_params_t cp = {.provider = provider ? provider : "sim", .sim = rsim};
     if ((st = duet_rdma_ctx_create(&cp, ctx)))
@@ -159,7 +294,7 @@ duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
     cp2.group_id = 2;
     if ((st = duet_m2n_create(&dp, disp)) || (st = duet_m2n_create(&cp2, comb)))
         return st;
-    size_t len = (size_t)g->ring * (size_t)(attention ? S : A) * g->slot_size;
+    size_t len = (size_t)g->ring * (size_t)full * g->slot_size; /* by global index */
     return duet_rdma_mr_alloc(*ctx, len, DUET_RDMA_ACCESS_LOCAL, mr);
 }
 
@@ -183,7 +318,8 @@ duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer
 }
 
 void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
-                            const duet_pipe_stats_req_t *req)
+                            const duet_pipe_stats_req_t *req, uint64_t kv_seqs,
+                            uint64_t kv_blocks_used, uint64_t epoch)
 {
     duet_pipe_actor_stats_t r = {.cookie = req->cookie,
                                  .actor = (char *)duet_actor_name(self),
@@ -191,7 +327,10 @@ void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
                                  .rounds = obs->rounds,
                                  .tokens = obs->tokens,
                                  .bytes = obs->bytes,
-                                 .steps = obs->steps};
+                                 .steps = obs->steps,
+                                 .kv_seqs = kv_seqs,
+                                 .kv_blocks_used = kv_blocks_used,
+                                 .epoch = epoch};
     if (duet_send(self, req->reply_to, &duet_pipe_msg_actor_stats, &r))
         DUET_LOG_D(MOD, "%s: pipe.actor_stats to %s: %s", duet_actor_name(self), req->reply_to,
                    duet_error());
@@ -314,7 +453,19 @@ static duet_status_t make_nodes(duet_pipe_t *p)
         if (!local(p, p->names[i]))
             continue;
         node_addr(p, id, i, addr, sizeof(addr));
-        duet_node_config_t nc = {.name = p->names[i], .registry = p->reg, .faults = p->faults};
+        duet_node_config_t nc = {.name = p->names[i],
+                                 .registry = p->reg,
+                                 .faults = p->faults,
+                                 .heartbeat_ms = c->heartbeat_ms,
+                                 /* simulated: a silent peer is down after 3 missed
+                                  * heartbeats; real threads keep the runtime's 5
+                                  * (a loaded host must not look dead) */
+                                 .heartbeat_misses = c->heartbeat_misses ? c->heartbeat_misses
+                                                     : sim               ? 3
+                                                                         : 0,
+                                 /* credits lent to a shard that crashed do not
+                                  * come back: give up on them soon */
+                                 .credit_timeout_ms = 50};
         if (sim)
             nc.sim = p->sim;
         else {
@@ -325,6 +476,56 @@ static duet_status_t make_nodes(duet_pipe_t *p)
             return duet_error_wrap(st, "node %s", p->names[i]);
     }
     return DUET_OK;
+}
+
+/* Where the scheduler runs: wait until every attention shard is ready (or
+ * start_timeout_ms). None ready: an error naming what is missing; some: a
+ * warning, and the deployment serves on those. */
+static duet_status_t wait_ready(duet_pipe_t *p)
+{
+    if (!p->nodes[p->sched_ni])
+        return DUET_OK;
+    uint32_t to = p->cfg.start_timeout_ms ? p->cfg.start_timeout_ms : 30000;
+    const uint64_t want = (uint64_t)p->A;
+    if (p->sim) {
+        uint64_t until = duet_simnet_now(p->sim) + (uint64_t)to * 1000000ull;
+        while (atomic_load(&p->counters.shards_ready) < want && duet_simnet_now(p->sim) <= until)
+            if (!duet_simnet_step(p->sim))
+                break;
+    } else {
+        uint64_t until = duet_now_ns() + (uint64_t)to * 1000000ull;
+        while (atomic_load(&p->counters.shards_ready) < want && duet_now_ns() < until)
+            usleep(2000);
+    }
+    uint64_t got = atomic_load(&p->counters.shards_ready);
+    if (got >= want)
+        return DUET_OK;
+    uint64_t mask = atomic_load(&p->counters.ready_mask);
+    char miss[512];
+    int n = 0;
+    miss[0] = 0;
+    for (int a = 0; a < p->A && n < 400; a++)
+        if (a >= 64 || !(mask & (1ull << a)))
+            n += snprintf(miss + n, sizeof(miss) - (size_t)n, "%s attn/%d (node %s)", n ? "," : "",
+                          a, p->names[p->attn_ni[a]]);
+    if (got > 0) {
+        DUET_LOG_W(MOD, "deployment start: after %u ms%s not ready; serving on %llu of %d", to,
+                   miss, (unsigned long long)got, p->A);
+        return DUET_OK;
+    }
+    char exp[512];
+    n = 0;
+    exp[0] = 0;
+    for (int e = 0; e < p->S && n < 400; e++)
+        n += snprintf(exp + n, sizeof(exp) - (size_t)n, "%s expert/%d (node %s)", n ? "," : "", e,
+                      p->names[p->exp_ni[e]]);
+    return duet_errorf(
+        DUET_ERR_TIMEOUT,
+        "deployment start: no attention shard became ready in %u ms (start_timeout_ms)"
+        "; not ready:%s. An attention shard is ready once it has the router's table "
+        "(router on node %s) and has wired every expert shard:%s. Check that those "
+        "nodes run and can reach each other.",
+        to, miss, p->names[p->router_ni], exp);
 }
 
 duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
@@ -401,6 +602,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     p->rarg.n_attention = A;
     p->rarg.n_expert_shards = S;
     p->rarg.n_experts = mc->n_experts;
+    p->rarg.counters = &p->counters;
 
     int budget = cfg->token_budget > 0 ? cfg->token_budget : 256;
     duet_pipe_geom_t *g = &p->geom;
@@ -417,7 +619,9 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                                  sizeof(float) * (size_t)mc->hidden;
     g->ring = 2 * g->m;
     g->round_timeout_ms = cfg->round_timeout_ms ? cfg->round_timeout_ms : 5000;
+    g->checksum = cfg->checksum;
 
+    p->t_nodes = duet_now_ns();
     if ((st = make_nodes(p)))
         goto err;
     p->n_obs = A + S + 1;
@@ -471,8 +675,15 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     duet_backend_opts_t bo = {.n_threads = cfg->threads > 0 ? cfg->threads : 1};
     for (int i = 0; i < A + S; i++) {
         duet_node_t *nd = p->nodes[i < A ? p->attn_ni[i] : p->exp_ni[i - A]];
-        if (nd && (st = duet_backend_open("cpu", &bo, &p->be[i])))
+        const char *const *names = i < A ? cfg->attention_backend : cfg->expert_backend;
+        const char *bn = names && names[i < A ? i : i - A] ? names[i < A ? i : i - A] : "cpu";
+        const int *devs = i < A ? cfg->attention_device : cfg->expert_device;
+        bo.device = devs ? devs[i < A ? i : i - A] : 0;
+        if (nd && (st = duet_backend_open(bn, &bo, &p->be[i]))) {
+            duet_error_wrap(st, "%s/%d: backend \"%s\"", i < A ? "attn" : "expert",
+                            i < A ? i : i - A, bn);
             goto err;
+        }
     }
     const char *prov = cfg->provider ? cfg->provider : "sim";
     if (!strcmp(prov, "sim") && (st = duet_rdma_sim_create(&p->rsim)))
@@ -485,6 +696,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                       .kv_blocks = kvb,
                                       .kv_block_size = kvbs,
                                       .max_seq_len = mc->max_pos,
+                                      .recover_timeout_ms = cfg->recover_timeout_ms,
                                       .counters = &p->counters,
                                       .obs = &p->obs[A + S]};
     duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
@@ -492,42 +704,132 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     if (sn && ((st = duet_spawn(sn, "client", &client_ops, p, NULL)) ||
                (st = duet_spawn(sn, "scheduler", &duet__pipe_scheduler_ops, &p->sarg, NULL))))
         goto err;
-    char name[32];
-    for (int s = 0; s < S; s++) {
-        p->earg[s] = (duet_pipe_expert_arg_t){.shard = s,
-                                              .geom = g,
-                                              .model = p->emodel[s],
-                                              .be = p->be[A + s],
-                                              .experts = p->experts[s],
-                                              .n_experts = cfg->shard_n_experts[s],
-                                              .provider = prov,
-                                              .rsim = p->rsim,
-                                              .counters = &p->counters,
-                                              .obs = &p->obs[A + s]};
-        snprintf(name, sizeof(name), "expert/%d", s);
-        if (p->nodes[p->exp_ni[s]] && (st = duet_spawn(p->nodes[p->exp_ni[s]], name,
-                                                       &duet__pipe_expert_ops, &p->earg[s], &thr)))
-            goto err;
+    for (int s = 0; s < S; s++)
+        p->earg[s] = (duet_pipe_expert_arg_t){
+            .shard = s,
+            .geom = g,
+            .model = p->emodel[s],
+            .be = p->be[A + s],
+            .experts = p->experts[s],
+            .n_experts = cfg->shard_n_experts[s],
+            .provider = prov,
+            .rsim = p->rsim,
+            .counters = &p->counters,
+            .obs = &p->obs[A + s],
+            .fail_countdown = cfg->fail_round && cfg->fail_expert == s ? &p->fail_countdown : NULL};
+    atomic_store(&p->fail_countdown, (int)cfg->fail_round);
+    for (int a = 0; a < A; a++)
+        p->aarg[a] = (duet_pipe_attn_arg_t){
+            .shard = a,
+            .geom = g,
+            .model = p->amodel,
+            .be = p->be[a],
+            .kv_blocks = kvb,
+            .kv_block_size = kvbs,
+            .provider = prov,
+            .rsim = p->rsim,
+            .counters = &p->counters,
+            .obs = &p->obs[a],
+            .corrupt_countdown = cfg->corrupt_write && a == 0 ? &p->corrupt_countdown : NULL};
+    atomic_store(&p->corrupt_countdown, (int)cfg->corrupt_write);
+    /* children per node in spawn order: expert shards, attention shards,
+     * router (its first table makes the attention shards ready) */
+    p->children = duet_calloc((size_t)(A + S + 1), sizeof(duet_child_spec_t));
+    p->sups = duet_calloc((size_t)p->n_nodes, sizeof(duet_sup_spec_t));
+    if (!p->children || !p->sups) {
+        st = DUET_ERR_NOMEM;
+        goto err;
     }
-    for (int a = 0; a < A; a++) {
-        p->aarg[a] = (duet_pipe_attn_arg_t){.shard = a,
-                                            .geom = g,
-                                            .model = p->amodel,
-                                            .be = p->be[a],
-                                            .kv_blocks = kvb,
-                                            .kv_block_size = kvbs,
-                                            .provider = prov,
-                                            .rsim = p->rsim,
-                                            .counters = &p->counters,
-                                            .obs = &p->obs[a]};
-        snprintf(name, sizeof(name), "attn/%d", a);
-        if (p->nodes[p->attn_ni[a]] &&
-            (st = duet_spawn(p->nodes[p->attn_ni[a]], name, &duet__pipe_attention_ops, &p->aarg[a],
-                             &thr)))
+    for (int i = 0; i < A + S + 1; i++) {
+        duet_child_spec_t *c = &p->children[i];
+        char *nm = duet_calloc(1, 32);
+        if (!nm) {
+            st = DUET_ERR_NOMEM;
             goto err;
+        }
+        c->restart = DUET_RESTART_PERMANENT;
+        if (i < S) {
+            snprintf(nm, 32, "expert/%d", i);
+            *c = (duet_child_spec_t){nm, &duet__pipe_expert_ops, &p->earg[i], thr,
+                                     DUET_RESTART_PERMANENT};
+        } else if (i < S + A) {
+            snprintf(nm, 32, "attn/%d", i - S);
+            *c = (duet_child_spec_t){nm, &duet__pipe_attention_ops, &p->aarg[i - S], thr,
+                                     DUET_RESTART_PERMANENT};
+        } else {
+            snprintf(nm, 32, "router");
+            *c = (duet_child_spec_t){nm, &duet__pipe_router_ops, &p->rarg, (duet_spawn_opts_t){0},
+                                     DUET_RESTART_PERMANENT};
+        }
     }
-    duet_node_t *rn = p->nodes[p->router_ni];
-    if (rn && (st = duet_spawn(rn, "router", &duet__pipe_router_ops, &p->rarg, NULL)))
+    {
+        /* group the children by node: sort a copy so each node's run is contiguous */
+        duet_child_spec_t *sorted = duet_calloc((size_t)(A + S + 1), sizeof(duet_child_spec_t));
+        if (!sorted) {
+            st = DUET_ERR_NOMEM;
+            goto err;
+        }
+        int k = 0;
+        for (int ni = 0; ni < p->n_nodes; ni++) {
+            int first = k;
+            for (int i = 0; i < A + S + 1; i++) {
+                int at = i < S ? p->exp_ni[i] : i < S + A ? p->attn_ni[i - S] : p->router_ni;
+                if (at == ni)
+                    sorted[k++] = p->children[i];
+            }
+            p->sups[ni] = (duet_sup_spec_t){.strategy = DUET_SUP_ONE_FOR_ONE,
+                                            .intensity = 50,
+                                            .period_ms = 10000,
+                                            .children = sorted + first,
+                                            .nchildren = (size_t)(k - first),
+                                            .stats = &p->sup_stats};
+        }
+        duet_free(p->children);
+        p->children = sorted;
+    }
+    /* nodes with expert shards first, then attention shards, then the rest:
+     * each message of the start-up then finds its receiver at once */
+    int *order = duet_calloc((size_t)p->n_nodes, sizeof(int));
+    if (!order) {
+        st = DUET_ERR_NOMEM;
+        goto err;
+    }
+    int no = 0;
+    for (int pass = 0; pass < 3; pass++)
+        for (int ni = 0; ni < p->n_nodes; ni++) {
+            bool has_e = false, has_a = false;
+            for (int e = 0; e < S; e++)
+                has_e |= p->exp_ni[e] == ni;
+            for (int a = 0; a < A; a++)
+                has_a |= p->attn_ni[a] == ni;
+            if ((pass == 0 && has_e) || (pass == 1 && has_a && !has_e) ||
+                (pass == 2 && !has_a && !has_e))
+                order[no++] = ni;
+        }
+    for (int oi = 0; oi < no; oi++) {
+        int ni = order[oi];
+        duet_node_t *nd = p->nodes[ni];
+        if (!nd || !p->sups[ni].nchildren)
+            continue;
+        if (!cfg->no_restart) {
+            char sname[DUET_NAME_MAX + 8];
+            snprintf(sname, sizeof(sname), "sup/%s", p->names[ni]);
+            if ((st = duet_spawn(nd, sname, &duet_supervisor_ops, &p->sups[ni], NULL))) {
+                duet_free(order);
+                goto err;
+            }
+            continue;
+        }
+        for (size_t c = 0; c < p->sups[ni].nchildren; c++) {
+            const duet_child_spec_t *cs = &p->sups[ni].children[c];
+            if ((st = duet_spawn(nd, cs->name, cs->ops, cs->arg, &cs->opts))) {
+                duet_free(order);
+                goto err;
+            }
+        }
+    }
+    duet_free(order);
+    if ((st = wait_ready(p)))
         goto err;
     *out = p;
     return DUET_OK;
@@ -594,8 +896,15 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
     duet_free(p->earg);
     duet_free(p->rarg.offsets);
     duet_free(p->rarg.shards);
+    while (p->n_cs)
+        cs_drop(p, p->n_cs - 1);
+    duet_free(p->cs);
     for (size_t i = 0; i < p->n_res; i++)
         duet_free(p->res[i].tok);
+    for (int i = 0; p->children && i < p->A + p->S + 1; i++)
+        duet_free((void *)p->children[i].name);
+    duet_free(p->children);
+    duet_free(p->sups);
     duet_free(p->res);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
@@ -607,7 +916,7 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
 duet_status_t duet_pipe_submit(duet_pipe_t *p, uint64_t req, const int32_t *prompt, int32_t n,
                                int32_t max_new, int32_t eos)
 {
-    duet_pipe_sampling_t greedy = {0.0f, 0, 1.0f, 0};
+    duet_pipe_sampling_t greedy = {0.0f, 0, 1.0f, 0, NULL, 0};
     return duet_pipe_submit_sampled(p, req, prompt, n, max_new, eos, &greedy);
 }
 
@@ -647,10 +956,42 @@ duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32
                             .temperature = sp->temperature,
                             .top_k = sp->top_k,
                             .top_p = sp->top_p,
-                            .seed = sp->seed};
+                            .seed = sp->seed,
+                            .eos_ids = {(void *)sp->eos_ids, sp->eos_ids && sp->n_eos_ids > 0
+                                                                 ? (size_t)sp->n_eos_ids
+                                                                 : 0}};
+    if (m.eos_ids.count > 64)
+        return duet_errorf(DUET_ERR_INVALID, "request %llu: %zu end ids, at most 64",
+                           (unsigned long long)req, m.eos_ids.count);
     duet_node_t *sn = p->nodes[p->sched_ni];
     if (!sn)
         return duet_errorf(DUET_ERR_INVALID, "the scheduler does not run in this process");
+    /* kept until the scheduler acknowledges it (the client repeats it) */
+    pthread_mutex_lock(&p->mu);
+    st = duet_vec_reserve((void **)&p->cs, &p->cap_cs, p->n_cs + 1, sizeof(cstream_t));
+    if (st == DUET_OK) {
+        cstream_t *c = &p->cs[p->n_cs];
+        memset(c, 0, sizeof(*c));
+        c->req = req;
+        c->asked = -1;
+        c->m = m;
+        c->m.prompt.data = duet_malloc(sizeof(int32_t) * (n > 0 ? (size_t)n : 1));
+        c->m.eos_ids.data = duet_malloc(sizeof(int32_t) * (m.eos_ids.count + 1));
+        if (!c->m.prompt.data || !c->m.eos_ids.data) {
+            duet_free(c->m.prompt.data);
+            duet_free(c->m.eos_ids.data);
+            st = DUET_ERR_NOMEM;
+        } else {
+            if (n > 0)
+                memcpy(c->m.prompt.data, prompt, sizeof(int32_t) * (size_t)n);
+            if (m.eos_ids.count)
+                memcpy(c->m.eos_ids.data, sp->eos_ids, sizeof(int32_t) * m.eos_ids.count);
+            p->n_cs++;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (st)
+        return st;
     return duet_node_send(sn, "client", "scheduler", &duet_pipe_msg_submit, &m);
 }
 
@@ -741,6 +1082,26 @@ duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard)
     return duet_kill(nd, name, "killed");
 }
 
+duet_status_t duet_pipe_kill_attention(duet_pipe_t *p, int shard)
+{
+    if (shard < 0 || shard >= p->A)
+        return duet_errorf(DUET_ERR_RANGE, "no attention shard %d", shard);
+    char name[32];
+    snprintf(name, sizeof(name), "attn/%d", shard);
+    duet_node_t *nd = p->nodes[p->attn_ni[shard]];
+    if (!nd)
+        return duet_errorf(DUET_ERR_INVALID, "attn/%d does not run in this process", shard);
+    return duet_kill(nd, name, "killed");
+}
+
+duet_status_t duet_pipe_kill_router(duet_pipe_t *p)
+{
+    duet_node_t *nd = p->nodes[p->router_ni];
+    if (!nd)
+        return duet_errorf(DUET_ERR_INVALID, "the router does not run in this process");
+    return duet_kill(nd, "router", "killed");
+}
+
 duet_status_t duet_pipe_restart_expert(duet_pipe_t *p, int shard)
 {
     if (shard < 0 || shard >= p->S)
@@ -750,6 +1111,8 @@ duet_status_t duet_pipe_restart_expert(duet_pipe_t *p, int shard)
         return duet_errorf(DUET_ERR_INVALID, "expert/%d does not run in this process", shard);
     char name[32];
     snprintf(name, sizeof(name), "expert/%d", shard);
+    if (!p->cfg.no_restart) /* its supervisor restarts it */
+        return duet_node_has_actor(nd, name) ? DUET_OK : DUET_ERR_AGAIN;
     duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
     return duet_spawn(nd, name, &duet__pipe_expert_ops, &p->earg[shard], &thr);
 }
@@ -764,6 +1127,41 @@ duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms)
     if (!nd)
         return duet_errorf(DUET_ERR_INVALID, "expert/%d does not run in this process", shard);
     return duet_stall(nd, name, (uint64_t)ms * 1000000ull);
+}
+
+duet_pipe_counters_t *duet__pipe_counters(duet_pipe_t *p)
+{
+    return &p->counters;
+}
+
+uint64_t duet__pipe_time_base(duet_pipe_t *p)
+{
+    return p->sim ? 0 : p->t_nodes;
+}
+
+uint64_t duet_pipe_fault_count(duet_pipe_t *p, duet_fault_kind_t kind)
+{
+    return p->faults ? duet_fault_count(p->faults, kind) : 0;
+}
+
+uint64_t duet_pipe_now_ns(duet_pipe_t *p)
+{
+    if (p->sim)
+        return duet_simnet_now(p->sim);
+    return duet_now_ns() - p->t_nodes;
+}
+
+void duet_pipe_advance(duet_pipe_t *p, uint64_t ns)
+{
+    if (p->sim) {
+        uint64_t until = duet_simnet_now(p->sim) + ns;
+        while (duet_simnet_now(p->sim) < until)
+            if (!duet_simnet_step(p->sim))
+                break;
+        return;
+    }
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    nanosleep(&ts, NULL);
 }
 
 bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64_t *now_ns)
@@ -836,4 +1234,9 @@ void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)
     out->shards_ready = (uint32_t)atomic_load(&p->counters.shards_ready);
     out->n_attention = (uint32_t)p->A;
     out->canceled = atomic_load(&p->counters.canceled);
+    out->replays = atomic_load(&p->counters.replays);
+    out->epochs = atomic_load(&p->counters.epochs);
+    out->restarts = atomic_load(&p->sup_stats.restarts);
+    uint64_t e0 = out->epochs ? atomic_load(&p->counters.epoch_ns[0]) : 0;
+    out->first_epoch_ns = e0 > duet__pipe_time_base(p) ? e0 - duet__pipe_time_base(p) : 0;
 }

@@ -14,7 +14,14 @@
  * FFN over all its rows, and each shard gets its rows back in the order it
  * sent them. A pipe.dispatch for a round already computed or a second one
  * from the same shard is dropped and counted; one that names an expert not
- * held here fails that round for everyone with a clear error. */
+ * held here fails that round for everyone with a clear error.
+ *
+ * Membership: a data-plane epoch names the attention shards that take part
+ * (pipe.reset from the router); rounds wait for those only, and the groups
+ * rank them in index order. pipe.up repeats every 100 ms for as long as the
+ * shard lives (the router's view of it, and how a restarted router learns
+ * the epoch); an expert shard that is not a member of the epoch ignores
+ * dispatches until a newer epoch takes it in. */
 #include <stdio.h>
 #include <string.h>
 
@@ -53,12 +60,58 @@ typedef struct expert {
     int32_t *nsrc;             /* [M] */
     uint8_t *wired;            /* [M] */
     uint64_t epoch;            /* data-plane epoch */
-    bool up_acked;
-    uint64_t up_timer;
-    duet_obs_t own_obs; /* counters when the bring-up gives none */
-    uint8_t *wfail;     /* [M] this round's N2M write to attn/a failed */
+    uint32_t *alive_a;         /* [M] attention shards in the epoch */
+    int n_live;                /* how many */
+    bool member;               /* this shard takes part in the epoch */
+    duet_obs_t own_obs;        /* counters when the bring-up gives none */
+    uint8_t *wfail;            /* [M] this round's N2M write to attn/a failed */
+    /* pipe.result that found no credit towards attn/a: sent in order on
+     * sys.writable; dropped with the epoch */
+    struct qres {
+        uint64_t round;
+        int32_t layer;
+        uint32_t rows;
+        char error[256];
+    } * *q; /* [M] */
+    int *q_n, *q_cap;
     uint64_t write_end; /* when the last round's writes were out */
 } expert_t;
+
+static duet_status_t send_res(duet_actor_t *self, expert_t *s, int a, const struct qres *q)
+{
+    duet_pipe_result_t r = {.epoch = s->epoch,
+                            .round = q->round,
+                            .layer = q->layer,
+                            .expert_shard = s->a.shard,
+                            .rows = q->rows,
+                            .error = (char *)q->error};
+    char to[32];
+    snprintf(to, sizeof(to), "attn/%d", a);
+    return duet_send(self, to, &duet_pipe_msg_result, &r);
+}
+
+static duet_status_t queue_res(expert_t *s, int a, const struct qres *q)
+{
+    if (s->q_n[a] == s->q_cap[a]) {
+        int nc = s->q_cap[a] ? 2 * s->q_cap[a] : 8;
+        struct qres *nq = duet_realloc_array(s->q[a], (size_t)nc, sizeof(*nq));
+        if (!nq)
+            return DUET_ERR_NOMEM;
+        s->q[a] = nq;
+        s->q_cap[a] = nc;
+    }
+    s->q[a][s->q_n[a]++] = *q;
+    return DUET_OK;
+}
+
+static void flush_res(duet_actor_t *self, expert_t *s, int a)
+{
+    int k = 0;
+    while (k < s->q_n[a] && send_res(self, s, a, &s->q[a][k]) == DUET_OK)
+        k++;
+    memmove(s->q[a], s->q[a] + k, sizeof(struct qres) * (size_t)(s->q_n[a] - k));
+    s->q_n[a] -= k;
+}
 
 static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t round, int layer,
                                   const char *err)
@@ -68,18 +121,23 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
     uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
     size_t slot = (size_t)(round % (uint64_t)s->g->ring);
     for (int a = 0; a < s->M; a++) {
+        s->wfail[a] = 0;
+        if (!s->alive_a[a])
+            continue;
         uint32_t rows = err ? 0 : (uint32_t)s->nsrc[a];
         size_t off = (slot * (size_t)s->M + (size_t)a) * s->g->slot_size;
         uint8_t *buf = base + off;
-        duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, rows, round};
-        memcpy(buf, &h, sizeof(h));
+        duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, rows, round, 0, 0};
         for (uint32_t j = 0; j < rows; j++)
             memcpy(buf + sizeof(h) + (size_t)j * s->rowb,
                    s->y + (size_t)s->srcpos[(size_t)a * s->max_rows + j] * (size_t)s->cfg->hidden,
                    s->rowb);
-        duet_status_t ws = duet_m2n_send(s->a.combine, round, (uint32_t)a, s->a.send_mr, off,
-                                         sizeof(h) + (size_t)rows * s->rowb,
-                                         (int64_t)s->g->round_timeout_ms * 1000000);
+        if (s->g->checksum)
+            h.sum = duet__pipe_sum(buf + sizeof(h), (size_t)rows * s->rowb);
+        memcpy(buf, &h, sizeof(h));
+        duet_status_t ws = duet_m2n_send(
+            s->a.combine, round, (uint32_t)duet__pipe_grank(s->alive_a, a), s->a.send_mr, off,
+            sizeof(h) + (size_t)rows * s->rowb, (int64_t)s->g->round_timeout_ms * 1000000);
         s->wfail[a] = ws != DUET_OK;
         if (!ws) {
             s->a.obs->bytes += sizeof(h) + (size_t)rows * s->rowb;
@@ -95,22 +153,16 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
      * pipe.result can wake an attention shard */
     s->write_end = duet_now_ns();
     for (int a = 0; a < s->M; a++) {
-        uint32_t rows = err ? 0 : (uint32_t)s->nsrc[a];
-        duet_pipe_result_t r = {
-            .epoch = s->epoch,
-            .round = round,
-            .layer = layer,
-            .expert_shard = s->a.shard,
-            .rows = rows,
-            .error = (char *)(err           ? err
-                              : s->wfail[a] ? werr
-                                            : ""),
-        };
-        char to[32];
-        snprintf(to, sizeof(to), "attn/%d", a);
-        duet_status_t ms = duet_send(self, to, &duet_pipe_msg_result, &r);
+        if (!s->alive_a[a])
+            continue;
+        struct qres q = {.round = round, .layer = layer, .rows = err ? 0 : (uint32_t)s->nsrc[a]};
+        snprintf(q.error, sizeof(q.error), "%.255s", err ? err : s->wfail[a] ? werr : "");
+        duet_status_t ms = s->q_n[a] ? DUET_ERR_AGAIN : send_res(self, s, a, &q);
+        if (ms == DUET_ERR_AGAIN) /* no credit: it goes on sys.writable */
+            ms = queue_res(s, a, &q);
         if (ms)
-            DUET_LOG_W(MOD, "%s: pipe.result to %s: %s", duet_actor_name(self), to, duet_error());
+            DUET_LOG_W(MOD, "%s: pipe.result to attn/%d: %s", duet_actor_name(self), a,
+                       duet_error());
     }
     return st;
 }
@@ -135,7 +187,7 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
     for (int h = 0; h < H; h++)
         s->tot[h] = s->cur[h] = 0;
     for (int a = 0; a < s->M; a++)
-        for (int g = 0; g < p->ng[a]; g++)
+        for (int g = 0; s->alive_a[a] && g < p->ng[a]; g++)
             s->tot[s->hidx[p->exp[a * s->E + g]]] += p->cnt[a * s->E + g];
     int32_t total = 0;
     for (int h = 0; h < H; h++) {
@@ -145,7 +197,11 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
     for (int a = 0; a < s->M; a++) {
         const void *data;
         size_t len;
-        if ((st = duet_m2n_data(s->a.dispatch, r, (uint32_t)a, &data, &len))) {
+        s->nsrc[a] = 0;
+        if (!s->alive_a[a])
+            continue;
+        if ((st = duet_m2n_data(s->a.dispatch, r, (uint32_t)duet__pipe_grank(s->alive_a, a), &data,
+                                &len))) {
             snprintf(err, sizeof(err), "round %llu from attn/%d: %s", (unsigned long long)r, a,
                      duet_error());
             goto fail_broken;
@@ -166,6 +222,11 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
             goto fail_broken;
         }
         const uint8_t *q = (const uint8_t *)data + sizeof(h);
+        if (s->g->checksum && duet__pipe_sum(q, len - sizeof(h)) != h.sum) {
+            snprintf(err, sizeof(err), "round %llu from attn/%d: data-plane checksum mismatch",
+                     (unsigned long long)r, a);
+            goto fail_broken;
+        }
         s->a.obs->bytes += len;
         int32_t j = 0;
         for (int g = 0; g < p->ng[a]; g++) {
@@ -181,6 +242,12 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
     }
     if ((st = duet_m2n_release(s->a.dispatch, r))) {
         snprintf(err, sizeof(err), "release round %llu: %s", (unsigned long long)r, duet_error());
+        goto fail_broken;
+    }
+    if (s->a.fail_countdown && atomic_load(s->a.fail_countdown) > 0 &&
+        atomic_fetch_sub(s->a.fail_countdown, 1) == 1) {
+        snprintf(err, sizeof(err), "%s: layer %d: injected compute error", duet_actor_name(self),
+                 p->layer);
         goto fail_broken;
     }
     if (total > 0 &&
@@ -221,28 +288,51 @@ fail:
 }
 
 /* A new data-plane epoch: fresh groups, rounds from 0, nothing pending. */
-static duet_status_t reset_epoch(duet_actor_t *self, expert_t *s, uint64_t epoch)
+static duet_status_t reset_epoch(duet_actor_t *self, expert_t *s, const duet_pipe_reset_t *rs)
 {
+    uint64_t epoch = rs->epoch;
     DUET_LOG_I(MOD, "%s: data-plane epoch %llu", duet_actor_name(self), (unsigned long long)epoch);
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
-    duet_status_t st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard,
-                                          &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    const uint32_t *la = rs->attn_live.data, *le = rs->expert_live.data;
+    for (int a = 0; a < s->M; a++)
+        s->alive_a[a] = rs->attn_live.count == (size_t)s->M ? la[a] != 0 : 1;
+    s->n_live = duet__pipe_count(s->alive_a, s->M);
+    s->member = rs->expert_live.count == (size_t)s->g->n_expert_shards ? le[s->a.shard] != 0 : true;
+    uint32_t *alive_e = NULL;
+    duet_status_t st = DUET_OK;
+    if (rs->expert_live.count == (size_t)s->g->n_expert_shards) {
+        alive_e = duet_calloc((size_t)s->g->n_expert_shards, sizeof(uint32_t));
+        if (!alive_e)
+            return DUET_ERR_NOMEM;
+        memcpy(alive_e, le, sizeof(uint32_t) * (size_t)s->g->n_expert_shards);
+    }
+    if (s->member && s->n_live > 0)
+        st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, s->alive_a,
+                                alive_e, &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+    duet_free(alive_e);
     if (st)
         return st;
     for (int i = 0; i < s->P; i++)
         s->pend[i].used = false;
+    for (int a = 0; a < s->M; a++) /* results of the old epoch are void */
+        s->q_n[a] = 0;
     memset(s->wired, 0, (size_t)s->M);
     s->next = 0;
     s->broken = false;
     s->why[0] = 0;
     s->epoch = epoch;
+    if (!s->member || s->n_live < 1) {
+        s->member = false;
+        s->broken = true;
+        snprintf(s->why, sizeof(s->why), "not a member of epoch %llu", (unsigned long long)epoch);
+    }
     return DUET_OK;
 }
 
 static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pipe_dispatch_t *d)
 {
-    if (d->epoch != s->epoch || d->shard < 0 || d->shard >= s->M || d->round < s->next ||
-        d->round >= s->next + (uint64_t)s->P) {
+    if (d->epoch != s->epoch || !s->member || d->shard < 0 || d->shard >= s->M ||
+        !s->alive_a[d->shard] || d->round < s->next || d->round >= s->next + (uint64_t)s->P) {
         atomic_fetch_add(&s->a.counters->dropped_stray, 1);
         DUET_LOG_D(MOD, "%s: stray pipe.dispatch round %llu from attn/%d (next %llu)",
                    duet_actor_name(self), (unsigned long long)d->round, d->shard,
@@ -257,6 +347,7 @@ static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pip
         p->n_got = 0;
         p->error[0] = 0;
         memset(p->got, 0, (size_t)s->M);
+        memset(p->ng, 0, sizeof(int32_t) * (size_t)s->M);
     }
     if (p->got[d->shard]) {
         atomic_fetch_add(&s->a.counters->dropped_dup, 1);
@@ -289,7 +380,7 @@ static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pip
     /* run every round that is now complete, in order */
     for (;;) {
         pend_t *q = &s->pend[s->next % (uint64_t)s->P];
-        if (!q->used || q->round != s->next || q->n_got < s->M)
+        if (!q->used || q->round != s->next || q->n_got < s->n_live)
             break;
         if (s->broken && !q->error[0])
             snprintf(q->error, sizeof(q->error), "%s", s->why);
@@ -310,48 +401,55 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
         return on_dispatch(self, s, d);
     const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
     if (sq) {
-        duet__pipe_reply_stats(self, s->a.obs, sq);
+        duet__pipe_reply_stats(self, s->a.obs, sq, 0, 0, s->epoch);
         return DUET_OK;
     }
     const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
     if (rs) {
-        s->up_acked = true;
         if (rs->epoch > s->epoch)
-            return reset_epoch(self, s, rs->epoch);
+            return reset_epoch(self, s, rs);
+        return DUET_OK;
+    }
+    const duet_sys_writable_t *wr = duet_msg_body(msg, &duet_msg_sys_writable);
+    if (wr) {
+        int k = -1;
+        if (sscanf(wr->to, "attn/%d", &k) == 1 && k >= 0 && k < s->M)
+            flush_res(self, s, k);
         return DUET_OK;
     }
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
-    if (tm) {
-        if (s->up_acked) {
-            duet_timer_cancel(self, s->up_timer);
-            return DUET_OK;
-        }
-        duet_pipe_up_t up = {
-            .shard = s->a.shard, .epoch = s->epoch, .incarnation = duet_actor_epoch(self)};
-        duet_send(self, "router", &duet_pipe_msg_up, &up); /* repeated until answered */
+    if (tm) { /* keep-alive: the router's view of this shard */
+        duet_pipe_up_t up = {.shard = s->a.shard,
+                             .epoch = s->epoch,
+                             .incarnation = duet_actor_epoch(self),
+                             .member = s->member};
+        duet_send(self, "router", &duet_pipe_msg_up, &up);
         return DUET_OK;
     }
     const duet_pipe_wire_t *w = duet_pipe_msg_wire_body(msg);
     if (w) {
         /* an attention shard's info: connect, answer with ours */
-        if (w->rank < 0 || w->rank >= s->M || w->epoch < s->epoch) {
+        /* another epoch (it repeats until we are in its epoch too) or a
+         * shard outside this one's membership */
+        if (w->rank < 0 || w->rank >= s->M || w->epoch != s->epoch || !s->member ||
+            !s->alive_a[w->rank]) {
             atomic_fetch_add(&s->a.counters->dropped_stray, 1);
             return DUET_OK;
         }
-        if (w->epoch > s->epoch) { /* it heard of the new epoch first */
-            duet_status_t st = reset_epoch(self, s, w->epoch);
-            if (st)
-                return st;
-        }
+        int gr = duet__pipe_grank(s->alive_a, w->rank);
         if (!s->wired[w->rank]) { /* a repeat only wants our answer again */
-            duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, w->rank, w);
-            if (st)
-                return duet_error_wrap(st, "%s: wiring attn/%d", duet_actor_name(self), w->rank);
+            duet_status_t st = duet__pipe_dp_connect(s->a.dispatch, s->a.combine, gr, w);
+            if (st) { /* info of a context gone (a late repeat): the next one will do */
+                DUET_LOG_D(MOD, "%s: wiring attn/%d: %s", duet_actor_name(self), w->rank,
+                           duet_error());
+                atomic_fetch_add(&s->a.counters->dropped_stray, 1);
+                return DUET_OK;
+            }
             s->wired[w->rank] = 1;
         }
         char to[32];
         snprintf(to, sizeof(to), "attn/%d", w->rank);
-        return duet__pipe_dp_send_wire(self, to, s->epoch, s->a.shard, w->rank, s->a.dispatch,
+        return duet__pipe_dp_send_wire(self, to, s->epoch, s->a.shard, gr, s->a.dispatch,
                                        s->a.combine);
     }
     return DUET_OK;
@@ -373,6 +471,12 @@ static void expert_stop(duet_actor_t *self, void *state, const char *reason)
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
     duet_free(s->wired);
     duet_free(s->wfail);
+    duet_free(s->alive_a);
+    for (int a = 0; s->q && a < s->M; a++)
+        duet_free(s->q[a]);
+    duet_free(s->q);
+    duet_free(s->q_n);
+    duet_free(s->q_cap);
     duet_experts_destroy(&s->ex);
     if (s->x)
         s->a.be->ops->buf_free(s->a.be, s->x);
@@ -425,8 +529,12 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->pend = duet_calloc((size_t)s->P, sizeof(pend_t));
     s->wired = duet_calloc((size_t)s->M, 1);
     s->wfail = duet_calloc((size_t)s->M, 1);
-    if (!s->wired || !s->wfail || !s->hidx || !s->tot || !s->xoff || !s->cur || !s->srcpos ||
-        !s->nsrc || !s->pend)
+    s->alive_a = duet_calloc((size_t)s->M, sizeof(uint32_t));
+    s->q = duet_calloc((size_t)s->M, sizeof(*s->q));
+    s->q_n = duet_calloc((size_t)s->M, sizeof(int));
+    s->q_cap = duet_calloc((size_t)s->M, sizeof(int));
+    if (!s->wired || !s->wfail || !s->alive_a || !s->q || !s->q_n || !s->q_cap || !s->hidx ||
+        !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend)
         return DUET_ERR_NOMEM;
     for (int e = 0; e < s->E; e++)
         s->hidx[e] = -1;
@@ -437,8 +545,12 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
                                e);
         s->hidx[e] = h;
     }
-    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, &s->a.ctx,
-                                 &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
+    for (int a = 0; a < s->M; a++) /* epoch 0: every shard */
+        s->alive_a[a] = 1;
+    s->n_live = s->M;
+    s->member = true;
+    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, NULL, NULL,
+                                 &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
         return st;
     for (int i = 0; i < s->P; i++) {
         pend_t *p = &s->pend[i];
@@ -449,11 +561,12 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
         if (!p->got || !p->ng || !p->exp || !p->cnt)
             return DUET_ERR_NOMEM;
     }
-    duet_pipe_up_t up = {.shard = s->a.shard, .epoch = 0, .incarnation = duet_actor_epoch(self)};
+    duet_pipe_up_t up = {
+        .shard = s->a.shard, .epoch = 0, .incarnation = duet_actor_epoch(self), .member = true};
     DUET_LOG_D(MOD, "%s: started, incarnation %llu", duet_actor_name(self),
                (unsigned long long)up.incarnation);
     duet_send(self, "router", &duet_pipe_msg_up, &up); /* best effort; repeated below */
-    return duet_timer_start(self, 50, 50, 1, &s->up_timer);
+    return duet_timer_start(self, 100, 100, 1, NULL);
 }
 
 const duet_actor_ops_t duet__pipe_expert_ops = {

@@ -19,7 +19,18 @@ typedef struct duet_pipe_hdr {
     uint32_t magic;
     uint32_t rows;
     uint64_t round;
+    uint32_t sum; /* FNV-1a of the rows' bytes when the deployment checks them (else 0) */
+    uint32_t pad;
 } duet_pipe_hdr_t;
+
+static inline uint32_t duet__pipe_sum(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
 
 typedef struct duet_pipe_counters {
     atomic_uint_fast64_t rounds_expert;
@@ -29,6 +40,10 @@ typedef struct duet_pipe_counters {
     atomic_uint_fast64_t kv_waits;
     /* published by the scheduler after each message (duet_pipe_stats) */
     atomic_uint_fast64_t running, waiting, kv_used, shards_ready, canceled;
+    atomic_uint_fast64_t ready_mask;   /* attention shards ready (first 64) */
+    atomic_uint_fast64_t replays;      /* requests re-placed for recomputation */
+    atomic_uint_fast64_t epochs;       /* data-plane epochs the router started */
+    atomic_uint_fast64_t epoch_ns[32]; /* when the first 32 of them started (actor time) */
 } duet_pipe_counters_t;
 
 typedef struct duet_pipe_geom {
@@ -39,6 +54,7 @@ typedef struct duet_pipe_geom {
     size_t slot_size;
     int ring; /* send-buffer depth in rounds */
     uint32_t round_timeout_ms;
+    bool checksum; /* data-plane rows carry a checksum, checked on arrival */
 } duet_pipe_geom_t;
 
 typedef struct duet_pipe_attn_arg {
@@ -50,7 +66,8 @@ typedef struct duet_pipe_attn_arg {
     const char *provider;  /* data plane */
     duet_rdma_sim_t *rsim; /* provider "sim" */
     duet_pipe_counters_t *counters;
-    duet_obs_t *obs; /* counters and trace events of this actor */
+    duet_obs_t *obs;               /* counters and trace events of this actor */
+    atomic_int *corrupt_countdown; /* flip a byte of a dispatch write when it reaches 0 */
     /* set by the actor itself (duet__pipe_dp_open) */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* sender */
@@ -69,6 +86,7 @@ typedef struct duet_pipe_expert_arg {
     duet_rdma_sim_t *rsim;
     duet_pipe_counters_t *counters;
     duet_obs_t *obs;
+    atomic_int *fail_countdown; /* injected compute error when it reaches 0 (NULL: none) */
     /* set by the actor itself */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* receiver */
@@ -82,6 +100,7 @@ typedef struct duet_pipe_router_arg {
     int n_experts;
     uint32_t *offsets; /* n_experts + 1 */
     int32_t *shards;
+    duet_pipe_counters_t *counters;
 } duet_pipe_router_arg_t;
 
 typedef struct duet_pipe_sched_arg {
@@ -89,6 +108,7 @@ typedef struct duet_pipe_sched_arg {
     int token_budget;
     int kv_blocks, kv_block_size;
     int max_seq_len;
+    uint32_t recover_timeout_ms;
     duet_pipe_counters_t *counters;
     duet_obs_t *obs;
 } duet_pipe_sched_arg_t;
@@ -98,8 +118,13 @@ typedef struct duet_pipe_sched_arg {
  * way), and its registered send buffers (ring x peers x slot). */
 duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
                                  const duet_pipe_geom_t *g, bool attention, int rank,
+                                 const uint32_t *alive_a, const uint32_t *alive_e,
                                  duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
                                  duet_rdma_mr_t **mr);
+/* Membership of an epoch: alive[i] != 0 for members (NULL: all n). The
+ * groups of the epoch hold the members only, ranked in index order. */
+int duet__pipe_grank(const uint32_t *alive, int i);
+int duet__pipe_count(const uint32_t *alive, int n);
 void duet__pipe_dp_close(duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
                          duet_rdma_mr_t **mr);
 /* Connect this shard's two groups to peer `peer` with the info it sent. */
@@ -109,9 +134,16 @@ duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer
 /* Answer a pipe.stats_req with this actor's counters. Best effort: a bad
  * reply_to is logged, never an error that would stop the actor. */
 void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
-                            const duet_pipe_stats_req_t *req);
+                            const duet_pipe_stats_req_t *req, uint64_t kv_seqs,
+                            uint64_t kv_blocks_used, uint64_t epoch);
 duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, uint64_t epoch,
                                       int my_rank, int peer, duet_m2n_t *disp, duet_m2n_t *comb);
+
+/* The deployment's counters (chaos checks). */
+duet_pipe_counters_t *duet__pipe_counters(duet_pipe_t *p);
+/* Actor time (duet_actor_now_ns) of the deployment's start: 0 under the
+ * simulation, the nodes' creation on real threads. */
+uint64_t duet__pipe_time_base(duet_pipe_t *p);
 
 extern const duet_actor_ops_t duet__pipe_attention_ops;
 extern const duet_actor_ops_t duet__pipe_expert_ops;

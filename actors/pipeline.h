@@ -8,10 +8,13 @@
  * Start-up, repeated every 50 ms until answered (processes may start in any
  * order; repeats are idempotent):
  *   attn/a ──pipe.wire{M2N/N2M info}──▶ expert/s ──pipe.wire──▶ attn/a
- *   attn/a ──pipe.hello──▶ router ──pipe.table{version, expert → shards}──▶ attn/a
- *   expert/s ──pipe.up{incarnation}──▶ router ──pipe.reset{epoch}──▶ expert/s
+ *   router ──pipe.reset{epoch 0, members, table}──▶ attn/a (at its start, and the
+ *     answer to a pipe.hello of a shard that lacks it)
+ *   attn/a ──pipe.hello{incarnation, epoch}──▶ router    (every 100 ms, for life)
+ *   expert/s ──pipe.up{incarnation, epoch}──▶ router     (every 100 ms, for life)
  *   attn/a ──pipe.ready{epoch}──▶ scheduler ──pipe.ready (ack)──▶ attn/a
- *     (ready = table + every expert shard wired; attn/a then monitors them)
+ *     (ready = table with a live shard for every expert + every member
+ *     expert shard wired; attn/a then monitors them)
  * Serving:
  *   client ──pipe.submit──▶ scheduler
  *   scheduler ──pipe.step{epoch, iter, per-sequence ub/tokens}──▶ attn/a
@@ -33,19 +36,72 @@
  * Late, duplicate or stray pipe.dispatch / pipe.result messages (another
  * epoch, a round not awaited, a sender already counted) are counted and
  * dropped; data whose header does not match its control message fails the
- * step with PROTOCOL. A dead expert shard (monitor DOWN, failed write) or a
- * step that makes no progress for round_timeout_ms fails the in-flight step
- * with a clear error; the shard then refuses further steps and the scheduler
- * ends every affected request with that error (requests submitted while no
- * shard can serve fail at once).
+ * step with PROTOCOL. pipe.dispatch / pipe.result that find no credit
+ * towards their receiver wait (in order) for sys.writable.
  *
- * Recovery: attn/a ──pipe.down{s, incarnation it was wired with}──▶ router
- * when its monitor fires. When expert shard s is up (pipe.up) in an
- * incarnation other than the one the deployment was wired with or saw die,
- * the router starts a new data-plane epoch: pipe.reset{epoch} to every
- * shard. Shards rebuild their groups (rounds from 0), attention shards
- * rewire and send pipe.ready{epoch}; the scheduler restarts their iteration
- * count and serves again. */
+ * Membership and epochs. The router decides, per data-plane epoch, which
+ * attention and expert shards take part, and the routing table over the
+ * live expert shards: pipe.reset{epoch, attn_live[], expert_live[],
+ * offsets, shards} to every shard (and the scheduler). The M2N/N2M groups
+ * of an epoch hold its members only (ranked in index order); rounds go to,
+ * and wait for, members only. Epoch 0 has every shard. Shards report every
+ * 100 ms for as long as they live (attn: pipe.hello, expert: pipe.up, each
+ * with {incarnation, epoch, member}); the router monitors them. A new epoch
+ * starts when a member dies (sys.down at the router, or pipe.down from an
+ * attention shard), when a shard outside the membership or in a new
+ * incarnation reports (it joins: a restart, a return after a partition),
+ * or on pipe.resync{epoch} for the current epoch (a step failed there: the
+ * data plane is out of step; once per epoch). A shard behind gets the
+ * current pipe.reset on its next report. A restarted router learns the
+ * epoch from the reports (one newer than its own), gathers the shards that
+ * report within 300 ms as members and starts the next epoch.
+ *
+ * Recovery, uniform by recomputation (scheduler.c). A step that fails (an
+ * expert shard died or failed a round, a round made no progress for
+ * round_timeout_ms, the epoch changed under it), a step that never answers
+ * (2 x round_timeout_ms + 1 s), or the death of an attention shard
+ * (monitor DOWN at the scheduler) do not end requests: the shard's
+ * requests have their KV freed (pipe.free) and queue again as a prefill of
+ * prompt + tokens already streamed, on any ready attention shard,
+ * continuing at the next position. Sampling is deterministic per (seed,
+ * position) (model/sampling.h) and tokens are streamed by index, so the
+ * client sees no token twice and none missing, and greedy outputs equal a
+ * fault-free run. The shard serves again once it reports ready in a newer
+ * epoch; when it does, the scheduler sends pipe.free{keep_only} with the
+ * requests it has there, and the shard frees every other KV sequence
+ * (lost frees, requests moved elsewhere). So:
+ *   - expert shard dies, its experts have replicas: the next epoch's table
+ *     routes their rows to the replicas; the failed step is replayed;
+ *   - expert shard dies, no replica: attention shards are not ready while
+ *     an expert has no live shard; requests wait; its supervisor restarts
+ *     it (weights re-mapped from the model files), it joins a new epoch and
+ *     the requests are replayed. If no attention shard is ready for
+ *     recover_timeout_ms the waiting requests end with an error naming the
+ *     epoch's missing shards and experts;
+ *   - attention shard dies: its requests are recomputed on the others (or
+ *     on it once its supervisor restarted it and it rejoined);
+ *   - router dies: restarted by its supervisor, rebuilt from the reports;
+ *     requests in flight finish;
+ *   - scheduler dies: NOT recovered here: the requests' state (context,
+ *     tokens streamed) lives only in the scheduler; its clients' requests
+ *     get no further tokens and must be submitted again by the client (the
+ *     gateway). It is not supervised;
+ *   - lost, duplicated, delayed messages: round messages are deduplicated
+ *     by (epoch, round, sender); a duplicate pipe.step (same iteration) is
+ *     dropped; a lost one, or a lost answer, fails the step by timeout and
+ *     replays it. pipe.submit is repeated by the client until acknowledged
+ *     (pipe.ack) and deduplicated by request id (also after the request
+ *     finished: the last 4096 ids are remembered); pipe.token carries its
+ *     index: the client drops duplicates, asks for a resend on a gap, and
+ *     acknowledges the stream; the scheduler sends an unacknowledged tail
+ *     again (see pipe.ack). pipe.free is idempotent (unknown ids are
+ *     ignored) and a lost one is repaired by the keep_only list the
+ *     scheduler sends each idle ready shard every 500 ms (and when a shard
+ *     becomes ready in a new epoch);
+ *   - a client actor (reply_to of pipe.submit; the gateway's) that stops
+ *     or whose node goes silent: the scheduler monitors it; on DOWN every
+ *     request of it is canceled and its KV freed.
+ * A request replayed more than 16 times ends with its last error. */
 #ifndef DUET_ACTORS_PIPELINE_H
 #define DUET_ACTORS_PIPELINE_H
 
@@ -70,6 +126,7 @@ typedef struct duet_pipe_submit {
     int32_t top_k;
     float top_p;
     uint64_t seed;
+    duet_array_t eos_ids; /* int32: more end ids (optional; any of eos, eos_ids ends it) */
 } duet_pipe_submit_t;
 
 static const duet_field_t duet_pipe_submit_fields[] = {
@@ -82,6 +139,7 @@ static const duet_field_t duet_pipe_submit_fields[] = {
     DUET_FIELD(duet_pipe_submit_t, top_k, DUET_F_I32),
     DUET_FIELD(duet_pipe_submit_t, top_p, DUET_F_F32),
     DUET_FIELD(duet_pipe_submit_t, seed, DUET_F_U64),
+    {"eos_ids", DUET_F_ARR_I32, (uint32_t)offsetof(duet_pipe_submit_t, eos_ids), 64, true, NULL},
 };
 
 typedef struct duet_pipe_token {
@@ -165,12 +223,18 @@ static const duet_field_t duet_pipe_step_fields[] = {
     DUET_FIELD_MAX(duet_pipe_step_t, seed, DUET_F_ARR_U64, 1 << 16),
 };
 
+/* keep_only = false: free the KV of requests req[]; true: free every KV
+ * sequence EXCEPT those of req[] (the scheduler's full list for the shard,
+ * sent when the shard becomes ready in a new epoch: whatever a lost
+ * pipe.free or a partition left behind goes). */
 typedef struct duet_pipe_free {
     duet_array_t req; /* uint64 */
+    bool keep_only;
 } duet_pipe_free_t;
 
 static const duet_field_t duet_pipe_free_fields[] = {
     DUET_FIELD_MAX(duet_pipe_free_t, req, DUET_F_ARR_U64, 1 << 16),
+    DUET_FIELD_OPT(duet_pipe_free_t, keep_only, DUET_F_BOOL),
 };
 
 /* Expert shard s's rows for attention shard `shard`'s round are in the N2M
@@ -229,10 +293,16 @@ static const duet_field_t duet_pipe_table_fields[] = {
 /* An attention shard asks the router for the table (repeated until it has one). */
 typedef struct duet_pipe_hello {
     int32_t shard;
+    uint64_t incarnation; /* the shard's runtime epoch (a new one = a restart) */
+    uint64_t epoch;       /* the data-plane epoch the shard is in */
+    bool member;          /* it is a member of that epoch */
 } duet_pipe_hello_t;
 
 static const duet_field_t duet_pipe_hello_fields[] = {
     DUET_FIELD(duet_pipe_hello_t, shard, DUET_F_I32),
+    DUET_FIELD_OPT(duet_pipe_hello_t, incarnation, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_hello_t, epoch, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_hello_t, member, DUET_F_BOOL),
 };
 
 typedef struct duet_pipe_load {
@@ -271,12 +341,14 @@ typedef struct duet_pipe_up {
     int32_t shard;
     uint64_t epoch;
     uint64_t incarnation; /* the actor's runtime epoch: a new one = a restart */
+    bool member;          /* it is a member of `epoch` */
 } duet_pipe_up_t;
 
 static const duet_field_t duet_pipe_up_fields[] = {
     DUET_FIELD(duet_pipe_up_t, shard, DUET_F_I32),
     DUET_FIELD(duet_pipe_up_t, epoch, DUET_F_U64),
     DUET_FIELD(duet_pipe_up_t, incarnation, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_up_t, member, DUET_F_BOOL),
 };
 
 /* Attention shard -> router: expert shard `shard`, incarnation
@@ -298,10 +370,41 @@ static const duet_field_t duet_pipe_down_fields[] = {
  * expert shard as the answer to its pipe.up. */
 typedef struct duet_pipe_reset {
     uint64_t epoch;
+    /* membership of the epoch (empty: every shard): 1 per attention shard /
+     * expert shard that takes part; the data-plane groups hold only those,
+     * ranked in index order */
+    duet_array_t attn_live;   /* uint32 [n_attention] */
+    duet_array_t expert_live; /* uint32 [n_expert_shards] */
+    /* the routing table of the epoch (live expert shards only; empty: keep) */
+    duet_array_t offsets; /* uint32, n_experts + 1 */
+    duet_array_t shards;  /* int32 */
 } duet_pipe_reset_t;
 
 static const duet_field_t duet_pipe_reset_fields[] = {
     DUET_FIELD(duet_pipe_reset_t, epoch, DUET_F_U64),
+    {"attn_live", DUET_F_ARR_U32, (uint32_t)offsetof(duet_pipe_reset_t, attn_live), 4096, true,
+     NULL},
+    {"expert_live", DUET_F_ARR_U32, (uint32_t)offsetof(duet_pipe_reset_t, expert_live), 4096, true,
+     NULL},
+    {"offsets", DUET_F_ARR_U32, (uint32_t)offsetof(duet_pipe_reset_t, offsets), 4097, true, NULL},
+    {"shards", DUET_F_ARR_I32, (uint32_t)offsetof(duet_pipe_reset_t, shards), 1 << 16, true, NULL},
+};
+
+/* Attention shard -> router: a step of epoch `epoch` failed (a round timed
+ * out, data did not match, an expert shard failed a round): the data plane
+ * of that epoch is out of step. The router starts a new epoch (once per
+ * epoch, however many shards report it). The scheduler may send it too
+ * (shard -1) when a step never answers. */
+typedef struct duet_pipe_resync {
+    int32_t shard;
+    uint64_t epoch;
+    char *why;
+} duet_pipe_resync_t;
+
+static const duet_field_t duet_pipe_resync_fields[] = {
+    DUET_FIELD(duet_pipe_resync_t, shard, DUET_F_I32),
+    DUET_FIELD(duet_pipe_resync_t, epoch, DUET_F_U64),
+    DUET_FIELD_MAX(duet_pipe_resync_t, why, DUET_F_STR, 1023),
 };
 
 /* Client -> scheduler: end request `req` now (a client went away). The
@@ -317,6 +420,28 @@ static const duet_field_t duet_pipe_cancel_fields[] = {
 };
 
 #define DUET_PIPE_CANCELED "canceled"
+
+/* Acknowledgements of the client stream (both directions):
+ *   scheduler -> client {req}: pipe.submit of `req` arrived (the client
+ *     repeats pipe.submit every 300 ms until it gets this or a token; a
+ *     repeat is ignored by request id);
+ *   client -> scheduler {req, next, resend}: the client has the stream's
+ *     messages 0..next-1 in order (tokens, then the terminal error if any;
+ *     INT32_MAX: all of it). resend: it saw a gap, send again from `next`.
+ *     The scheduler keeps a finished request until its stream is
+ *     acknowledged (or its client is down, or 10 s passed) and sends the
+ *     unacknowledged tail again when the stream was quiet for 500 ms. */
+typedef struct duet_pipe_ack {
+    uint64_t req;
+    int32_t next;
+    bool resend;
+} duet_pipe_ack_t;
+
+static const duet_field_t duet_pipe_ack_fields[] = {
+    DUET_FIELD(duet_pipe_ack_t, req, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_ack_t, next, DUET_F_I32),
+    DUET_FIELD_OPT(duet_pipe_ack_t, resend, DUET_F_BOOL),
+};
 
 /* Per-actor counters: anyone sends pipe.stats_req to an attention or expert
  * shard; it answers pipe.actor_stats to reply_to with the same cookie.
@@ -343,6 +468,9 @@ typedef struct duet_pipe_actor_stats {
     uint64_t tokens;
     uint64_t bytes;
     uint64_t steps;
+    uint64_t kv_seqs;        /* attention: KV sequences open now */
+    uint64_t kv_blocks_used; /* attention: KV blocks in use now */
+    uint64_t epoch;          /* data-plane epoch the actor is in */
 } duet_pipe_actor_stats_t;
 
 static const duet_field_t duet_pipe_actor_stats_fields[] = {
@@ -353,6 +481,9 @@ static const duet_field_t duet_pipe_actor_stats_fields[] = {
     DUET_FIELD(duet_pipe_actor_stats_t, tokens, DUET_F_U64),
     DUET_FIELD(duet_pipe_actor_stats_t, bytes, DUET_F_U64),
     DUET_FIELD(duet_pipe_actor_stats_t, steps, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, kv_seqs, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, kv_blocks_used, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, epoch, DUET_F_U64),
 };
 
 /* Message descriptors: one per type for the whole program (the codec's
@@ -395,7 +526,11 @@ static const duet_field_t duet_pipe_actor_stats_fields[] = {
     X(duet_pipe_msg_actor_stats, DUET_MSG_RANGE_ATTENTION + 0x31, "pipe.actor_stats",              \
       duet_pipe_actor_stats_t, duet_pipe_actor_stats_fields)                                       \
     X(duet_pipe_msg_cancel, DUET_MSG_RANGE_SCHEDULER + 0x24, "pipe.cancel", duet_pipe_cancel_t,    \
-      duet_pipe_cancel_fields)
+      duet_pipe_cancel_fields)                                                                     \
+    X(duet_pipe_msg_resync, DUET_MSG_RANGE_ROUTER + 0x26, "pipe.resync", duet_pipe_resync_t,       \
+      duet_pipe_resync_fields)                                                                     \
+    X(duet_pipe_msg_ack, DUET_MSG_RANGE_SCHEDULER + 0x25, "pipe.ack", duet_pipe_ack_t,             \
+      duet_pipe_ack_fields)
 
 #define DUET_PIPE_MSG_DECLARE(var, type_id, type_name, T, fields) DUET_MSG_DECLARE(var, T)
 DUET_PIPE_MESSAGES(DUET_PIPE_MSG_DECLARE)
@@ -464,6 +599,41 @@ typedef struct duet_pipe_config {
      * 262144; later events are counted and dropped). */
     const char *trace_path;
     size_t trace_events;
+    /* Recovery (see the top of this file). recover_timeout_ms: requests
+     * wait this long while no attention shard is ready (an expert without
+     * a live shard, every attention shard down), then end with an error
+     * (0: 10000). start_timeout_ms: duet_pipe_create, where the "ctl" node
+     * runs, waits this long for every attention shard to be ready and
+     * fails naming the ones that are not (0: 30000; in a simulation,
+     * virtual time). no_restart: shards that stop are not restarted (by
+     * default a supervisor per node restarts its attention and expert
+     * shards, with their weights re-mapped from the model files). */
+    uint32_t recover_timeout_ms;
+    uint32_t start_timeout_ms;
+    bool no_restart;
+    /* Compute backend per shard (duet_backend_open name; NULL array or
+     * entry: "cpu"). Asking for one that is not built fails at start-up. */
+    const char *const *attention_backend; /* [n_attention] */
+    const char *const *expert_backend;    /* [n_expert_shards] */
+    const int *attention_device;          /* [n_attention] device ordinal (cuda); NULL: 0 */
+    const int *expert_device;             /* [n_expert_shards] */
+    /* Fault injection, a compute error inside a shard: expert shard
+     * fail_expert's fail_round-th round (counted over the deployment's
+     * life, from 1) fails with "injected compute error" (0: none). */
+    int fail_expert;
+    uint32_t fail_round;
+    /* Data-plane integrity: every bulk write carries a checksum of its rows,
+     * checked on arrival (a mismatch fails the round like any data error:
+     * the step is replayed). corrupt_write (fault injection): attn/0's
+     * corrupt_write-th dispatch write with rows gets one byte flipped after
+     * its checksum is taken (0: none). */
+    bool checksum;
+    uint32_t corrupt_write;
+    /* Node heartbeats (failure detection): heartbeat_ms 0 = the runtime's
+     * 100 ms; a peer is down after heartbeat_misses silent intervals (0: 3
+     * under the simulation, the runtime's 5 on real threads). */
+    uint32_t heartbeat_ms;
+    uint32_t heartbeat_misses;
 } duet_pipe_config_t;
 
 typedef struct duet_pipe duet_pipe_t;
@@ -485,6 +655,9 @@ typedef struct duet_pipe_sampling {
     int32_t top_k;
     float top_p;
     uint64_t seed;
+    /* more end-of-sequence ids besides `eos` (at most 64; NULL: none) */
+    const int32_t *eos_ids;
+    int32_t n_eos_ids;
 } duet_pipe_sampling_t;
 DUET_API duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32_t *prompt,
                                                 int32_t n, int32_t max_new, int32_t eos,
@@ -503,9 +676,14 @@ DUET_API duet_status_t duet_pipe_cancel(duet_pipe_t *p, uint64_t req);
 /* The attention-role model of this deployment (config, tokenizer-free);
  * NULL where the attention shards run in other processes only. */
 DUET_API const struct duet_model *duet_pipe_model(const duet_pipe_t *p);
-/* Kill expert shard s (fault injection). */
+/* Kill attention shard a (fault injection; restarted unless no_restart). */
+DUET_API duet_status_t duet_pipe_kill_attention(duet_pipe_t *p, int shard);
+/* Kill the router (fault injection; restarted unless no_restart). */
+DUET_API duet_status_t duet_pipe_kill_router(duet_pipe_t *p);
+/* Kill expert shard s (fault injection; restarted unless no_restart). */
 DUET_API duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard);
-/* Start expert shard s again after it stopped (as a supervisor would). */
+/* Start expert shard s again after it stopped (as a supervisor would; with
+ * supervision it is DUET_OK once the shard runs again). */
 DUET_API duet_status_t duet_pipe_restart_expert(duet_pipe_t *p, int shard);
 /* Hold expert shard s's messages for `ms` (an unreachable or hung shard). */
 DUET_API duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_t ms);
@@ -514,6 +692,13 @@ DUET_API duet_status_t duet_pipe_stall_expert(duet_pipe_t *p, int shard, uint32_
  * message bytes, and pipe.wire carries data-plane keys that differ from one
  * deployment to the next in a process.) */
 DUET_API bool duet_pipe_sim_progress(duet_pipe_t *p, uint64_t *delivered, uint64_t *now_ns);
+/* Faults of `kind` the deployment's fault plan injected so far. */
+DUET_API uint64_t duet_pipe_fault_count(duet_pipe_t *p, duet_fault_kind_t kind);
+/* Time of the deployment: virtual (simulation) or CLOCK_MONOTONIC ns since
+ * its nodes were created (fault-plan times count from there). */
+DUET_API uint64_t duet_pipe_now_ns(duet_pipe_t *p);
+/* Let time pass: run the simulation for `ns` of virtual time, or sleep. */
+DUET_API void duet_pipe_advance(duet_pipe_t *p, uint64_t ns);
 
 /* Per-deployment counters (late/duplicate/stray control messages dropped). */
 typedef struct duet_pipe_stats {
@@ -530,6 +715,11 @@ typedef struct duet_pipe_stats {
     uint32_t shards_ready;     /* attention shards ready and not broken */
     uint32_t n_attention;
     uint64_t canceled;         /* requests ended by pipe.cancel */
+    uint64_t replays;          /* requests re-placed and recomputed after a failure */
+    uint64_t epochs;           /* data-plane epochs started by the router */
+    uint64_t restarts;         /* shard restarts by the supervisors */
+    uint64_t first_epoch_ns;   /* deployment time (duet_pipe_now_ns) the router started its
+                                  first new epoch; 0: none yet */
 } duet_pipe_stats_t;
 DUET_API void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out);
 

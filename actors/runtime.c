@@ -29,7 +29,9 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -210,6 +212,8 @@ typedef struct loop {
     duet_buf_t rxbuf, decbuf;
     struct duet_actor *owner; /* a dedicated loop's actor, once started (holds a ref) */
     atomic_bool pending;      /* lock: the queue is not empty */
+    uint64_t spin_ns;         /* poll without sleeping this long after the last work (0: never) */
+    atomic_uint_fast64_t spins, spin_hits; /* spin phases, and those that found work */
     /* the last sender checked on `in`: name -> home node, at registry gen */
     char fc_from[DUET_NAME_MAX], fc_home[DUET_NAME_MAX];
     uint64_t fc_gen;
@@ -2209,18 +2213,21 @@ static void terminate(duet_actor_t *a, const char *reason)
 
 /* ---- loop threads --------------------------------------------------------- */
 
-static void loop_run_queue(loop_t *l)
+/* Run what is queued; true if there was anything. */
+static bool loop_run_queue(loop_t *l)
 {
     pthread_mutex_lock(&l->lock);
     qent_t *q = l->head;
     l->head = l->tail = NULL;
     atomic_store_explicit(&l->pending, false, memory_order_relaxed);
     pthread_mutex_unlock(&l->lock);
+    bool any = q != NULL;
     while (q) {
         qent_t *nx = q->next;
         dispatch(l, q);
         q = nx;
     }
+    return any;
 }
 
 static void loop_fire_timers(loop_t *l)
@@ -2241,14 +2248,16 @@ static bool loop_done(loop_t *l)
 }
 
 /* Move what the loop's own socket holds onto its queue. True: stopped at
- * the cap with more to read. */
-static bool loop_drain_in(loop_t *l)
+ * the cap with more to read. *got (may be NULL) is set when a frame came. */
+static bool loop_drain_in(loop_t *l, bool *got)
 {
     for (int k = 0; k < 1024; k++) {
         char peer[DUET_NAME_MAX];
         duet_status_t st = duet_zep_recv_buf(l->in, peer, &l->rxbuf);
         if (st == DUET_ERR_AGAIN)
             return false;
+        if (got)
+            *got = true;
         if (st) {
             DUET_LOG_W(MOD, "%s", duet_error());
             continue;
@@ -2256,6 +2265,41 @@ static bool loop_drain_in(loop_t *l)
         on_direct_frame(l, peer, l->rxbuf.data, l->rxbuf.len);
     }
     return true;
+}
+
+/* A sched_yield that took longer than this gave the CPU to another thread:
+ * the CPU is contended and spinning takes time from real work. */
+#define SPIN_YIELD_CONTENDED_NS 20000u
+
+/* Poll the loop's fds, queue and timers without sleeping until one has
+ * something or spin_ns after `since` (the last work) pass. A peer that
+ * answers within that time finds this thread awake: no eventfd write, no
+ * futex or poll wake-up, no scheduling delay (tens of µs on a busy host,
+ * against rounds of a few hundred). Each turn yields the CPU; once a yield
+ * shows that another thread wanted it (the CPU is oversubscribed: tests,
+ * a shared host), the spin ends and the loop sleeps as it would without
+ * one. Returns poll()'s result (> 0: fds ready); 0 with `pending` set: the
+ * queue has entries. */
+static int loop_spin(loop_t *l, struct pollfd *pf, size_t nf, uint64_t since)
+{
+    uint64_t end = since + l->spin_ns;
+    if (l->nheap && l->heap[0]->at < end)
+        end = l->heap[0]->at; /* a timer: go back and fire it */
+    atomic_fetch_add_explicit(&l->spins, 1, memory_order_relaxed);
+    int r = 0;
+    for (;;) {
+        if (atomic_load_explicit(&l->pending, memory_order_relaxed) || (r = poll(pf, nf, 0)) != 0) {
+            if (r >= 0)
+                atomic_fetch_add_explicit(&l->spin_hits, 1, memory_order_relaxed);
+            return r < 0 ? 0 : r;
+        }
+        uint64_t now = duet_now_ns();
+        if (now >= end || atomic_load_explicit(&l->quit, memory_order_relaxed))
+            return 0;
+        sched_yield();
+        if (duet_now_ns() - now > SPIN_YIELD_CONTENDED_NS)
+            return 0;
+    }
 }
 
 static void *loop_main(void *arg)
@@ -2268,10 +2312,14 @@ static void *loop_main(void *arg)
     size_t zfd_len = sizeof(zfd);
     if (l->in && zmq_getsockopt(duet_zep_socket(l->in), ZMQ_FD, &zfd, &zfd_len))
         zfd = -1;
+    uint64_t last_work = 0;
     while (!loop_done(l)) {
-        bool more_in = l->in && loop_drain_in(l);
-        loop_run_queue(l);
+        bool got = false;
+        bool more_in = l->in && loop_drain_in(l, &got);
+        got |= loop_run_queue(l);
         loop_fire_timers(l);
+        if (got && l->spin_ns)
+            last_work = duet_now_ns();
         int timeout = -1;
         if (l->nheap) {
             uint64_t now = duet_now_ns(), at = l->heap[0]->at;
@@ -2297,13 +2345,22 @@ static void *loop_main(void *arg)
             pf[nf].fd = l->fds[i].fd;
             pf[nf].events = l->fds[i].events;
         }
+        int r = 0;
+        if (timeout != 0 && l->spin_ns && last_work) {
+            r = loop_spin(l, pf, nf, last_work);
+            last_work = 0; /* one spin per burst of work: an idle loop goes to sleep */
+            if (r > 0 || atomic_load_explicit(&l->pending, memory_order_relaxed) ||
+                (l->nheap && l->heap[0]->at <= duet_now_ns()))
+                timeout = 0; /* handle it below without sleeping */
+        }
         pthread_mutex_lock(&l->lock);
         bool empty = l->head == NULL;
-        l->sleeping = empty;
+        l->sleeping = empty && timeout != 0;
         pthread_mutex_unlock(&l->lock);
         if (!empty)
             timeout = 0;
-        int r = poll(pf, nf, timeout);
+        if (r == 0)
+            r = poll(pf, nf, timeout);
         pthread_mutex_lock(&l->lock);
         l->sleeping = false;
         pthread_mutex_unlock(&l->lock);
@@ -2335,7 +2392,7 @@ static void *loop_main(void *arg)
     }
     if (l->in) {
         /* what reached the socket before it closes: noproc, DOWN as usual */
-        for (int guard = 0; guard < 64 && loop_drain_in(l); guard++)
+        for (int guard = 0; guard < 64 && loop_drain_in(l, NULL); guard++)
             ;
         loop_run_queue(l);
     }
@@ -2399,13 +2456,44 @@ static void loop_open_in(loop_t *l)
     }
 }
 
-static loop_t *loop_new(duet_node_t *n, bool dedicated)
+/* How long a dedicated loop spins: the spawn option, else $DUET_SPIN_US
+ * (read once), else DUET_DEFAULT_SPIN_US. */
+static int32_t g_spin_env = -2; /* -2: not read yet */
+static pthread_once_t g_spin_once = PTHREAD_ONCE_INIT;
+
+static void read_spin_env(void)
+{
+    const char *e = getenv("DUET_SPIN_US");
+    char *end;
+    long v = e && *e ? strtol(e, &end, 10) : -3;
+    if (v == -3 || *end || v < -1 || v > 1000000) {
+        if (e && *e)
+            DUET_LOG_W(MOD, "DUET_SPIN_US=%s: not a number of µs in [-1, 1000000]; using %d", e,
+                       DUET_DEFAULT_SPIN_US);
+        g_spin_env = DUET_DEFAULT_SPIN_US;
+    } else {
+        g_spin_env = (int32_t)v;
+    }
+}
+
+static uint64_t spin_ns_for(const duet_spawn_opts_t *o)
+{
+    if (!o || o->mode != DUET_RUN_THREAD || o->spin_us < 0)
+        return 0;
+    if (o->spin_us > 0)
+        return (uint64_t)o->spin_us * 1000u;
+    pthread_once(&g_spin_once, read_spin_env);
+    return g_spin_env > 0 ? (uint64_t)g_spin_env * 1000u : 0;
+}
+
+static loop_t *loop_new(duet_node_t *n, bool dedicated, uint64_t spin_ns)
 {
     loop_t *l = duet_calloc(1, sizeof(*l));
     if (!l)
         return NULL;
     l->node = n;
     l->dedicated = dedicated;
+    l->spin_ns = n->sim ? 0 : spin_ns;
     l->efd = -1;
     l->id = atomic_fetch_add(&n->loop_ids, 1) + 1;
     pthread_mutex_init(&l->lock, NULL);
@@ -2506,7 +2594,7 @@ duet_status_t duet_spawn(duet_node_t *n, const char *name, const duet_actor_ops_
     a->inc = n->sim ? k : duet_wall_ms() * 1000000ull + k % 1000000ull;
     loop_t *l = n->shared;
     if (a->opts.mode == DUET_RUN_THREAD) {
-        l = loop_new(n, true);
+        l = loop_new(n, true, spin_ns_for(&a->opts));
         if (!l) {
             duet_free(a);
             return duet_errorf(DUET_ERR_IO, "spawn %s: cannot start its thread", name);
@@ -2919,6 +3007,13 @@ void duet_node_stats(duet_node_t *n, duet_node_stats_t *o)
     o->dup_dropped = atomic_load(&n->st_dup);
     o->peers_down = atomic_load(&n->st_peers_down);
     o->refused = n->zep ? duet_zep_refused(n->zep) : 0;
+    o->spins = o->spin_hits = 0;
+    pthread_mutex_lock(&n->lock);
+    for (loop_t *l = n->loops; l; l = l->next_all) {
+        o->spins += atomic_load_explicit(&l->spins, memory_order_relaxed);
+        o->spin_hits += atomic_load_explicit(&l->spin_hits, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&n->lock);
 }
 
 duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node_out)
@@ -2968,7 +3063,7 @@ duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node
             ft->node = n;
         }
     }
-    n->shared = loop_new(n, false);
+    n->shared = loop_new(n, false, 0);
     if (!n->shared) {
         st = duet_errorf(DUET_ERR_IO, "node %s: loop thread", n->name);
         goto err_free;

@@ -17,7 +17,24 @@
  * Iterations are numbered per shard and every shard runs every iteration
  * (expert shards wait for every attention shard's rounds): a shard with
  * nothing to do runs an empty one when another shard started it. Shards do
- * not wait for each other otherwise. */
+ * not wait for each other otherwise.
+ *
+ * Recovery is uniform, by recomputation. The scheduler keeps each
+ * request's context: the prompt and every token already streamed. When a
+ * step fails (an expert shard died, a round timed out, data did not match,
+ * the data plane moved to a new epoch), when a step never answers, or when
+ * an attention shard dies (monitor DOWN), the requests of that shard do not
+ * end: their KV is freed (pipe.free; nothing to free on a dead shard) and
+ * they queue again as a prefill of prompt + tokens already sent, placed on
+ * any ready attention shard, continuing at the next position. Sampling is
+ * deterministic per (seed, position), so the replay yields the same tokens,
+ * and tokens are streamed by index, so the client sees none twice and none
+ * missing. The failed shard serves again once it reports ready in a newer
+ * data-plane epoch (the router starts one on pipe.resync, an expert shard's
+ * death or return, an attention shard's death or return).
+ * A request replayed more than PIPE_MAX_REPLAYS times ends with the last
+ * error; requests wait at most recover_timeout_ms while no attention shard
+ * is ready, then end with an error that says why. */
 #include <stdio.h>
 #include <string.h>
 
@@ -28,15 +45,25 @@
 
 enum { REQ_QUEUED, REQ_RUNNING, REQ_DONE };
 
+#define PIPE_MAX_REPLAYS 16
+#define TAG_TICK 7
+#define RESEND_NS 500000000ull     /* a quiet stream's unacknowledged tail goes again */
+#define KEEP_DONE_NS 10000000000ull /* a finished request waits this long for its ack */
+#define KEEP_ONLY_TICKS 5           /* keep_only to each idle ready shard every 500 ms */
+#define SEEN_IDS 4096               /* finished request ids remembered (pipe.submit repeats) */
+
 typedef struct sreq {
     uint64_t id;
     char reply_to[128];
-    int32_t *prompt;
+    int32_t *prompt; /* the context: prompt, then every token generated */
     int32_t n_prompt, max_new, eos;
+    int32_t eos_more[64];
+    int32_t n_eos_more;
+    int32_t replays;
     int state;
     int shard;
     int32_t blocks;
-    int32_t fed;   /* prompt tokens in the KV cache (after the steps done) */
+    int32_t fed;   /* context tokens in the KV cache (after the steps done) */
     int32_t chunk; /* tokens in the step in flight (0: not in it) */
     int32_t *gen;
     int32_t n_gen;
@@ -45,12 +72,25 @@ typedef struct sreq {
     int32_t top_k;
     uint64_t seed;
     bool canceled; /* pipe.cancel came while its step was in flight */
+    bool orphan;   /* its client is down: nothing more is sent to it */
+    char last_error[256];
+    char final_err[256]; /* the terminal error sent ("" = none / ended ok) */
+    int32_t acked;       /* stream messages the client acknowledged */
+    uint64_t sent_ns;    /* when a stream message last went out */
+    uint64_t done_ns;    /* when it finished */
 } sreq_t;
 
+typedef struct sclient {
+    char name[128];
+} sclient_t;
+
 typedef struct sshard {
-    bool ready, busy, broken;
-    uint64_t epoch; /* data-plane epoch it last reported ready in */
-    char why[256];  /* why it is broken */
+    bool ready, busy, broken, monitored;
+    uint64_t epoch;     /* data-plane epoch it last reported ready in */
+    uint64_t min_epoch; /* after a failure: ready again only in a newer epoch than this */
+    uint64_t step_epoch, step_iter, step_sent; /* the step in flight */
+    uint64_t unready_since;                    /* 0: ready */
+    char why[256];                             /* why it is broken */
     uint64_t iter_next;
     int32_t blocks_used;
     int n_running;
@@ -70,6 +110,16 @@ typedef struct sched {
     int32_t *s_topk;
     uint64_t *s_seed;
     uint64_t *free_req;
+    uint64_t none_ready_since; /* 0: some shard is ready */
+    char last_why[256];        /* the last failure seen (for errors) */
+    char members[256];         /* who the router's latest epoch leaves out */
+    uint64_t members_epoch;
+    sclient_t *cl; /* client actors monitored (reply_to of pipe.submit) */
+    size_t n_cl, cap_cl;
+    uint64_t seen[SEEN_IDS]; /* ids of finished requests (ring) */
+    size_t n_seen;
+    uint64_t now;
+    uint64_t ticks;
 } sched_t;
 
 static void req_free(sreq_t *r)
@@ -84,6 +134,9 @@ static void req_free(sreq_t *r)
 static void send_token(duet_actor_t *self, sreq_t *r, int32_t index, int32_t tok, bool done,
                        const char *err)
 {
+    if (r->orphan)
+        return;
+    r->sent_ns = duet_actor_now_ns(self);
     duet_pipe_token_t t = {r->id, index, tok, done, (char *)(err ? err : "")};
     duet_status_t st = duet_send(self, r->reply_to, &duet_pipe_msg_token, &t);
     if (st)
@@ -99,21 +152,60 @@ static void req_finish(duet_actor_t *self, sched_t *s, sreq_t *r, const char *er
         sh->blocks_used -= r->blocks;
         sh->n_running--;
     }
-    if (err)
+    if (err) {
+        snprintf(r->final_err, sizeof(r->final_err), "%s", err);
         send_token(self, r, r->n_gen, -1, true, err);
+    }
     r->state = REQ_DONE;
+    r->done_ns = duet_actor_now_ns(self);
 }
 
+/* Stream messages of a request: its tokens, then its terminal error. */
+static int32_t n_out(const sreq_t *r)
+{
+    return r->n_gen + (r->final_err[0] ? 1 : 0);
+}
+
+/* Send the stream again from message `from` (a gap or a lost tail). */
+static void resend(duet_actor_t *self, sreq_t *r, int32_t from)
+{
+    if (from < 0)
+        from = 0;
+    for (int32_t k = from; k < r->n_gen; k++)
+        send_token(self, r, k, r->gen[k],
+                   r->state == REQ_DONE && !r->final_err[0] && k == r->n_gen - 1, NULL);
+    if (r->final_err[0] && from <= r->n_gen)
+        send_token(self, r, r->n_gen, -1, true, r->final_err);
+}
+
+/* Finished requests go once their client has the whole stream (or is
+ * down, or KEEP_DONE_NS passed); their ids are remembered. */
 static void reap(sched_t *s)
 {
     size_t w = 0;
     for (size_t i = 0; i < s->n_req; i++) {
-        if (s->req[i]->state == REQ_DONE)
-            req_free(s->req[i]);
-        else
-            s->req[w++] = s->req[i];
+        sreq_t *r = s->req[i];
+        if (r->state == REQ_DONE &&
+            (r->orphan || r->acked >= n_out(r) || s->now - r->done_ns > KEEP_DONE_NS)) {
+            s->seen[s->n_seen++ % SEEN_IDS] = r->id;
+            req_free(r);
+        } else {
+            s->req[w++] = r;
+        }
     }
     s->n_req = w;
+}
+
+static bool seen_id(const sched_t *s, uint64_t id)
+{
+    size_t n = s->n_seen < SEEN_IDS ? s->n_seen : SEEN_IDS;
+    for (size_t i = 0; i < n; i++)
+        if (s->seen[i] == id)
+            return true;
+    for (size_t i = 0; i < s->n_req; i++)
+        if (s->req[i]->id == id)
+            return true;
+    return false;
 }
 
 static uint64_t max_epoch(const sched_t *s)
@@ -148,8 +240,9 @@ static duet_status_t start_step(duet_actor_t *self, sched_t *s, int a)
             sreq_t *r = s->req[i];
             if (r->state != REQ_RUNNING || r->shard != a)
                 continue;
-            bool decode = r->fed == r->n_prompt;
-            if (decode != (pass == 0))
+            int32_t n_ctx = r->n_prompt + r->n_gen;
+            bool decode = r->fed > 0 && r->fed == n_ctx - 1;
+            if (decode != (pass == 0) || r->fed >= n_ctx)
                 continue;
             int best = -1;
             for (int u = 0; u < M; u++)
@@ -158,22 +251,17 @@ static duet_status_t start_step(duet_actor_t *self, sched_t *s, int a)
                     best = u;
             if (best < 0)
                 break;
-            int32_t chunk = decode ? 1 : r->n_prompt - r->fed;
+            int32_t chunk = n_ctx - r->fed;
             if (chunk > budget)
                 chunk = budget;
             if (chunk > s->g->max_tokens_ub - tok[best])
                 chunk = s->g->max_tokens_ub - tok[best];
             uint32_t fl = 0;
-            if (decode) {
-                s->s_tokens[nt] = r->gen[r->n_gen - 1];
-                fl = DUET_PIPE_SEQ_LOGITS;
-            } else {
-                memcpy(s->s_tokens + nt, r->prompt + r->fed, sizeof(int32_t) * (size_t)chunk);
-                if (r->fed == 0)
-                    fl |= DUET_PIPE_SEQ_NEW;
-                if (r->fed + chunk == r->n_prompt)
-                    fl |= DUET_PIPE_SEQ_LOGITS;
-            }
+            memcpy(s->s_tokens + nt, r->prompt + r->fed, sizeof(int32_t) * (size_t)chunk);
+            if (r->fed == 0)
+                fl |= DUET_PIPE_SEQ_NEW;
+            if (r->fed + chunk == n_ctx)
+                fl |= DUET_PIPE_SEQ_LOGITS;
             s->s_req[n] = r->id;
             s->s_ub[n] = best;
             s->s_ntok[n] = chunk;
@@ -210,6 +298,9 @@ static duet_status_t start_step(duet_actor_t *self, sched_t *s, int a)
     if (st)
         return duet_error_wrap(st, "pipe.step to %s", to);
     sh->busy = true;
+    sh->step_epoch = sh->epoch;
+    sh->step_iter = sh->iter_next;
+    sh->step_sent = duet_actor_now_ns(self);
     sh->iter_next++;
     if (duet_obs_tracing(s->a.obs)) {
         int64_t queued = 0, running = 0, kv = 0;
@@ -234,13 +325,11 @@ static duet_status_t kick(duet_actor_t *self, sched_t *s)
         sreq_t *r = s->req[i];
         if (r->state != REQ_QUEUED)
             continue;
-        int best = -1, healthy = 0;
+        int best = -1;
         for (int a = 0; a < A; a++) {
             sshard_t *sh = &s->sh[a];
-            if (sh->broken)
-                continue;
-            healthy++;
-            if (!sh->ready || sh->blocks_used + r->blocks > s->a.kv_blocks || sh->n_running >= 256)
+            if (sh->broken || !sh->ready || sh->blocks_used + r->blocks > s->a.kv_blocks ||
+                sh->n_running >= 256)
                 continue;
             int32_t room = s->a.kv_blocks - sh->blocks_used;
             if (best < 0 || room > s->a.kv_blocks - s->sh[best].blocks_used ||
@@ -248,14 +337,7 @@ static duet_status_t kick(duet_actor_t *self, sched_t *s)
                  sh->n_running < s->sh[best].n_running))
                 best = a;
         }
-        if (!healthy) {
-            char why[384];
-            snprintf(why, sizeof(why), "no attention shard is available (attn/0: %.300s)",
-                     s->sh[0].why);
-            req_finish(self, s, r, why);
-            continue;
-        }
-        if (best < 0) { /* waits for KV to free up */
+        if (best < 0) { /* waits for KV to free up or a shard to be ready */
             if (!r->waited) {
                 r->waited = true;
                 atomic_fetch_add(&s->a.counters->kv_waits, 1);
@@ -288,31 +370,103 @@ static duet_status_t kick(duet_actor_t *self, sched_t *s)
     return DUET_OK;
 }
 
+/* Shard `a` failed (its step failed or never answered, or it died): every
+ * request on it queues again for a replay of its context. `free_kv`: the
+ * shard is alive, free their KV there. */
+static void shard_failed(duet_actor_t *self, sched_t *s, int a, const char *why, bool free_kv)
+{
+    sshard_t *sh = &s->sh[a];
+    size_t nf = 0;
+    snprintf(s->last_why, sizeof(s->last_why), "attn/%d: %.240s", a, why);
+    snprintf(sh->why, sizeof(sh->why), "%.255s", why);
+    for (size_t i = 0; i < s->n_req; i++) {
+        sreq_t *r = s->req[i];
+        if (r->state != REQ_RUNNING || r->shard != a)
+            continue;
+        if (free_kv)
+            s->free_req[nf++] = r->id;
+        sh->blocks_used -= r->blocks;
+        sh->n_running--;
+        r->chunk = 0;
+        r->fed = 0;
+        r->shard = -1;
+        snprintf(r->last_error, sizeof(r->last_error), "attn/%d: %.240s", a, why);
+        if (r->canceled) {
+            r->state = REQ_QUEUED; /* its room is given back above */
+            req_finish(self, s, r, DUET_PIPE_CANCELED);
+            atomic_fetch_add(&s->a.counters->canceled, 1);
+        } else if (++r->replays > PIPE_MAX_REPLAYS) {
+            r->state = REQ_QUEUED;
+            char err[400];
+            snprintf(err, sizeof(err), "request %llu failed %d times; last: %.300s",
+                     (unsigned long long)r->id, r->replays, r->last_error);
+            req_finish(self, s, r, err);
+        } else {
+            r->state = REQ_QUEUED;
+            atomic_fetch_add(&s->a.counters->replays, 1);
+        }
+        if (free_kv && nf >= 256) {
+            duet_pipe_free_t f = {{s->free_req, nf}, false};
+            char to[32];
+            snprintf(to, sizeof(to), "attn/%d", a);
+            duet_send(self, to, &duet_pipe_msg_free, &f);
+            nf = 0;
+        }
+    }
+    sh->blocks_used = 0;
+    sh->n_running = 0;
+    sh->busy = false;
+    sh->ready = false;
+    if (sh->min_epoch < sh->epoch + 1)
+        sh->min_epoch = sh->epoch + 1;
+    if (nf) {
+        duet_pipe_free_t f = {{s->free_req, nf}, false};
+        char to[32];
+        snprintf(to, sizeof(to), "attn/%d", a);
+        if (duet_send(self, to, &duet_pipe_msg_free, &f))
+            DUET_LOG_D(MOD, "pipe.free to %s: %s", to, duet_error());
+    }
+    if (free_kv) { /* its data plane is out of step: a new epoch (once per epoch) */
+        duet_pipe_resync_t rs = {.shard = a, .epoch = sh->epoch, .why = (char *)why};
+        duet_send(self, "router", &duet_pipe_msg_resync, &rs);
+    }
+    DUET_LOG_I(MOD, "attn/%d failed (%s): its requests are replayed", a, why);
+}
+
+static bool is_eos(const sreq_t *r, int32_t tok)
+{
+    if (tok == r->eos)
+        return true;
+    for (int32_t k = 0; k < r->n_eos_more; k++)
+        if (tok == r->eos_more[k])
+            return true;
+    return false;
+}
+
 static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pipe_step_done_t *d)
 {
-    if (d->shard < 0 || d->shard >= s->g->n_attention || !s->sh[d->shard].busy) {
-        DUET_LOG_W(MOD, "unexpected pipe.step_done from shard %d", d->shard);
+    if (d->shard < 0 || d->shard >= s->g->n_attention || !s->sh[d->shard].busy ||
+        d->epoch != s->sh[d->shard].step_epoch || d->iter != s->sh[d->shard].step_iter) {
+        DUET_LOG_D(MOD, "unexpected pipe.step_done from shard %d (epoch %llu, iter %llu)", d->shard,
+                   (unsigned long long)d->epoch, (unsigned long long)d->iter);
         return DUET_OK;
     }
     sshard_t *sh = &s->sh[d->shard];
     sh->busy = false;
     size_t nf = 0;
-    if (d->epoch != sh->epoch) {
+    if (d->epoch != sh->epoch || !strcmp(d->error, "stale epoch")) {
         /* a step of an epoch the shard has left: it did not run; its
          * requests go again in the next step */
         for (size_t i = 0; i < s->n_req; i++)
             if (s->req[i]->state == REQ_RUNNING && s->req[i]->shard == d->shard)
                 s->req[i]->chunk = 0;
-    } else if (d->error[0]) {
-        sh->broken = true;
-        snprintf(sh->why, sizeof(sh->why), "%.255s", d->error);
-        for (size_t i = 0; i < s->n_req; i++) {
-            sreq_t *r = s->req[i];
-            if (r->state != REQ_RUNNING || r->shard != d->shard)
-                continue;
-            s->free_req[nf++] = r->id;
-            req_finish(self, s, r, d->error);
+        if (d->epoch == sh->epoch) { /* it moved on: wait for its ready in the new epoch */
+            sh->ready = false;
+            if (sh->min_epoch < sh->epoch + 1)
+                sh->min_epoch = sh->epoch + 1;
         }
+    } else if (d->error[0]) {
+        shard_failed(self, s, d->shard, d->error, true);
     } else {
         const uint64_t *rq = d->req.data;
         const int32_t *tk = d->token.data;
@@ -321,14 +475,16 @@ static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pip
             sreq_t *r = s->req[i];
             if (r->state != REQ_RUNNING || r->shard != d->shard || !r->chunk)
                 continue;
-            if (r->fed < r->n_prompt)
-                r->fed += r->chunk;
+            r->fed += r->chunk;
             r->chunk = 0;
+            if (r->fed < r->n_prompt + r->n_gen)
+                continue; /* a prefill chunk: no token */
             for (size_t k = 0; k < nt; k++) {
                 if (rq[k] != r->id)
                     continue;
+                r->prompt[r->n_prompt + r->n_gen] = tk[k];
                 r->gen[r->n_gen++] = tk[k];
-                bool done = r->n_gen >= r->max_new || tk[k] == r->eos;
+                bool done = r->n_gen >= r->max_new || is_eos(r, tk[k]);
                 send_token(self, r, r->n_gen - 1, tk[k], done, NULL);
                 if (done) {
                     s->free_req[nf++] = r->id;
@@ -347,7 +503,7 @@ static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pip
         }
     }
     if (nf) {
-        duet_pipe_free_t f = {{s->free_req, nf}};
+        duet_pipe_free_t f = {{s->free_req, nf}, false};
         char to[32];
         snprintf(to, sizeof(to), "attn/%d", d->shard);
         duet_status_t st = duet_send(self, to, &duet_pipe_msg_free, &f);
@@ -357,8 +513,158 @@ static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pip
     return kick(self, s);
 }
 
+/* Every 100 ms: steps that never answered, and requests that waited too
+ * long for any attention shard to be ready. */
+static duet_status_t on_tick(duet_actor_t *self, sched_t *s)
+{
+    uint64_t now = duet_actor_now_ns(self);
+    const int A = s->g->n_attention;
+    /* a step's rounds each have round_timeout_ms; the shard fails the step
+     * itself then. One that never answers at all (a lost message, a hung
+     * shard) is failed here after twice that plus a margin. */
+    uint64_t step_to = ((uint64_t)s->g->round_timeout_ms * 2 + 1000) * 1000000ull;
+    bool any_ready = false;
+    for (size_t i = 0; i < s->n_req; i++) { /* lost tails of quiet streams */
+        sreq_t *r = s->req[i];
+        if (!r->orphan && r->sent_ns && r->acked < n_out(r) && now - r->sent_ns > RESEND_NS)
+            resend(self, r, r->acked);
+    }
+    if (++s->ticks % KEEP_ONLY_TICKS == 0) /* lost pipe.free: idle shards keep only ours */
+        for (int a = 0; a < A; a++) {
+            sshard_t *sh = &s->sh[a];
+            if (!sh->ready || sh->busy || sh->broken)
+                continue;
+            size_t nk = 0;
+            for (size_t i = 0; i < s->n_req && nk < 256; i++)
+                if (s->req[i]->state == REQ_RUNNING && s->req[i]->shard == a)
+                    s->free_req[nk++] = s->req[i]->id;
+            if (nk >= 256)
+                continue; /* a partial list would free live sequences */
+            duet_pipe_free_t f = {{s->free_req, nk}, true};
+            char to[32];
+            snprintf(to, sizeof(to), "attn/%d", a);
+            duet_send(self, to, &duet_pipe_msg_free, &f);
+        }
+    for (int a = 0; a < A; a++) {
+        sshard_t *sh = &s->sh[a];
+        if (sh->busy && now - sh->step_sent > step_to) {
+            char why[160];
+            snprintf(why, sizeof(why), "step %llu (epoch %llu) got no answer in %llu ms",
+                     (unsigned long long)sh->step_iter, (unsigned long long)sh->step_epoch,
+                     (unsigned long long)(step_to / 1000000ull));
+            shard_failed(self, s, a, why, true);
+        }
+        bool ok = sh->ready && !sh->broken;
+        any_ready |= ok;
+        if (ok || sh->busy) {
+            sh->unready_since = 0;
+        } else if (!sh->unready_since) {
+            sh->unready_since = now ? now : 1;
+        } else if (sh->n_running > 0 &&
+                   now - sh->unready_since > (uint64_t)s->a.recover_timeout_ms * 1000000ull) {
+            /* its requests waited long enough for it: elsewhere, or end */
+            char why[160];
+            snprintf(why, sizeof(why), "not ready again within %u ms", s->a.recover_timeout_ms);
+            shard_failed(self, s, a, why, true);
+        }
+    }
+    if (any_ready) {
+        s->none_ready_since = 0;
+    } else {
+        if (!s->none_ready_since)
+            s->none_ready_since = now ? now : 1;
+        uint64_t waited = now - s->none_ready_since;
+        if (waited > (uint64_t)s->a.recover_timeout_ms * 1000000ull) {
+            for (size_t i = 0; i < s->n_req; i++) {
+                sreq_t *r = s->req[i];
+                if (r->state != REQ_QUEUED)
+                    continue;
+                char err[512];
+                snprintf(err, sizeof(err),
+                         "no attention shard was ready for %u ms (recover_timeout_ms); %.200s; "
+                         "last failure: %.200s",
+                         s->a.recover_timeout_ms,
+                         s->members[0] ? s->members : "every shard is a member",
+                         s->last_why[0] ? s->last_why : "none seen");
+                req_finish(self, s, r, err);
+            }
+        }
+    }
+    return kick(self, s);
+}
+
+/* Client `name` is down: every request of it ends (canceled, nothing sent
+ * to it) and its KV is freed. */
+static duet_status_t client_down(duet_actor_t *self, sched_t *s, const char *name,
+                                 const char *reason)
+{
+    size_t k = 0;
+    for (; k < s->n_cl && strcmp(s->cl[k].name, name); k++)
+        ;
+    if (k == s->n_cl)
+        return DUET_OK;
+    s->cl[k] = s->cl[--s->n_cl];
+    int n = 0;
+    for (size_t i = 0; i < s->n_req; i++) {
+        sreq_t *r = s->req[i];
+        if (strcmp(r->reply_to, name))
+            continue;
+        r->orphan = true;
+        if (r->state == REQ_DONE)
+            continue;
+        n++;
+        if (r->state == REQ_RUNNING && r->chunk) {
+            r->canceled = true; /* ends when its step is done */
+            continue;
+        }
+        int shard = r->state == REQ_RUNNING ? r->shard : -1;
+        req_finish(self, s, r, DUET_PIPE_CANCELED);
+        atomic_fetch_add(&s->a.counters->canceled, 1);
+        if (shard >= 0) {
+            duet_pipe_free_t f = {{&r->id, 1}, false};
+            char to[32];
+            snprintf(to, sizeof(to), "attn/%d", shard);
+            if (duet_send(self, to, &duet_pipe_msg_free, &f))
+                DUET_LOG_D(MOD, "pipe.free to %s: %s", to, duet_error());
+        }
+    }
+    DUET_LOG_I(MOD, "client %s is down (%s): %d requests canceled", name, reason, n);
+    return kick(self, s);
+}
+
+static duet_status_t on_down(duet_actor_t *self, sched_t *s, const duet_sys_down_t *dn)
+{
+    int a = -1;
+    if (sscanf(dn->actor, "attn/%d", &a) != 1 || a < 0 || a >= s->g->n_attention)
+        return client_down(self, s, dn->actor, dn->reason);
+    sshard_t *sh = &s->sh[a];
+    sh->monitored = false;
+    char why[400];
+    snprintf(why, sizeof(why), "attention shard attn/%d is down (%.300s)", a, dn->reason);
+    shard_failed(self, s, a, why, false);
+    /* a restarted shard rejoins in a newer epoch (shard_failed set min_epoch) */
+    return kick(self, s);
+}
+
 static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_submit_t *m)
 {
+    duet_pipe_ack_t ack = {.req = m->req};
+    if (duet_send(self, m->reply_to, &duet_pipe_msg_ack, &ack))
+        DUET_LOG_D(MOD, "pipe.ack to %s: %s", m->reply_to, duet_error());
+    if (seen_id(s, m->req))
+        return DUET_OK; /* a repeat */
+    size_t ci = 0;
+    for (; ci < s->n_cl && strcmp(s->cl[ci].name, m->reply_to); ci++)
+        ;
+    if (ci == s->n_cl) { /* a new client: its requests end when it does */
+        if (duet_vec_reserve((void **)&s->cl, &s->cap_cl, s->n_cl + 1, sizeof(sclient_t)))
+            return DUET_ERR_NOMEM;
+        snprintf(s->cl[s->n_cl].name, sizeof(s->cl[0].name), "%s", m->reply_to);
+        if (duet_monitor(self, m->reply_to, NULL) == DUET_OK)
+            s->n_cl++;
+        else
+            DUET_LOG_W(MOD, "monitor of client %s: %s", m->reply_to, duet_error());
+    }
     sreq_t *r = duet_calloc(1, sizeof(*r));
     if (!r)
         return DUET_ERR_NOMEM;
@@ -367,6 +673,9 @@ static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_s
     r->n_prompt = (int32_t)m->prompt.count;
     r->max_new = m->max_new;
     r->eos = m->eos;
+    const int32_t *more = m->eos_ids.data;
+    for (size_t k = 0; k < m->eos_ids.count && k < 64; k++)
+        r->eos_more[r->n_eos_more++] = more[k];
     r->temperature = m->temperature;
     r->top_k = m->top_k;
     r->top_p = m->top_p;
@@ -389,7 +698,7 @@ static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_s
                  (unsigned long long)r->id, r->n_prompt, r->max_new, s->a.kv_blocks,
                  s->a.kv_block_size, s->a.max_seq_len);
     if (!err[0]) {
-        r->prompt = duet_malloc(sizeof(int32_t) * (size_t)r->n_prompt);
+        r->prompt = duet_malloc(sizeof(int32_t) * ((size_t)r->n_prompt + (size_t)r->max_new));
         r->gen = duet_malloc(sizeof(int32_t) * (size_t)r->max_new);
         if (!r->prompt || !r->gen) {
             req_free(r);
@@ -426,13 +735,31 @@ static duet_status_t on_cancel(duet_actor_t *self, sched_t *s, uint64_t id)
         req_finish(self, s, r, DUET_PIPE_CANCELED);
         atomic_fetch_add(&s->a.counters->canceled, 1);
         if (shard >= 0) {
-            duet_pipe_free_t f = {{&r->id, 1}};
+            duet_pipe_free_t f = {{&r->id, 1}, false};
             char to[32];
             snprintf(to, sizeof(to), "attn/%d", shard);
             if (duet_send(self, to, &duet_pipe_msg_free, &f))
                 DUET_LOG_W(MOD, "pipe.free to %s: %s", to, duet_error());
         }
         return kick(self, s); /* reaps it; its room may admit another */
+    }
+    return DUET_OK;
+}
+
+/* pipe.ack from a client: it has the stream up to `next`. */
+static duet_status_t on_ack(duet_actor_t *self, sched_t *s, const duet_pipe_ack_t *a)
+{
+    for (size_t i = 0; i < s->n_req; i++) {
+        sreq_t *r = s->req[i];
+        if (r->id != a->req)
+            continue;
+        if (a->next > r->acked)
+            r->acked = a->next;
+        if (a->resend && a->next < n_out(r))
+            resend(self, r, a->next);
+        if (r->state == REQ_DONE)
+            reap(s);
+        return DUET_OK;
     }
     return DUET_OK;
 }
@@ -445,10 +772,14 @@ static void publish(sched_t *s)
         run += s->req[i]->state == REQ_RUNNING;
         wait += s->req[i]->state == REQ_QUEUED;
     }
+    uint64_t mask = 0;
     for (int a = 0; a < s->g->n_attention; a++) {
         kv += (uint64_t)(s->sh[a].blocks_used > 0 ? s->sh[a].blocks_used : 0);
         ready += s->sh[a].ready && !s->sh[a].broken;
+        if (a < 64 && s->sh[a].ready && !s->sh[a].broken)
+            mask |= 1ull << a;
     }
+    atomic_store(&s->a.counters->ready_mask, mask);
     atomic_store(&s->a.counters->running, run);
     atomic_store(&s->a.counters->waiting, wait);
     atomic_store(&s->a.counters->kv_used, kv);
@@ -460,6 +791,7 @@ static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_m
 static duet_status_t sched_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
 {
     sched_t *s = state;
+    s->now = duet_actor_now_ns(self);
     duet_status_t st = sched_dispatch(self, s, msg);
     publish(s);
     return st;
@@ -470,6 +802,9 @@ static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_m
     const duet_pipe_cancel_t *cn = duet_pipe_msg_cancel_body(msg);
     if (cn)
         return on_cancel(self, s, cn->req);
+    const duet_pipe_ack_t *ak = duet_pipe_msg_ack_body(msg);
+    if (ak)
+        return on_ack(self, s, ak);
     const duet_pipe_step_done_t *d = duet_pipe_msg_step_done_body(msg);
     if (d)
         return on_step_done(self, s, d);
@@ -484,15 +819,60 @@ static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_m
         duet_pipe_ready_t ack = {.shard = rd->shard, .epoch = rd->epoch};
         duet_send(self, to, &duet_pipe_msg_ready, &ack);
         sshard_t *sh = &s->sh[rd->shard];
+        if (rd->epoch < sh->min_epoch)
+            return DUET_OK; /* from before its failure */
         if (sh->ready && rd->epoch <= sh->epoch)
             return DUET_OK; /* a repeat */
         /* first ready, or back in a new epoch: iterations restart at 0 */
+        if (!sh->monitored && duet_monitor(self, to, NULL) == DUET_OK)
+            sh->monitored = true;
+        if (sh->ready || sh->min_epoch > 0) {
+            /* back after a failure: whatever KV it holds that is not ours
+             * goes (a lost pipe.free, requests replayed elsewhere) */
+            size_t nk = 0;
+            for (size_t i = 0; i < s->n_req && nk < 256; i++)
+                if (s->req[i]->state == REQ_RUNNING && s->req[i]->shard == rd->shard)
+                    s->free_req[nk++] = s->req[i]->id;
+            duet_pipe_free_t f = {{s->free_req, nk}, true};
+            duet_send(self, to, &duet_pipe_msg_free, &f);
+        }
         sh->ready = true;
         sh->broken = false;
         sh->epoch = rd->epoch;
         sh->iter_next = 0;
         return kick(self, s);
     }
+    const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
+    if (dn)
+        return on_down(self, s, dn);
+    const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
+    if (rs && rs->epoch >= s->members_epoch) { /* for error messages only */
+        s->members_epoch = rs->epoch;
+        int n = snprintf(s->members, sizeof(s->members), "data-plane epoch %llu leaves out",
+                         (unsigned long long)rs->epoch);
+        size_t base = (size_t)n;
+        const uint32_t *la = rs->attn_live.data, *le = rs->expert_live.data;
+        for (size_t i = 0; i < rs->attn_live.count && n > 0 && (size_t)n < 200; i++)
+            if (!la[i])
+                n += snprintf(s->members + n, sizeof(s->members) - (size_t)n, " attn/%zu", i);
+        for (size_t i = 0; i < rs->expert_live.count && n > 0 && (size_t)n < 200; i++)
+            if (!le[i])
+                n += snprintf(s->members + n, sizeof(s->members) - (size_t)n, " expert/%zu", i);
+        const uint32_t *off = rs->offsets.data;
+        int gone = 0;
+        for (size_t e = 0; e + 1 < rs->offsets.count && n > 0 && (size_t)n < 200; e++)
+            if (off[e + 1] == off[e])
+                n += snprintf(s->members + n, sizeof(s->members) - (size_t)n, "%s%zu",
+                              gone++ ? "," : " (experts without a live shard: ", e);
+        if (gone && n > 0 && (size_t)n < sizeof(s->members) - 1)
+            snprintf(s->members + n, sizeof(s->members) - (size_t)n, ")");
+        if ((size_t)n == base)
+            s->members[0] = 0;
+        return DUET_OK;
+    }
+    const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
+    if (tm && tm->tag == TAG_TICK)
+        return on_tick(self, s);
     return DUET_OK;
 }
 
@@ -516,12 +896,12 @@ static void sched_stop(duet_actor_t *self, void *state, const char *reason)
     duet_free(s->s_topk);
     duet_free(s->s_seed);
     duet_free(s->free_req);
+    duet_free(s->cl);
     duet_free(s);
 }
 
 static duet_status_t sched_start(duet_actor_t *self, void *arg, void **state_out)
 {
-    (void)self;
     sched_t *s = duet_calloc(1, sizeof(*s));
     if (!s)
         return DUET_ERR_NOMEM;
@@ -546,7 +926,9 @@ static duet_status_t sched_start(duet_actor_t *self, void *arg, void **state_out
     if (!s->sh || !s->s_req || !s->s_ub || !s->s_ntok || !s->s_flags || !s->s_tokens ||
         !s->free_req || !s->s_temp || !s->s_topp || !s->s_topk || !s->s_seed)
         return DUET_ERR_NOMEM;
-    return DUET_OK;
+    if (!s->a.recover_timeout_ms)
+        s->a.recover_timeout_ms = 10000;
+    return duet_timer_start(self, 100, 100, TAG_TICK, NULL);
 }
 
 const duet_actor_ops_t duet__pipe_scheduler_ops = {

@@ -17,7 +17,11 @@
  *  - duet_cpu_pool_run overhead, with workers spinning and asleep.
  * Every figure is the median of several repetitions.
  *
- * usage: bench_kernels [--threads N] [--quick] [--huge] [--cpu-time]
+ *  - with AVX512-BF16, the batched rows again in the opt-in bf16-activation
+ *    precision (DUET_CPU_PREC_BF16), for all three shapes.
+ *
+ * usage: bench_kernels [--threads N] [--quick] [--huge] [--cpu-time] [--batch-only]
+ *   --batch-only: only the batched-decode rows (exact, then bf16), quickly.
  *   --huge: weights and the bandwidth buffer in transparent huge pages
  *   (madvise); fewer TLB misses make streaming faster.
  *   --cpu-time: time kernels by the calling thread's CPU time; only with
@@ -148,7 +152,7 @@ static double bench_read_bw(duet_cpu_pool_t *pool, size_t bytes, int reps)
 /* ---- GEMV --------------------------------------------------------------------- */
 
 static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *kind, const char *name,
-                       int64_t in, int64_t out, int64_t n, int reps)
+                       int64_t in, int64_t out, int64_t n, int reps, duet_cpu_prec_t prec)
 {
     size_t wbytes = (size_t)(in * out) * 2;
     size_t copies = (size_t)(256u << 20) / wbytes + 2; /* 8x L3 worth of weights */
@@ -164,15 +168,16 @@ static void bench_gemv(duet_cpu_pool_t *pool, double bw, const char *kind, const
     for (int r = 0; r < reps + 1; r++) {
         uint64_t t0 = bench_clock();
         for (int c = 0; c < calls; c++)
-            duet_cpu_matmul(pool, x, n, in, (const char *)w + wbytes * (size_t)c, DUET_DTYPE_BF16,
-                            out, y, false);
+            duet_cpu_matmul_prec(pool, prec, x, n, in, (const char *)w + wbytes * (size_t)c,
+                                 DUET_DTYPE_BF16, out, y, false);
         uint64_t t1 = bench_clock();
         if (r > 0) /* first pass warms page tables */
             gbs[r - 1] = (double)(wbytes * (size_t)calls) / (double)(t1 - t0);
     }
     double m = median(gbs, reps);
-    printf("%-5s %-22s n=%-3lld %7.2f GB/s  %5.2f of read bw  %7.1f us/call  %6.1f GFLOP/s\n", kind,
-           name, (long long)n, m, m / bw, (double)wbytes / m / 1e3, m * (double)n);
+    printf("%-5s %-22s n=%-3lld %7.2f GB/s  %5.2f of read bw  %7.1f us/call  %6.1f GFLOP/s%s\n",
+           kind, name, (long long)n, m, m / bw, (double)wbytes / m / 1e3, m * (double)n,
+           prec == DUET_CPU_PREC_BF16 ? "  [bf16 activations]" : "");
     free(gbs);
     duet_free(w);
     duet_free(x);
@@ -210,10 +215,12 @@ static void bench_gemm(duet_cpu_pool_t *pool, const char *name, int64_t in, int6
     float *x = xmalloc((size_t)(n * in) * sizeof(float));
     float *y = xmalloc((size_t)(n * out) * sizeof(float));
     float *y2 = xmalloc((size_t)(n * out) * sizeof(float));
+    float *y3 = xmalloc((size_t)(n * out) * sizeof(float));
     for (int64_t i = 0; i < n * in; i++)
         x[i] = frand();
     double flop = 2.0 * (double)n * (double)in * (double)out;
-    double t_duet[16], t_blas[16], t_conv[16];
+    double t_duet[16], t_blas[16], t_conv[16], t_bf16[16];
+    const bool bf16 = duet_cpu_bf16_supported();
     for (int r = 0; r < reps + 1; r++) {
         uint64_t t0 = bench_clock();
         duet_cpu_matmul(pool, x, n, in, wb, DUET_DTYPE_BF16, out, y, false);
@@ -226,7 +233,12 @@ static void bench_gemm(duet_cpu_pool_t *pool, const char *name, int64_t in, int6
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
                     (int)in, wtmp, (int)in, 0.0f, y2, (int)out);
         uint64_t t3 = bench_clock();
+        if (bf16)
+            duet_cpu_matmul_prec(pool, DUET_CPU_PREC_BF16, x, n, in, wb, DUET_DTYPE_BF16, out, y3,
+                                 false);
+        uint64_t t4 = bench_clock();
         if (r > 0) {
+            t_bf16[r - 1] = flop / (double)(t4 - t3);
             t_duet[r - 1] = flop / (double)(t1 - t0);
             t_blas[r - 1] = flop / (double)(t2 - t1);
             t_conv[r - 1] = flop / (double)(t3 - t2);
@@ -236,15 +248,19 @@ static void bench_gemm(duet_cpu_pool_t *pool, const char *name, int64_t in, int6
     for (int64_t i = 0; i < n * out; i++)
         maxdiff = fmax(maxdiff, fabs((double)y[i] - (double)y2[i]));
     printf("gemm  %-22s n=%-3lld duet %6.1f  sgemm(f32 W) %6.1f  convert+sgemm %6.1f GFLOP/s"
-           "  (max |diff| %.1e)\n",
+           "  (max |diff| %.1e)",
            name, (long long)n, median(t_duet, reps), median(t_blas, reps), median(t_conv, reps),
            maxdiff);
+    if (bf16)
+        printf("  duet bf16-activations %6.1f", median(t_bf16, reps));
+    printf("\n");
     duet_free(wb);
     duet_free(wf);
     duet_free(wtmp);
     duet_free(x);
     duet_free(y);
     duet_free(y2);
+    duet_free(y3);
 }
 
 /* ---- one decode step's matmuls ---------------------------------------------------- */
@@ -448,7 +464,7 @@ static void print_load(const char *when)
 int main(int argc, char **argv)
 {
     int threads = 2;
-    bool quick = false;
+    bool quick = false, only_batch = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
@@ -458,8 +474,12 @@ int main(int argc, char **argv)
             use_huge = true;
         else if (strcmp(argv[i], "--cpu-time") == 0)
             use_cpu_time = true;
+        else if (strcmp(argv[i], "--batch-only") == 0)
+            only_batch = true;
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--huge] [--cpu-time]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--threads N] [--quick] [--huge] [--cpu-time] [--batch-only]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -477,6 +497,16 @@ int main(int argc, char **argv)
            duet_cpu_isa_name(), use_huge ? "huge" : "4 KiB",
            use_cpu_time ? "timed by thread CPU time" : "timed by wall clock");
     int reps = quick ? 3 : 5;
+    const bool bf16 = duet_cpu_bf16_supported();
+    if (only_batch) {
+        double bw0 = bench_read_bw(pool, (size_t)1 << 30, 3);
+        for (int p = 0; p < (bf16 ? 2 : 1); p++)
+            for (int64_t n = 16; n <= 64; n *= 2)
+                bench_gemv(pool, bw0, "batch", "w1/w3 1024->2816", 1024, 2816, n, reps,
+                           p ? DUET_CPU_PREC_BF16 : DUET_CPU_PREC_EXACT);
+        duet_cpu_pool_destroy(&pool);
+        return 0;
+    }
     print_load("start");
 
     double bw = bench_read_bw(pool, (size_t)1 << 30, reps);
@@ -492,10 +522,19 @@ int main(int argc, char **argv)
     };
     for (size_t s = 0; s < 3; s++)
         for (int64_t n = 1; n <= 8; n += 7)
-            bench_gemv(pool, bw, "gemv", shapes[s].name, shapes[s].in, shapes[s].out, n, reps);
-    /* batched decode: per-expert row counts of batch 8..64, weights cold */
-    for (int64_t n = 16; n <= 64; n *= 2)
-        bench_gemv(pool, bw, "batch", shapes[0].name, shapes[0].in, shapes[0].out, n, reps);
+            bench_gemv(pool, bw, "gemv", shapes[s].name, shapes[s].in, shapes[s].out, n, reps,
+                       DUET_CPU_PREC_EXACT);
+    /* batched decode: per-expert row counts of batch 8..64, weights cold;
+     * then the same in the opt-in bf16-activation precision where it runs */
+    for (int p = 0; p < (bf16 ? 2 : 1); p++)
+        for (int64_t n = 16; n <= 64; n *= 2)
+            for (size_t s = 0; s < (p ? 3 : 1); s++)
+                bench_gemv(pool, bw, "batch", shapes[s].name, shapes[s].in, shapes[s].out, n, reps,
+                           p ? DUET_CPU_PREC_BF16 : DUET_CPU_PREC_EXACT);
+    if (bf16)
+        for (size_t s = 0; s < 3; s++)
+            bench_gemv(pool, bw, "gemv", shapes[s].name, shapes[s].in, shapes[s].out, 8, reps,
+                       DUET_CPU_PREC_BF16);
     for (size_t s = 0; s < 2; s++)
         for (int64_t n = 64; n <= 512; n *= 2)
             if (n != 256)

@@ -27,7 +27,17 @@
  * The 64 prompts are prefilled once; each decode repetition truncates the
  * sequences back to their prompts, so a repetition costs only its decode.
  *
- * usage: bench_model [--threads N] [--reps R] [--quick] [--dir DIR] */
+ * --precision bf16 runs the cpu backend's opt-in bf16-activation GEMMs
+ * (where the CPU has AVX512-BF16; the header says what ran). --precision
+ * both measures fp32 and bf16 in one process, repetitions interleaved
+ * (b1 fp32, b8 fp32, b64 fp32, pp512 fp32, b8 bf16, b64 bf16, pp512 bf16,
+ * b1 ...), so the two modes see the same machine load: the backend runs in
+ * bf16 mode and the fp32 figures raise its row threshold out of reach
+ * (duet_cpu_set_bf16_min_rows), which is exactly the fp32 path. Batch 1 is
+ * the same in both (one row per GEMM stays exact), so b64/b1 of each mode
+ * uses that one b1 figure.
+ *
+ * usage: bench_model [--threads N] [--reps R] [--quick] [--dir DIR] [--precision P] */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -51,11 +61,14 @@
 #define LLAMA_B8_TPS 92.0
 #define LLAMA_B64_TPS 51.0
 
+#define PRECISION_BOTH 2 /* --precision both */
+
 #define MAX_BATCH 64
 #define BLOCK 16
 
 typedef struct bench_opts {
     int threads;
+    int precision; /* DUET_PRECISION_*, or PRECISION_BOTH */
     int reps;
     bool quick;
     const char *dir;
@@ -451,7 +464,8 @@ static double prefill_one(run_t *r, int32_t n)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: bench_model [--threads N] [--reps R] [--quick] [--dir DIR]\n"
+    fprintf(f, "usage: bench_model [--threads N] [--reps R] [--quick] [--dir DIR] "
+               "[--precision P]\n"
                "\n"
                "Decode (batch 1, 8, 64; 128-token prompts), prefill (512 tokens), memory read\n"
                "bandwidth, roofline ratio and peak RSS of the single-process engine on the\n"
@@ -463,6 +477,11 @@ static void usage(FILE *f)
                "                unless --reps; the figures are then indicative only\n"
                "  --dir DIR     checkpoint cache (default $DUET_BENCH_DIR, else\n"
                "                /tmp/duet-bench-model)\n"
+               "  --precision P fp32 (default: exact f32 activations) or bf16 (activations\n"
+               "                rounded to bf16 for bf16-weight GEMMs of 4+ rows, AVX512-BF16\n"
+               "                dot products; exact where the CPU lacks them), or both\n"
+               "                (interleaved in this process; decode b8/b64 and prefill are\n"
+               "                then printed for each). Overrides DUET_PRECISION\n"
                "  -h, --help    this help\n");
 }
 
@@ -474,13 +493,20 @@ static const char *verdict(bool ok)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"threads", required_argument, NULL, 't'}, {"reps", required_argument, NULL, 'r'},
-        {"quick", no_argument, NULL, 'q'},         {"dir", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"threads", required_argument, NULL, 't'},
+        {"reps", required_argument, NULL, 'r'},
+        {"quick", no_argument, NULL, 'q'},
+        {"dir", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {"precision", required_argument, NULL, 'p'},
+        {NULL, 0, NULL, 0},
     };
     bench_opts_t o = {.threads = 2, .reps = 0, .dir = getenv("DUET_BENCH_DIR")};
     int c;
-    while ((c = getopt_long(argc, argv, "t:r:qd:h", longopts, NULL)) != -1) {
+    const char *penv = getenv("DUET_PRECISION");
+    if (penv && *penv && duet_precision_parse(penv) >= 0)
+        o.precision = duet_precision_parse(penv);
+    while ((c = getopt_long(argc, argv, "t:r:qd:hp:", longopts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 't':
@@ -499,6 +525,16 @@ int main(int argc, char **argv)
             break;
         case 'q': o.quick = true; break;
         case 'd': o.dir = optarg; break;
+        case 'p':
+            o.precision = strcmp(optarg, "both") ? duet_precision_parse(optarg) : PRECISION_BOTH;
+            if (o.precision < 0) {
+                fprintf(stderr, "bench_model: --precision wants fp32, bf16 or both, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            /* the flag wins over the environment */
+            setenv("DUET_PRECISION", o.precision ? "bf16" : "fp32", 1);
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -519,11 +555,24 @@ int main(int argc, char **argv)
 
     double load[3] = {0};
     getloadavg(load, 3);
-    printf("bench_model: %d thread%s, %d rep%s%s, kernels %s, load average %.2f at start\n"
+    const bool both = o.precision == PRECISION_BOTH && duet_cpu_bf16_supported();
+    if (o.precision == PRECISION_BOTH && !both) {
+        printf("bench_model: --precision both: this CPU lacks AVX512-BF16, measuring fp32 only\n");
+        o.precision = DUET_PRECISION_FP32;
+    }
+    const bool bf16_runs = o.precision == DUET_PRECISION_BF16 && duet_cpu_bf16_supported();
+    printf("bench_model: %d thread%s, %d rep%s%s, kernels %s, precision %s, load average %.2f at "
+           "start\n"
            "(CPU = CPU seconds this process got per wall second; below the thread count,\n"
            " other processes were using the cores)\n",
            o.threads, o.threads > 1 ? "s" : "", o.reps, o.reps > 1 ? "s" : "",
-           o.quick ? " (--quick: indicative only)" : "", duet_cpu_isa_name(), load[0]);
+           o.quick ? " (--quick: indicative only)" : "", duet_cpu_isa_name(),
+           both        ? "fp32 and bf16, interleaved (main figures: fp32)"
+           : bf16_runs ? "bf16 (activations rounded for bf16-weight GEMMs of 4+ rows)"
+           : o.precision == DUET_PRECISION_BF16
+               ? "fp32 (bf16 asked for; this CPU lacks AVX512-BF16)"
+               : "fp32 (exact)",
+           load[0]);
     fflush(stdout);
 
     /* 1. bandwidth, before anything else is in memory */
@@ -567,7 +616,9 @@ int main(int argc, char **argv)
            "%.1f s)\n",
            (double)ckpt / 1e9, o.dir, (double)duet_mkmodel_params(&mo) / 1e6, load_s);
 
-    duet_backend_opts_t bo = {.n_threads = o.threads};
+    duet_backend_opts_t bo = {.n_threads = o.threads,
+                              .precision = o.precision ? DUET_PRECISION_BF16 : DUET_PRECISION_FP32};
+    const int64_t bf16_rows = duet_cpu_bf16_min_rows();
     if (duet_backend_open("cpu", &bo, &be)) {
         fprintf(stderr, "bench_model: %s\n", duet_error());
         goto out;
@@ -612,23 +663,32 @@ int main(int argc, char **argv)
     /* 3. decode at batch 1, 8, 64 and pp512, the repetitions interleaved
      * (b1, b8, b64, pp512, b1, ...) so that a burst of load from elsewhere
      * does not land on one figure only */
-    double tps[4], cpu_med[4], lo[4], hi[4];
-    double *v = duet_calloc((size_t)o.reps * 8, sizeof(double));
+    /* figures 0-3: b1, b8, b64, pp512 (fp32 with --precision both);
+     * 4-6 with both: b8, b64, pp512 in bf16 */
+    enum { NF = 7 };
+    const int nf = both ? NF : 4;
+    double tps[NF], cpu_med[NF], lo[NF], hi[NF];
+    double *v = duet_calloc((size_t)o.reps * 2 * NF, sizeof(double));
     if (!v)
         goto err_engine;
     for (int k = 0; k < o.reps; k++)
-        for (int f = 0; f < 4; f++) {
-            double x = f < 3 ? decode_batch(&r, batches[f], gens[f]) : prefill_one(&r, pp_len);
+        for (int f = 0; f < nf; f++) {
+            if (both) /* an unreachable threshold is the exact path */
+                duet_cpu_set_bf16_min_rows(f < 4 ? INT64_MAX : bf16_rows);
+            int g = f < 4 ? f : f - 3; /* which of b1, b8, b64, pp512 */
+            double x = g < 3 ? decode_batch(&r, batches[g], gens[g]) : prefill_one(&r, pp_len);
             if (x < 0) {
                 duet_free(v);
                 goto err_engine;
             }
             v[f * o.reps + k] = x;
-            v[(4 + f) * o.reps + k] = r.cpu;
+            v[(NF + f) * o.reps + k] = r.cpu;
         }
-    for (int f = 0; f < 4; f++) {
+    if (both)
+        duet_cpu_set_bf16_min_rows(bf16_rows);
+    for (int f = 0; f < nf; f++) {
         tps[f] = median(v + f * o.reps, o.reps, &lo[f], &hi[f]);
-        cpu_med[f] = median(v + (4 + f) * o.reps, o.reps, NULL, NULL);
+        cpu_med[f] = median(v + (NF + f) * o.reps, o.reps, NULL, NULL);
     }
     duet_free(v);
     for (int f = 0; f < 3; f++)
@@ -640,6 +700,15 @@ int main(int argc, char **argv)
     printf("prefill %d              %8.1f tok/s  (one prompt, one step; range %.1f-%.1f; "
            "CPU %.2f)\n",
            pp_len, pp, lo[3], hi[3], cpu_med[3]);
+    if (both) {
+        printf("in bf16 precision (same runs, interleaved; batch 1 as above):\n");
+        for (int f = 4; f < 6; f++)
+            printf("decode batch %-2d  bf16   %8.1f tok/s  (range %.1f-%.1f; CPU %.2f; %.2fx "
+                   "fp32)\n",
+                   batches[f - 3], tps[f], lo[f], hi[f], cpu_med[f], tps[f] / tps[f - 3]);
+        printf("prefill %d bf16         %8.1f tok/s  (range %.1f-%.1f; CPU %.2f; %.2fx fp32)\n",
+               pp_len, tps[6], lo[6], hi[6], cpu_med[6], tps[6] / tps[3]);
+    }
 
     /* 4. memory and the roofline */
     size_t peak = duet_peak_rss_bytes();
@@ -677,8 +746,14 @@ int main(int argc, char **argv)
            verdict(tps[0] >= 0.75 * roof));
     printf("  prefill >= 1.5x llama.cpp (%3.0f)    %.2fx         %s\n", 1.5 * LLAMA_PP512_TPS,
            pp / LLAMA_PP512_TPS, verdict(pp >= 1.5 * LLAMA_PP512_TPS));
-    printf("  b64 decode >= 10x b1               %.2fx        %s\n", tps[2] / tps[0],
-           verdict(tps[2] >= 10 * tps[0]));
+    printf("  b64 decode >= 10x b1               %.2fx        %s%s\n", tps[2] / tps[0],
+           verdict(tps[2] >= 10 * tps[0]),
+           both        ? "  (fp32)"
+           : bf16_runs ? "  (bf16)"
+                       : "");
+    if (both)
+        printf("  b64 decode >= 10x b1               %.2fx        %s  (bf16)\n", tps[5] / tps[0],
+               verdict(tps[5] >= 10 * tps[0]));
     printf("  peak RSS <= 1.1x (ckpt + KV)       %.3fx        %s\n",
            (double)peak / (double)(ckpt + kv_bytes), verdict((double)peak <= rss_limit));
     getloadavg(load, 3);

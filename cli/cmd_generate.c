@@ -44,10 +44,16 @@ static void usage(FILE *f)
                "  --seed S           random seed; a token depends only on (seed, position)\n"
                "                     and the logits, so a rerun gives the same text (default 0)\n"
                "  --threads N        CPU threads including the main one (default: all CPUs)\n"
+               "  --precision P      fp32 (default: exact f32 activations, matches HF's float32)\n"
+               "                     or bf16: activations rounded to bf16 for bf16-weight GEMMs\n"
+               "                     of 4+ rows (the prompt's prefill; decode of one sequence\n"
+               "                     stays exact), with AVX512-BF16 dot products; where the CPU\n"
+               "                     lacks them, a notice and fp32. Default from the\n"
+               "                     environment's DUET_PRECISION, else fp32\n"
                "  --json             print one JSON object instead of streaming: prompt_ids, ids,\n"
                "                     text, finish_reason (eos|length) and timings (load_ms,\n"
                "                     prefill_ms, prefill_tokens_per_s, decode_ms,\n"
-               "                     decode_tokens_per_s)\n"
+               "                     decode_tokens_per_s, precision)\n"
                "  --rope-freq MODE   checkpoint (default): RoPE frequencies rounded to the\n"
                "                     weights' dtype, as HF has them in a model cast to bf16;\n"
                "                     f32: as a fresh float32 load computes them\n"
@@ -133,6 +139,7 @@ typedef struct gen_opts {
     long max_tokens;
     duet_sampling_params_t sp;
     long threads;
+    int precision; /* DUET_PRECISION_* */
     bool json;
     bool ignore_eos;
     duet_rope_freq_t rope_freq;
@@ -221,6 +228,7 @@ static int run_topology(const gen_opts_t *o, const duet_config_t *cfg, duet_toke
         json_object_set_new(j, "finish_reason", json_string(finish));
         json_object_set_new(tm, "load_ms", json_real(load_ms));
         json_object_set_new(tm, "generate_ms", json_real(secs * 1e3));
+        json_object_set_new(tm, "precision", json_string(duet_precision_name(o->precision)));
         json_object_set_new(j, "timings", tm);
         char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
         if (s)
@@ -313,7 +321,8 @@ static int run(const gen_opts_t *o)
         rc = run_topology(o, cfg, tok, detok, prompt, n_prompt, load_ms);
         goto out;
     }
-    duet_backend_opts_t bo = {.n_threads = (int)o->threads};
+    duet_backend_opts_t bo = {.n_threads = (int)o->threads,
+                              .precision = (duet_backend_precision_t)o->precision};
     if ((st = duet_backend_open("cpu", &bo, &be))) {
         fprintf(stderr, "duet generate: %s\n", duet_error());
         goto out;
@@ -421,6 +430,7 @@ static int run(const gen_opts_t *o)
         json_object_set_new(
             tm, "threads",
             json_integer(o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN)));
+        json_object_set_new(tm, "precision", json_string(duet_precision_name(o->precision)));
         json_object_set_new(j, "timings", tm);
         char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
         if (s)
@@ -468,7 +478,8 @@ int duet_cmd_generate(int argc, char **argv)
         O_STATS,
         O_ROPE_FREQ,
         O_TOPOLOGY,
-        O_TRACE
+        O_TRACE,
+        O_PRECISION
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -486,6 +497,7 @@ int duet_cmd_generate(int argc, char **argv)
         {"rope-freq", required_argument, NULL, O_ROPE_FREQ},
         {"topology", required_argument, NULL, O_TOPOLOGY},
         {"trace", required_argument, NULL, O_TRACE},
+        {"precision", required_argument, NULL, O_PRECISION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -493,6 +505,13 @@ int duet_cmd_generate(int argc, char **argv)
     char model_buf[PATH_MAX];
     long v;
     int c;
+    const char *penv = getenv("DUET_PRECISION");
+    if (penv && *penv) {
+        int p = duet_precision_parse(penv);
+        if (p < 0)
+            return fail("DUET_PRECISION='%s' in the environment: want fp32 or bf16", penv);
+        o.precision = p;
+    }
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:p:h", longopts, NULL)) != -1) {
@@ -543,6 +562,14 @@ int duet_cmd_generate(int argc, char **argv)
             break;
         case O_TOPOLOGY: o.topology = optarg; break;
         case O_TRACE: o.trace = optarg; break;
+        case O_PRECISION:
+            o.precision = duet_precision_parse(optarg);
+            if (o.precision < 0)
+                return fail("--precision wants fp32 or bf16, not '%s'", optarg);
+            /* the flag wins over the environment, also for --topology's backends */
+            if (setenv("DUET_PRECISION", duet_precision_name(o.precision), 1) != 0)
+                return fail("cannot set DUET_PRECISION: %s", strerror(errno));
+            break;
         case 'h': usage(stdout); return 0;
         case ':': return fail("option '%s' needs a value", argv[optind - 1]);
         default: return fail("unknown option '%s'", argv[optind - 1]);

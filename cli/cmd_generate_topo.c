@@ -44,6 +44,10 @@ void duet__topo_pipe_cleanup(duet__topo_pipe_t *tp)
     duet_free(tp->attn_node);
     duet_free(tp->exp_node);
     duet_free(tp->addr_buf);
+    duet_free(tp->attn_backend);
+    duet_free(tp->exp_backend);
+    duet_free(tp->attn_device);
+    duet_free(tp->exp_device);
     duet_topology_destroy(&tp->topo);
     memset(tp, 0, sizeof(*tp));
 }
@@ -65,8 +69,13 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
     tp->attn_node = duet_calloc((size_t)A + 1, sizeof(int));
     tp->exp_node = duet_calloc((size_t)S + 1, sizeof(int));
     tp->addr_buf = duet_calloc((size_t)N + 1, sizeof(*tp->addr_buf));
+    tp->attn_backend = duet_calloc((size_t)A + 1, sizeof(char *));
+    tp->exp_backend = duet_calloc((size_t)S + 1, sizeof(char *));
+    tp->attn_device = duet_calloc((size_t)A + 1, sizeof(int));
+    tp->exp_device = duet_calloc((size_t)S + 1, sizeof(int));
     if (!tp->rows || !tp->n_rows || !tp->names || !tp->addrs || !tp->attn_node || !tp->exp_node ||
-        !tp->addr_buf) {
+        !tp->addr_buf || !tp->attn_backend || !tp->exp_backend || !tp->attn_device ||
+        !tp->exp_device) {
         fprintf(stderr, "duet %s: out of memory\n", cmd);
         duet__topo_pipe_cleanup(tp);
         return -1;
@@ -104,12 +113,16 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
         tp->attn_node[a] = duet_topology_node_find(t, ac->node);
         if (ac->compute.threads > threads)
             threads = ac->compute.threads;
+        tp->attn_backend[a] = duet_compute_backend_name(ac->compute.backend);
+        tp->attn_device[a] = ac->compute.device;
     }
     for (int e = 0; e < S; e++) {
         const duet_topo_actor_t *ac = duet_topology_expert_shard(t, e);
         tp->exp_node[e] = duet_topology_node_find(t, ac->node);
         tp->rows[e] = ac->experts;
         tp->n_rows[e] = (int)ac->n_experts;
+        tp->exp_backend[e] = duet_compute_backend_name(ac->compute.backend);
+        tp->exp_device[e] = ac->compute.device;
     }
     const duet_topo_actor_t *sch = duet_topology_find_kind(t, DUET_ACTOR_SCHEDULER);
     const duet_topo_actor_t *rt = duet_topology_find_kind(t, DUET_ACTOR_ROUTER);
@@ -138,6 +151,11 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
         .expert_node = tp->exp_node,
         .scheduler_node = sch ? duet_topology_node_find(t, sch->node) : 0,
         .router_node = rt ? duet_topology_node_find(t, rt->node) : 0,
+        /* each shard computes where the file says (backend: cpu | cuda[:N]) */
+        .attention_backend = tp->attn_backend,
+        .expert_backend = tp->exp_backend,
+        .attention_device = tp->attn_device,
+        .expert_device = tp->exp_device,
     };
     return 0;
 }
@@ -178,7 +196,13 @@ int duet__generate_topology(const char *path, const char *model_dir, const int32
         fprintf(stderr, "duet generate: %s: %s\n", path, duet_error());
         goto out;
     }
-    duet_pipe_sampling_t ps = {sp->temperature, sp->top_k, sp->top_p, sp->seed};
+    /* every end id of the model ends it, not only the first (eos < 0: none) */
+    const duet_model_t *mdl = duet_pipe_model(p);
+    duet_pipe_sampling_t ps = {sp->temperature, sp->top_k, sp->top_p, sp->seed, NULL, 0};
+    if (eos >= 0 && mdl && mdl->cfg.n_eos > 1) {
+        ps.eos_ids = mdl->cfg.eos_ids;
+        ps.n_eos_ids = mdl->cfg.n_eos;
+    }
     if (duet_pipe_submit_sampled(p, 1, prompt, n_prompt, max_tokens, eos, &ps) ||
         duet_pipe_wait(p, 1, max_tokens, 600000)) {
         fprintf(stderr, "duet generate: %s\n", duet_error());

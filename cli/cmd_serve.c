@@ -57,6 +57,10 @@ static void usage(FILE *f)
             "  --threads N        compute threads (per shard with the pipeline; default 2,\n"
             "                     or the topology file's)\n"
             "  --max-body BYTES   largest request body accepted (default 1048576)\n"
+            "  --timeout S        close a connection idle for S seconds (default 60)\n"
+            "  --request-timeout S  end a request running longer than S seconds with an\n"
+            "                     error (default 3600)\n"
+            "  --max-connections N  connections served at once (default 1000)\n"
             "  -h, --help         show this help\n\n"
             "It prints 'duet: serving MODEL on http://HOST:PORT' once ready and runs until\n"
             "SIGINT or SIGTERM.\n");
@@ -144,11 +148,14 @@ int duet_cmd_serve(int argc, char **argv)
         {"api-key", required_argument, NULL, 'k'}, {"threads", required_argument, NULL, 't'},
         {"max-body", required_argument, NULL, 'b'}, {"topology", required_argument, NULL, 'T'},
         {"engine", required_argument, NULL, 'e'},   {"help", no_argument, NULL, 'h'},
+        {"timeout", required_argument, NULL, 'o'},  {"request-timeout", required_argument, NULL, 'r'},
+        {"max-connections", required_argument, NULL, 'c'},
         {NULL, 0, NULL, 0},
     };
     const char *model_dir = NULL, *host = "127.0.0.1", *model_name = NULL, *api_key = NULL;
     const char *topo_path = NULL;
     long port = 8000, threads = 2, max_body = 1 << 20;
+    long conn_timeout = 60, request_timeout = 3600, max_conns = 1000;
     bool threads_set = false, use_local = false;
     char model_buf[4096];
     int c;
@@ -183,6 +190,18 @@ int duet_cmd_serve(int argc, char **argv)
             break;
         case 'b':
             if (parse_long("--max-body", optarg, 1024, 1L << 30, &max_body))
+                return 2;
+            break;
+        case 'o':
+            if (parse_long("--timeout", optarg, 1, 86400, &conn_timeout))
+                return 2;
+            break;
+        case 'r':
+            if (parse_long("--request-timeout", optarg, 1, 7 * 86400, &request_timeout))
+                return 2;
+            break;
+        case 'c':
+            if (parse_long("--max-connections", optarg, 1, 100000, &max_conns))
                 return 2;
             break;
         case 'h': usage(stdout); return 0;
@@ -242,6 +261,25 @@ int duet_cmd_serve(int argc, char **argv)
     if (trail)
         *trail = 0;
 
+    /* Compute workers spin a while after each job (DUET_CPU_SPIN_US) to
+     * wake fast; when the compute threads of all shards already fill the
+     * cores, the spinning only takes the CPU from the other shards and from
+     * the HTTP threads that must write each token out (on 2 cores it cost
+     * bench_load 40 % of its throughput and pushed the gateway's emit p99
+     * past 1 ms), so it is turned off then unless the environment sets it. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long compute = use_local       ? threads
+                   : topo_path     ? (long)(tp.cfg.threads > 0 ? tp.cfg.threads : 1) *
+                                     (long)(tp.cfg.n_attention + tp.cfg.n_expert_shards)
+                                   : threads * 2;
+    if (ncpu > 0 && compute >= ncpu && !getenv("DUET_CPU_SPIN_US")) {
+        setenv("DUET_CPU_SPIN_US", "0", 0);
+        fprintf(stderr,
+                "duet serve: %ld compute threads on %ld cores: workers do not spin "
+                "(DUET_CPU_SPIN_US=0; set it to choose)\n",
+                compute, ncpu);
+    }
+
     if (pipe(sig_pipe) != 0) {
         perror("duet serve: pipe");
         duet__topo_pipe_cleanup(&tp);
@@ -292,7 +330,10 @@ int duet_cmd_serve(int argc, char **argv)
                               .api_key = api_key,
                               .model_name = name_buf,
                               .model_dir = model_dir,
-                              .max_body_bytes = (size_t)max_body};
+                              .max_body_bytes = (size_t)max_body,
+                              .conn_timeout_s = (unsigned)conn_timeout,
+                              .request_timeout_s = (unsigned)request_timeout,
+                              .max_connections = (unsigned)max_conns};
     if (duet_gateway_create(&go, eng, tok, &gw)) {
         fprintf(stderr, "duet serve: %s\n", duet_error());
         goto out;

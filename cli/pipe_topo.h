@@ -15,6 +15,8 @@ typedef struct duet__topo_pipe {
     const char **addrs;
     int *attn_node, *exp_node;
     char (*addr_buf)[256];
+    const char **attn_backend, **exp_backend; /* per shard, from the file's `backend:` */
+    int *attn_device, *exp_device;
 } duet__topo_pipe_t;
 
 /* Load and validate `path` (problems printed to stderr, prefixed by `cmd`)

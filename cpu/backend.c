@@ -2,6 +2,7 @@
  * aligned host memory, GEMMs go to duet_cpu_matmul, the rest to cpu/ops.c,
  * all on one thread pool (the caller counts as a thread). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/cpu_kernels.h"
@@ -12,6 +13,7 @@
 typedef struct cpu_backend {
     duet_backend_t base;
     duet_cpu_pool_t *pool;
+    duet_cpu_prec_t prec;    /* GEMM precision (exact unless bf16 was asked for and runs here) */
     duet_sampler_t *sampler; /* created on the first sample call, per vocabulary */
 } cpu_backend_t;
 
@@ -94,7 +96,8 @@ static duet_status_t cpu_matmul(duet_backend_t *be, const float *x, int64_t n, i
         return duet_errorf(DUET_ERR_UNSUPPORTED, "cpu backend: matmul with %s weights",
                            duet_dtype_name(w->dtype));
     int64_t out = w->shape[0];
-    duet_cpu_matmul(cpu(be)->pool, x, n, in, w->data, w->dtype, out, y, accumulate);
+    duet_cpu_matmul_prec(cpu(be)->pool, cpu(be)->prec, x, n, in, w->data, w->dtype, out, y,
+                         accumulate);
     if (bias && bias->data)
         duet__cpu_add_bias(y, n, out, bias);
     return DUET_OK;
@@ -114,7 +117,7 @@ static duet_status_t cpu_matmul_batch(duet_backend_t *be, const duet_matmul_desc
             mm[i] = (duet_cpu_mm_t){d->x,        d->n,           d->in, d->w->data,
                                     d->w->dtype, d->w->shape[0], d->y,  d->accumulate};
         }
-        duet_cpu_matmul_batch(cpu(be)->pool, mm, n);
+        duet_cpu_matmul_batch_prec(cpu(be)->pool, cpu(be)->prec, mm, n);
         for (int i = 0; i < n; i++) {
             const duet_matmul_desc_t *d = &mms[i0 + i];
             if (d->bias && d->bias->data)
@@ -284,8 +287,40 @@ static const duet_backend_ops_t cpu_ops = {
     .sample = cpu_sample,
 };
 
+/* The precision asked for: opts, or with FP32 there (the default) the
+ * environment's DUET_PRECISION; then what this CPU runs. */
+static duet_status_t resolve_precision(const duet_backend_opts_t *opts, duet_cpu_prec_t *out)
+{
+    int want = opts ? (int)opts->precision : (int)DUET_PRECISION_FP32;
+    if (want != DUET_PRECISION_FP32 && want != DUET_PRECISION_BF16)
+        return duet_errorf(DUET_ERR_INVALID, "cpu backend: unknown precision %d", want);
+    const char *env = getenv("DUET_PRECISION");
+    if (want == DUET_PRECISION_FP32 && env && *env) {
+        int p = duet_precision_parse(env);
+        if (p < 0)
+            return duet_errorf(DUET_ERR_INVALID,
+                               "DUET_PRECISION='%s' in the environment: want fp32 or bf16", env);
+        want = p;
+    }
+    *out = DUET_CPU_PREC_EXACT;
+    if (want == DUET_PRECISION_BF16) {
+        if (duet_cpu_bf16_supported())
+            *out = DUET_CPU_PREC_BF16;
+        else
+            DUET_LOG_W("cpu",
+                       "precision bf16: this CPU lacks avx512_bf16 (or kernels %s are "
+                       "forced); using exact fp32",
+                       duet_cpu_isa_name());
+    }
+    return DUET_OK;
+}
+
 duet_status_t duet_cpu_backend_create(const duet_backend_opts_t *opts, duet_backend_t **out)
 {
+    duet_cpu_prec_t prec = DUET_CPU_PREC_EXACT;
+    duet_status_t st = resolve_precision(opts, &prec);
+    if (st)
+        return st;
     cpu_backend_t *c = duet_calloc(1, sizeof(*c));
     if (!c)
         return duet_errorf(DUET_ERR_NOMEM, "cpu backend: out of memory");
@@ -294,6 +329,7 @@ duet_status_t duet_cpu_backend_create(const duet_backend_opts_t *opts, duet_back
         duet_free(c);
         return duet_errorf(DUET_ERR_NOMEM, "cpu backend: cannot start the thread pool");
     }
+    c->prec = prec;
     c->base.ops = &cpu_ops;
     c->base.impl = c;
     *out = &c->base;

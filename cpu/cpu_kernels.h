@@ -58,6 +58,44 @@ typedef struct duet_cpu_mm {
  * duet_cpu_matmul (each result is bitwise what a lone call would give). */
 void duet_cpu_matmul_batch(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count);
 
+/* ---- precision --------------------------------------------------------- */
+
+/* DUET_CPU_PREC_EXACT: the numerics above (the default everywhere).
+ * DUET_CPU_PREC_BF16 (opt-in): for BF16 weights and calls of at least
+ * duet_cpu_bf16_min_rows() activation rows, the activations are rounded to
+ * bf16 (round to nearest even; f32 denormals to zero) once per call and
+ * multiplied with vdpbf16ps, accumulating in f32: twice the multiply-add
+ * rate of widening bf16 weights to f32. Each product is exact, so a result
+ * differs from the exact path only through the activation rounding
+ * (|error| <= 2^-8 · Σ|x·w| per output, ~1e-3 of |y| typically). Other
+ * weight dtypes, fewer rows (decode at batch 1 is bound by weight reads, so
+ * rounding buys nothing there), outputs narrower than 32 (MoE routers with
+ * < 32 experts, gates: they pick experts, and a near tie flipped by the
+ * rounding changes a token's output wholesale; they cost nothing), and CPUs without AVX512-BF16 (or
+ * a family other than avx512 selected) take the exact path. Results in this mode depend on the row
+ * count through that threshold. */
+typedef enum duet_cpu_prec {
+    DUET_CPU_PREC_EXACT = 0,
+    DUET_CPU_PREC_BF16 = 1,
+} duet_cpu_prec_t;
+
+/* Whether DUET_CPU_PREC_BF16 runs its kernels here: the avx512 family is in
+ * use and the CPU has AVX512-BF16. */
+bool duet_cpu_bf16_supported(void);
+
+/* duet_cpu_matmul / duet_cpu_matmul_batch with a precision. */
+void duet_cpu_matmul_prec(duet_cpu_pool_t *pool, duet_cpu_prec_t prec, const float *x, int64_t n,
+                          int64_t in, const void *w, duet_dtype_t wdt, int64_t out, float *y,
+                          bool accumulate);
+void duet_cpu_matmul_batch_prec(duet_cpu_pool_t *pool, duet_cpu_prec_t prec,
+                                const duet_cpu_mm_t *mms, int count);
+
+/* Rows from which DUET_CPU_PREC_BF16 rounds activations (default 4, or
+ * DUET_CPU_BF16_MIN_ROWS from the environment; set 1 to use it for every
+ * call). For tests and benchmarks; not safe while kernels run elsewhere. */
+int64_t duet_cpu_bf16_min_rows(void);
+void duet_cpu_set_bf16_min_rows(int64_t rows);
+
 /* AVX-512 family: from how many activation rows on weights are packed into
  * f32 panels for a register-tiled GEMM instead of streamed through dot
  * products. 0 (default, or DUET_CPU_GEMM_MIN_ROWS unset): chosen by shape.

@@ -262,8 +262,46 @@ static bool mm_trivial(const float *x, int64_t n, int64_t in, duet_dtype_t wdt, 
     return false;
 }
 
+/* ---- bf16 precision ----------------------------------------------------------- */
+
+static _Atomic int64_t bf16_min_rows = -1;
+
+int64_t duet_cpu_bf16_min_rows(void)
+{
+    int64_t v = atomic_load_explicit(&bf16_min_rows, memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("DUET_CPU_BF16_MIN_ROWS");
+        v = e && *e ? strtoll(e, NULL, 10) : 4;
+        v = v < 1 ? 1 : v;
+        atomic_store_explicit(&bf16_min_rows, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+void duet_cpu_set_bf16_min_rows(int64_t rows)
+{
+    atomic_store_explicit(&bf16_min_rows, rows < 1 ? 1 : rows, memory_order_relaxed);
+}
+
+bool duet_cpu_bf16_supported(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    return duet_cpu_isa() == DUET_CPU_ISA_AVX512 && __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
 void duet_cpu_matmul_batch(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count)
 {
+    duet_cpu_matmul_batch_prec(pool, DUET_CPU_PREC_EXACT, mms, count);
+}
+
+void duet_cpu_matmul_batch_prec(duet_cpu_pool_t *pool, duet_cpu_prec_t prec,
+                                const duet_cpu_mm_t *mms, int count)
+{
+    const int64_t bf16_rows =
+        prec == DUET_CPU_PREC_BF16 && duet_cpu_bf16_supported() ? duet_cpu_bf16_min_rows() : 0;
     if (duet_cpu_isa() != DUET_CPU_ISA_AVX512) {
         for (int i = 0; i < count; i++)
             duet_cpu_matmul(pool, mms[i].x, mms[i].n, mms[i].in, mms[i].w, mms[i].wdt, mms[i].out,
@@ -280,12 +318,24 @@ void duet_cpu_matmul_batch(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int 
             continue;
         keep[nk++] = *m;
         if (nk == CHUNK) {
-            duet__matmul_batch_avx512(pool, keep, nk);
+            duet__matmul_batch_avx512(pool, keep, nk, bf16_rows);
             nk = 0;
         }
     }
     if (nk)
-        duet__matmul_batch_avx512(pool, keep, nk);
+        duet__matmul_batch_avx512(pool, keep, nk, bf16_rows);
+}
+
+void duet_cpu_matmul_prec(duet_cpu_pool_t *pool, duet_cpu_prec_t prec, const float *x, int64_t n,
+                          int64_t in, const void *w, duet_dtype_t wdt, int64_t out, float *y,
+                          bool accumulate)
+{
+    if (prec == DUET_CPU_PREC_EXACT) {
+        duet_cpu_matmul(pool, x, n, in, w, wdt, out, y, accumulate);
+        return;
+    }
+    duet_cpu_mm_t mm = {x, n, in, w, wdt, out, y, accumulate};
+    duet_cpu_matmul_batch_prec(pool, prec, &mm, 1);
 }
 
 void duet_cpu_matmul(duet_cpu_pool_t *pool, const float *x, int64_t n, int64_t in, const void *w,

@@ -18,7 +18,11 @@
  *    activations are packed once per call into row-interleaved blocks so the
  *    kernel broadcasts from one stream.
  * Accumulation is f32 in every path (no bf16 rounding of activations), and
- * each output's reduction order does not depend on the thread count. */
+ * each output's reduction order does not depend on the thread count.
+ *
+ * The opt-in bf16 precision (duet_cpu_matmul_prec) has a bf16 twin of each:
+ * streaming vdpbf16ps dot products (activations rounded once per call) and
+ * a packed GEMM on K pairs; see "bf16 precision" below. */
 #include "cpu/matmul_impl.h"
 
 #include <immintrin.h>
@@ -71,7 +75,8 @@ static size_t dt_size(duet_dtype_t dt)
 #define GEMV_C 4
 
 typedef struct gemv_job {
-    const float *xp; /* prepared activations [n][kpad] */
+    const float *xp;    /* prepared activations [n][kpad] (exact path) */
+    const uint16_t *xb; /* or bf16-rounded activations [n][kpad] (bf16 path) */
     int64_t kpad;
     int64_t n, in, out;
     const void *w;
@@ -222,6 +227,156 @@ static void gemv_prep_x(const float *x, int64_t n, int64_t in, duet_dtype_t dt, 
     }
 }
 
+/* ---- bf16 precision: streaming vdpbf16ps dot products ----------------------
+ *
+ * The opt-in bf16 mode (duet_cpu_matmul_prec with DUET_CPU_PREC_BF16; only
+ * for BF16 weights): activations are rounded to bf16 (RNE) once per call
+ * into [n][kpad] (zero-padded to a multiple of 32), and each 64-byte load of
+ * 32 weights meets 32 activations in one vdpbf16ps: 32 multiply-adds with
+ * f32 accumulation, where the exact path needs two f32 FMAs plus the two
+ * widening ops. bf16 × bf16 products are exact in f32, so the only change
+ * from the exact path is the rounding of the activations (relative 2^-9).
+ * Same 4×4 register tile, K chunking and prefetch as the exact streaming
+ * path; the R activation vectors of a K step are loaded once and shared by
+ * the C weight rows. */
+
+#define BGEMV_KV 2048 /* K chunk: 4 rows of bf16 activations = 16 KiB */
+
+FORCE_INLINE __m512 dpbf16(__m512 acc, __m512i a, __m512i b)
+{
+    return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+/* The horizontal sums of a, b, c, d as one vector (4 sums in 9 shuffles
+ * instead of 16): 128-bit quarters first, then within each quarter. */
+FORCE_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* quarter q of abcd: the four partial sums of a, b, c, d (q = 0..3) */
+    __m512 abcd = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+    abcd = _mm512_add_ps(abcd, _mm512_permute_ps(abcd, _MM_SHUFFLE(2, 3, 0, 1)));
+    abcd = _mm512_add_ps(abcd, _mm512_permute_ps(abcd, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(first, abcd));
+}
+
+FORCE_INLINE void bgemv_tile(const gemv_job_t *j, int R, int C, int64_t r0, int64_t o0, int64_t k0,
+                             int64_t k1, __m512 *save, bool first, bool last)
+{
+    __m512 acc[GEMV_MAX_R][GEMV_C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            acc[r][c] = first ? _mm512_setzero_ps() : save[r * GEMV_C + c];
+    const uint16_t *wr[GEMV_C];
+    for (int c = 0; c < C; c++)
+        wr[c] = (const uint16_t *)j->w + (size_t)(o0 + c) * (size_t)j->in;
+    const uint16_t *xr = j->xb + r0 * j->kpad;
+    const size_t pf = (size_t)C * (size_t)j->in * 2 * (size_t)j->pf_blocks + (size_t)j->pf_bytes;
+    const int64_t kend = k1 & ~(int64_t)31;
+    int64_t k = k0;
+    for (; k < kend; k += 32) {
+        __m512i xv[GEMV_MAX_R];
+        for (int r = 0; r < R; r++)
+            xv[r] = _mm512_loadu_si512(xr + r * j->kpad + k);
+        for (int c = 0; c < C; c++) {
+            _mm_prefetch((const char *)(wr[c] + k) + pf, _MM_HINT_T0);
+            __m512i wv = _mm512_loadu_si512(wr[c] + k);
+            for (int r = 0; r < R; r++)
+                acc[r][c] = dpbf16(acc[r][c], xv[r], wv);
+        }
+    }
+    if (k < k1) { /* the K tail (last chunk only): weights past `in` masked to zero */
+        __mmask32 m = (__mmask32)((1ull << (k1 - k)) - 1);
+        __m512i xv[GEMV_MAX_R];
+        for (int r = 0; r < R; r++)
+            xv[r] = _mm512_loadu_si512(xr + r * j->kpad + k); /* zero-padded */
+        for (int c = 0; c < C; c++) {
+            __m512i wv = _mm512_maskz_loadu_epi16(m, wr[c] + k);
+            for (int r = 0; r < R; r++)
+                acc[r][c] = dpbf16(acc[r][c], xv[r], wv);
+        }
+    }
+    if (!last) {
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++)
+                save[r * GEMV_C + c] = acc[r][c];
+        return;
+    }
+    for (int r = 0; r < R; r++) {
+        float *yr = j->y + (r0 + r) * j->out + o0;
+        if (C == 4) {
+            __m128 s = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+            if (j->accumulate)
+                s = _mm_add_ps(s, _mm_loadu_ps(yr));
+            _mm_storeu_ps(yr, s);
+            continue;
+        }
+        for (int c = 0; c < C; c++) {
+            float s = _mm512_reduce_add_ps(acc[r][c]);
+            yr[c] = j->accumulate ? yr[c] + s : s;
+        }
+    }
+}
+
+#define BGEMV_CASES(C, r0, o0, k0, k1, save, first, last)                                          \
+    switch (R) {                                                                                   \
+    case 1: bgemv_tile(j, 1, C, r0, o0, k0, k1, save, first, last); break;                         \
+    case 2: bgemv_tile(j, 2, C, r0, o0, k0, k1, save, first, last); break;                         \
+    case 3: bgemv_tile(j, 3, C, r0, o0, k0, k1, save, first, last); break;                         \
+    default: bgemv_tile(j, 4, C, r0, o0, k0, k1, save, first, last); break;                        \
+    }
+
+static void bgemv_run(const gemv_job_t *j, int64_t o0, int64_t o1)
+{
+    const int64_t groups = (j->n + GEMV_MAX_R - 1) / GEMV_MAX_R;
+    const bool chunked = groups > 1 && groups <= GEMV_KV_MAX_GROUPS && j->in > BGEMV_KV;
+    const int64_t kv = chunked ? BGEMV_KV : j->in;
+    __m512 save[GEMV_KV_MAX_GROUPS][GEMV_MAX_R * GEMV_C];
+    for (int64_t o = o0; o < o1;) {
+        int64_t step = o1 - o >= GEMV_C ? GEMV_C : 1;
+        for (int64_t k0 = 0; k0 < j->in; k0 += kv) {
+            int64_t k1 = j->in - k0 < kv ? j->in : k0 + kv;
+            bool first = k0 == 0, last = k1 == j->in;
+            for (int64_t g = 0; g < groups; g++) {
+                int64_t r0 = g * GEMV_MAX_R;
+                int R = (int)(j->n - r0 < GEMV_MAX_R ? j->n - r0 : GEMV_MAX_R);
+                __m512 *sv = save[chunked ? g : 0];
+                if (step == GEMV_C) {
+                    BGEMV_CASES(GEMV_C, r0, o, k0, k1, sv, first, last)
+                } else {
+                    BGEMV_CASES(1, r0, o, k0, k1, sv, first, last)
+                }
+            }
+        }
+        o += step;
+    }
+}
+
+/* x [n][in] f32 -> xb [n][kpad] bf16 (round to nearest even), zero-padded. */
+static void bgemv_prep_x(const float *x, int64_t n, int64_t in, uint16_t *xb, int64_t kpad)
+{
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * in;
+        uint16_t *d = xb + r * kpad;
+        for (int64_t k = 0; k < kpad; k += 32) {
+            int64_t left = in - k;
+            __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0);
+            __mmask16 m1 = (__mmask16)(left >= 32  ? 0xffff
+                                       : left > 16 ? (1u << (left - 16)) - 1
+                                                   : 0);
+            __m512 lo = _mm512_maskz_loadu_ps(m0, xr + k);
+            __m512 hi = _mm512_maskz_loadu_ps(m1, xr + k + 16);
+            /* dst[0..15] from the second operand, dst[16..31] from the first */
+            __m512bh v = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(d + k, (__m512i)v);
+        }
+    }
+}
+
 /* ---- many rows: packed register-tiled GEMM -------------------------------- */
 
 #define MR 12 /* activation rows per micro-tile */
@@ -243,6 +398,7 @@ typedef struct gemm_job {
     float *y;
     bool accumulate;
     int64_t n_blocks;
+    bool bf16; /* bf16 precision: ap holds bf16 pairs (uint32 [n_blocks][kpairs][MR]) */
 } gemm_job_t;
 
 /* 16 rows × 16 floats, in place: rows become columns. */
@@ -402,8 +558,150 @@ FORCE_INLINE void gemm_group(const gemm_job_t *j, duet_dtype_t dt, int64_t p0, i
     }
 }
 
+/* ---- bf16 precision: packed GEMM with vdpbf16ps ---------------------------
+ * The same blocking as the f32 GEMM, on pairs of K: A holds, per K pair,
+ * the MR rows' (x[k], x[k+1]) rounded to bf16 as one 32-bit word, which the
+ * micro-kernel broadcasts; a B panel holds per K pair the 32 columns'
+ * (w[k], w[k+1]) words, which are the weight rows' own 32-bit words, so the
+ * pack is a 16x16 transpose of 32-bit lanes with no conversion. KCB K
+ * (KCB/2 pairs) of a 32-column panel is 32 KiB, as in the f32 GEMM. */
+#define KCB 512
+
+static size_t gemm_kpairs(int64_t in)
+{
+    return (size_t)((in + 1) / 2);
+}
+
+/* x rows of a block -> ap[kp][MR] bf16 pairs; zero past in and past n. */
+static void gemm_pack_a_bf16(const gemm_job_t *j, int64_t block)
+{
+    int64_t r0 = block * j->mb;
+    const size_t kpairs = gemm_kpairs(j->in);
+    uint32_t *dst = (uint32_t *)j->ap + (size_t)block * kpairs * MR;
+    int m = (int)(j->n - r0 < j->mb ? j->n - r0 : j->mb);
+    for (int64_t k = 0; k < j->in; k += 32) {
+        int64_t left = j->in - k;
+        __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1);
+        __mmask16 m1 = (__mmask16)(left >= 32 ? 0xffff : left > 16 ? (1u << (left - 16)) - 1 : 0);
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) {
+            if (i < m) {
+                const float *xr = j->x + (r0 + i) * j->in + k;
+                __m512 lo = _mm512_maskz_loadu_ps(m0, xr), hi = _mm512_maskz_loadu_ps(m1, xr + 16);
+                r[i] = _mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            } else {
+                r[i] = _mm512_setzero_ps();
+            }
+        }
+        transpose16(r);
+        int64_t kp0 = k / 2, np = (left + 1) / 2 < 16 ? (left + 1) / 2 : 16;
+        for (int i = 0; i < np; i++)
+            _mm512_mask_storeu_ps((float *)(dst + (kp0 + i) * MR), (__mmask16)((1u << MR) - 1),
+                                  r[i]);
+    }
+}
+
+/* bp[kp][32] (32-bit words) = W[o0 + c] at K pair k0/2 + kp, for kp < ceil(kc/2);
+ * zero past out and past in. */
+static void gemm_pack_b_bf16(const gemm_job_t *j, int64_t o0, int64_t k0, int64_t kc, uint32_t *bp)
+{
+    const int64_t kcp = (kc + 1) / 2;
+    for (int half = 0; half < 2; half++) {
+        int64_t ob = o0 + half * 16;
+        int rows = (int)(j->out - ob < 16 ? (j->out - ob > 0 ? j->out - ob : 0) : 16);
+        for (int64_t kk = 0; kk < kc; kk += 32) {
+            int64_t kl = kc - kk < 32 ? kc - kk : 32;
+            __mmask32 m = (__mmask32)(kl >= 32 ? 0xffffffffu : (1u << kl) - 1);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                if (i < rows) {
+                    const uint16_t *row = (const uint16_t *)j->w + (size_t)(ob + i) * (size_t)j->in;
+                    r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, row + k0 + kk));
+                    _mm_prefetch((const char *)(row + k0 + kk + KCB), _MM_HINT_T1);
+                } else {
+                    r[i] = _mm512_setzero_ps();
+                }
+            }
+            transpose16(r);
+            int64_t np = (kl + 1) / 2;
+            for (int i = 0; i < np; i++)
+                _mm512_store_ps((float *)(bp + (kk / 2 + i) * NR + half * 16), r[i]);
+        }
+    }
+    (void)kcp;
+}
+
+FORCE_INLINE void gemm_micro_bf16(int M, const uint32_t *ap, const uint32_t *bp, int64_t kcp,
+                                  float *c, int64_t ldc, int m, int nc, bool load_c)
+{
+    __m512 acc[MR][2];
+    __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
+    __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xffff : nc > 16 ? (1u << (nc - 16)) - 1 : 0);
+    for (int r = 0; r < M; r++) {
+        if (load_c && r < m) {
+            acc[r][0] = _mm512_maskz_loadu_ps(m0, c + r * ldc);
+            acc[r][1] = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
+        } else {
+            acc[r][0] = _mm512_setzero_ps();
+            acc[r][1] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t k = 0; k < kcp; k++) {
+        __m512i b0 = _mm512_load_si512(bp + k * NR);
+        __m512i b1 = _mm512_load_si512(bp + k * NR + 16);
+        const uint32_t *a = ap + k * MR;
+        for (int r = 0; r < M; r++) {
+            __m512i av = _mm512_set1_epi32((int)a[r]);
+            acc[r][0] = dpbf16(acc[r][0], av, b0);
+            acc[r][1] = dpbf16(acc[r][1], av, b1);
+        }
+    }
+    for (int r = 0; r < m; r++) {
+        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
+    }
+}
+
+static void gemm_group_bf16(const gemm_job_t *j, int64_t p0, int64_t p1, uint32_t *bp)
+{
+    const size_t kpairs = gemm_kpairs(j->in);
+    for (int64_t k0 = 0; k0 < j->in; k0 += KCB) {
+        int64_t kc = j->in - k0 < KCB ? j->in - k0 : KCB;
+        int64_t kcp = (kc + 1) / 2;
+        for (int64_t p = p0; p < p1; p++)
+            gemm_pack_b_bf16(j, p * NR, k0, kc, bp + (p - p0) * (KCB / 2) * NR);
+        bool load_c = j->accumulate || k0 > 0;
+        for (int64_t b = 0; b < j->n_blocks; b++) {
+            int64_t r0 = b * j->mb;
+            int m = (int)(j->n - r0 < j->mb ? j->n - r0 : j->mb);
+            const uint32_t *ap =
+                (const uint32_t *)j->ap + (size_t)b * kpairs * MR + (size_t)(k0 / 2) * MR;
+            for (int64_t p = p0; p < p1; p++) {
+                int64_t o0 = p * NR;
+                int nc = (int)(j->out - o0 < NR ? j->out - o0 : NR);
+                const uint32_t *bpp = bp + (p - p0) * (KCB / 2) * NR;
+                float *c = j->y + r0 * j->out + o0;
+                if (m > 8)
+                    gemm_micro_bf16(12, ap, bpp, kcp, c, j->out, m, nc, load_c);
+                else if (m > 4)
+                    gemm_micro_bf16(8, ap, bpp, kcp, c, j->out, m, nc, load_c);
+                else
+                    gemm_micro_bf16(4, ap, bpp, kcp, c, j->out, m, nc, load_c);
+            }
+        }
+    }
+}
+
 static void gemm_run(const gemm_job_t *j, int64_t p0, int64_t p1)
 {
+    if (j->bf16) {
+        uint32_t *bpb =
+            duet__cpu_scratch(DUET__SCRATCH_TASK, (size_t)GROUP_MAX * (KCB / 2) * NR * 4);
+        if (!bpb)
+            abort(); /* out of memory inside a kernel */
+        gemm_group_bf16(j, p0, p1, bpb);
+        return;
+    }
     float *bp = duet__cpu_scratch(DUET__SCRATCH_TASK, (size_t)GROUP_MAX * KC * NR * sizeof(float));
     if (!bp)
         abort(); /* out of memory inside a kernel */
@@ -464,7 +762,10 @@ static void batch_pack_task(void *ctx, int task, int n_tasks)
     int op = 0;
     while (bt->pack_first[op + 1] <= task)
         op++;
-    gemm_pack_a(&bt->gm[op], task - bt->pack_first[op]);
+    if (bt->gm[op].bf16)
+        gemm_pack_a_bf16(&bt->gm[op], task - bt->pack_first[op]);
+    else
+        gemm_pack_a(&bt->gm[op], task - bt->pack_first[op]);
 }
 
 static void batch_task(void *ctx, int task, int n_tasks)
@@ -473,6 +774,8 @@ static void batch_task(void *ctx, int task, int n_tasks)
     const mm_task_t *t = &bt->tasks[task];
     if (t->gemm)
         gemm_run(&bt->gm[t->op], t->a, t->b);
+    else if (bt->gv[t->op].xb)
+        bgemv_run(&bt->gv[t->op], t->a, t->b);
     else
         gemv_run(&bt->gv[t->op], t->a, t->b);
 }
@@ -490,7 +793,27 @@ static void *arena_take(arena_t *a, size_t bytes)
     return r;
 }
 
-void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count)
+/* bf16 precision, bf16 streaming vs packed GEMM: the streaming kernel
+ * wants the activations in L2 (chunked by K for up to 64 rows). */
+static bool use_gemm_bf16(int64_t n, int64_t in, int64_t min_rows)
+{
+    if (min_rows > 0)
+        return n >= min_rows; /* forced by DUET_CPU_GEMM_MIN_ROWS */
+    return n > GEMV_MAX_R * GEMV_KV_MAX_GROUPS || n * in * (int64_t)sizeof(uint16_t) > 512 * 1024;
+}
+
+/* Whether op m takes the bf16 path (bf16_min_rows > 0: bf16 mode is on).
+ * Narrow outputs stay exact: routers (out = experts) and gates feed
+ * discrete choices, and cost nothing next to the projections. */
+#define BF16_MIN_OUT 32
+static bool use_bf16(const duet_cpu_mm_t *m, int64_t bf16_min_rows)
+{
+    return bf16_min_rows > 0 && m->wdt == DUET_DTYPE_BF16 && m->n >= bf16_min_rows &&
+           m->out >= BF16_MIN_OUT;
+}
+
+void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count,
+                               int64_t bf16_min_rows)
 {
     const int64_t min_rows = duet__cpu_gemm_min_rows();
     const int64_t pf_blocks = env_cached(&cfg_pf_blocks, "DUET_CPU_PF_BLOCKS", 1);
@@ -502,7 +825,11 @@ void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, 
     int64_t n_tasks = 0, n_pack = 0;
     for (int i = 0; i < count; i++) {
         const duet_cpu_mm_t *m = &mms[i];
-        if (use_gemm(m->n, m->in, min_rows)) {
+        if (use_bf16(m, bf16_min_rows) && !use_gemm_bf16(m->n, m->in, min_rows)) {
+            int64_t kpad = (m->in + 31) & ~(int64_t)31;
+            need += ((size_t)(m->n * kpad) * sizeof(uint16_t) + 63) & ~(size_t)63;
+            n_tasks += (m->out + 15) / 16;
+        } else if (use_bf16(m, bf16_min_rows) || use_gemm(m->n, m->in, min_rows)) {
             int64_t nb = (m->n + MR - 1) / MR;
             n_pack += nb;
             need += ((size_t)nb * (size_t)m->in * MR * sizeof(float) + 63) & ~(size_t)63;
@@ -536,7 +863,9 @@ void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, 
     for (int i = 0; i < count; i++) {
         const duet_cpu_mm_t *m = &mms[i];
         bt.pack_first[i] = pf;
-        bt.is_gemm[i] = use_gemm(m->n, m->in, min_rows);
+        const bool bf16 = use_bf16(m, bf16_min_rows);
+        bt.is_gemm[i] =
+            bf16 ? use_gemm_bf16(m->n, m->in, min_rows) : use_gemm(m->n, m->in, min_rows);
         if (bt.is_gemm[i]) {
             gemm_job_t *j = &bt.gm[i];
             *j = (gemm_job_t){.x = m->x,
@@ -546,7 +875,8 @@ void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, 
                               .w = m->w,
                               .dt = m->wdt,
                               .y = m->y,
-                              .accumulate = m->accumulate};
+                              .accumulate = m->accumulate,
+                              .bf16 = bf16};
             /* e.g. 16 rows as 8 + 8, not 12 + 4 (a 4-row tile is slow) */
             j->n_blocks = (m->n + MR - 1) / MR;
             j->mb = (m->n + j->n_blocks - 1) / j->n_blocks;
@@ -576,9 +906,26 @@ void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, 
                               .pf_blocks = pf_blocks,
                               .pf_bytes = pf_bytes};
             j->kpad = (m->in + 31) & ~(int64_t)31;
-            float *xp = arena_take(&ar, (size_t)(m->n * j->kpad) * sizeof(float));
-            gemv_prep_x(m->x, m->n, m->in, m->wdt, xp, j->kpad);
-            j->xp = xp;
+            if (bf16) { /* streaming bf16 dot products */
+                /* gate and up of an MLP share x: round it once */
+                const uint16_t *same = NULL;
+                for (int q = 0; q < i && !same; q++)
+                    if (!bt.is_gemm[q] && bt.gv[q].xb && mms[q].x == m->x && mms[q].n == m->n &&
+                        mms[q].in == m->in)
+                        same = bt.gv[q].xb;
+                if (same) {
+                    j->xb = same;
+                    (void)arena_take(&ar, (size_t)(m->n * j->kpad) * sizeof(uint16_t));
+                } else {
+                    uint16_t *xb = arena_take(&ar, (size_t)(m->n * j->kpad) * sizeof(uint16_t));
+                    bgemv_prep_x(m->x, m->n, m->in, xb, j->kpad);
+                    j->xb = xb;
+                }
+            } else {
+                float *xp = arena_take(&ar, (size_t)(m->n * j->kpad) * sizeof(float));
+                gemv_prep_x(m->x, m->n, m->in, m->wdt, xp, j->kpad);
+                j->xp = xp;
+            }
             /* >= 16 rows (a multiple of 4) per task, ~4 tasks per thread */
             int64_t rows = duet__mm_task_rows(pool, m->out, 4, 4, 16);
             for (int64_t o = 0; o < m->out; o += rows)
@@ -597,5 +944,5 @@ void duet__matmul_avx512(duet_cpu_pool_t *pool, const float *x, int64_t n, int64
 {
     duet_cpu_mm_t mm = {
         .x = x, .n = n, .in = in, .w = w, .wdt = wdt, .out = out, .y = y, .accumulate = accumulate};
-    duet__matmul_batch_avx512(pool, &mm, 1);
+    duet__matmul_batch_avx512(pool, &mm, 1, 0);
 }

@@ -11,7 +11,10 @@ void duet__matmul_avx2(duet_cpu_pool_t *pool, const float *x, int64_t n, int64_t
                        duet_dtype_t wdt, int64_t out, float *y, bool accumulate);
 void duet__matmul_avx512(duet_cpu_pool_t *pool, const float *x, int64_t n, int64_t in,
                          const void *w, duet_dtype_t wdt, int64_t out, float *y, bool accumulate);
-void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count);
+/* bf16_min_rows > 0: BF16-weight ops with at least that many rows take the
+ * bf16-activation path (caller checked duet_cpu_bf16_supported); 0: exact. */
+void duet__matmul_batch_avx512(duet_cpu_pool_t *pool, const duet_cpu_mm_t *mms, int count,
+                               int64_t bf16_min_rows);
 void duet__matmul_portable(duet_cpu_pool_t *pool, const float *x, int64_t n, int64_t in,
                            const void *w, duet_dtype_t wdt, int64_t out, float *y, bool accumulate);
 

@@ -69,15 +69,18 @@ typedef struct duet_gw_engine_callbacks {
                       const char *detail);
 } duet_gw_engine_callbacks_t;
 
-#define DUET_GW_ENGINE_MAX_EXTRA 32
+#define DUET_GW_ENGINE_MAX_EXTRA 96
 
-/* One duet_* metric the engine wants on /metrics. `name` must be a valid
- * Prometheus metric name and stay valid while the engine lives. */
+/* One duet_* metric sample the engine wants on /metrics. `name` must be a
+ * valid Prometheus metric name and stay valid while the engine lives.
+ * Samples of one name (differing in `labels`) must be consecutive; the
+ * first one's help and type are used. */
 typedef struct duet_gw_engine_metric {
     const char *name;
     const char *help;
     bool counter; /* false: gauge */
     double value;
+    char labels[64]; /* more label pairs, e.g. actor="attn/0" (escaped); "" none */
 } duet_gw_engine_metric_t;
 
 typedef struct duet_gw_engine_stats {

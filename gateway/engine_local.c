@@ -427,13 +427,13 @@ static duet_status_t local_stats(duet_gw_engine_t *eng, duet_gw_engine_stats_t *
     out->kv_usage = L->total_blocks ? (double)L->used_blocks / L->total_blocks : 0.0;
     out->n_extra = 3;
     out->extra[0] = (duet_gw_engine_metric_t){"duet_engine_steps_total",
-                                              "Batched forward steps run.", true, (double)L->steps};
+                                              "Batched forward steps run.", true, (double)L->steps, ""};
     out->extra[1] = (duet_gw_engine_metric_t){"duet_engine_step_tokens_total",
                                               "Tokens (prompt and generated) through the model.",
-                                              true, (double)L->step_tokens};
+                                              true, (double)L->step_tokens, ""};
     out->extra[2] = (duet_gw_engine_metric_t){"duet_kv_blocks_reserved",
                                               "KV blocks set aside for admitted requests.", false,
-                                              (double)L->reserved_blocks};
+                                              (double)L->reserved_blocks, ""};
     pthread_mutex_unlock(&L->mu);
     return DUET_OK;
 }

@@ -34,6 +34,9 @@ typedef struct pengine {
     duet_config_t mcfg; /* copy of the scalar fields we report */
     uint32_t max_context;
     pthread_mutex_t mu;
+    pthread_mutex_t stats_mu; /* one pipe.stats_req round at a time */
+    int n_expert_shards;
+    bool sim; /* a simulated deployment: only its driver may step it */
     bool quit;
     uint64_t next_id;
     preq_t *reqs;
@@ -161,9 +164,13 @@ static duet_status_t pipe_submit(duet_gw_engine_t *eng, const duet_gw_engine_req
     r->next = E->reqs;
     E->reqs = r;
     pthread_mutex_unlock(&E->mu);
-    /* the pipeline knows one eos; the other stop ids are matched above */
-    int32_t eos = r->n_stop_ids ? r->stop_ids[0] : -1;
-    duet_pipe_sampling_t ps = {sp.temperature, sp.top_k, sp.top_p, sp.seed};
+    /* every stop id ends the request in the pipeline (its KV freed there) */
+    int32_t stop[DUET_GW_ENGINE_MAX_STOP_IDS];
+    size_t n_stop = r->n_stop_ids;
+    memcpy(stop, r->stop_ids, n_stop * sizeof(int32_t));
+    int32_t eos = n_stop ? stop[0] : -1;
+    duet_pipe_sampling_t ps = {sp.temperature, sp.top_k, sp.top_p, sp.seed, stop,
+                               (int32_t)n_stop};
     /* r may be finished by the client actor from here on: use only `id` */
     st = duet_pipe_submit_sampled(E->pipe, id, req->prompt, (int32_t)req->n_prompt,
                                   (int32_t)req->max_tokens, eos, &ps);
@@ -194,6 +201,60 @@ static duet_status_t pipe_cancel(duet_gw_engine_t *eng, uint64_t id)
     return st ? duet_error_wrap(st, "pipeline engine: cancel") : DUET_OK;
 }
 
+#define PIPE_MAX_ACTORS 16 /* per-actor samples for at most this many shards */
+#define PIPE_STATS_MS 100  /* wait for one shard's pipe.actor_stats */
+
+typedef struct actor_answer {
+    char name[24];
+    bool ok;
+    duet_pipe_actor_stats_t st;
+} actor_answer_t;
+
+/* Ask every shard for its counters (pipe.stats_req). The KV blocks in use
+ * are the attention shards' own count (the scheduler's kv_used is its
+ * reservation: prompt + max_tokens of every placed request, not what the
+ * caches hold); *kv_ok is false when an attention shard did not answer. */
+static int ask_actors(pengine_t *E, uint32_t n_attention, actor_answer_t *ans, uint64_t *kv,
+                      bool *kv_ok)
+{
+    int n = 0;
+    *kv = 0;
+    *kv_ok = true;
+    pthread_mutex_lock(&E->stats_mu);
+    uint32_t total = n_attention + (uint32_t)E->n_expert_shards;
+    for (uint32_t i = 0; i < total; i++) {
+        bool attn = i < n_attention;
+        actor_answer_t a = {.ok = false};
+        if (attn)
+            snprintf(a.name, sizeof(a.name), "attn/%u", i);
+        else
+            snprintf(a.name, sizeof(a.name), "expert/%u", i - n_attention);
+        a.ok = duet_pipe_actor_stats(E->pipe, a.name, &a.st, PIPE_STATS_MS) == DUET_OK;
+        if (attn && a.ok)
+            *kv += a.st.kv_blocks_used;
+        else if (attn)
+            *kv_ok = false;
+        if (n < PIPE_MAX_ACTORS)
+            ans[n++] = a;
+    }
+    pthread_mutex_unlock(&E->stats_mu);
+    return n;
+}
+
+static void put_extra(duet_gw_engine_stats_t *out, const char *name, const char *help,
+                      bool counter, double v, const char *actor)
+{
+    if (out->n_extra >= DUET_GW_ENGINE_MAX_EXTRA)
+        return;
+    duet_gw_engine_metric_t *x = &out->extra[out->n_extra++];
+    x->name = name;
+    x->help = help;
+    x->counter = counter;
+    x->value = v;
+    if (actor)
+        snprintf(x->labels, sizeof(x->labels), "actor=\"%.40s\"", actor);
+}
+
 static duet_status_t pipe_stats(duet_gw_engine_t *eng, duet_gw_engine_stats_t *out)
 {
     pengine_t *E = eng->impl;
@@ -207,29 +268,70 @@ static duet_status_t pipe_stats(duet_gw_engine_t *eng, duet_gw_engine_stats_t *o
     out->running = ps.running;
     out->waiting = ps.waiting;
     out->kv_blocks_total = ps.kv_blocks_total;
-    out->kv_blocks_used = ps.kv_blocks_used;
-    out->kv_usage = ps.kv_blocks_total ? (double)ps.kv_blocks_used / (double)ps.kv_blocks_total
+    uint64_t in_use = 0;
+    bool live = false;
+    actor_answer_t ans[PIPE_MAX_ACTORS];
+    int n_ans = quit || E->sim ? 0 : ask_actors(E, ps.n_attention, ans, &in_use, &live);
+    /* a shard that does not answer: the reservation bounds its use */
+    out->kv_blocks_used = live ? in_use : ps.kv_blocks_used;
+    if (out->kv_blocks_used > out->kv_blocks_total)
+        out->kv_blocks_used = out->kv_blocks_total;
+    out->kv_usage = ps.kv_blocks_total ? (double)out->kv_blocks_used / (double)ps.kv_blocks_total
                                        : 0.0;
-    out->n_extra = 6;
-    out->extra[0] = (duet_gw_engine_metric_t){"duet_pipe_steps_total",
-                                              "Iterations completed by all attention shards.",
-                                              true, (double)ps.steps};
-    out->extra[1] = (duet_gw_engine_metric_t){"duet_pipe_expert_rounds_total",
-                                              "Rounds computed by all expert shards.", true,
-                                              (double)ps.rounds_expert};
-    out->extra[2] = (duet_gw_engine_metric_t){
-        "duet_pipe_dropped_messages_total",
-        "Late, duplicate or stray control messages dropped.", true,
-        (double)(ps.dropped_stray + ps.dropped_dup)};
-    out->extra[3] = (duet_gw_engine_metric_t){"duet_pipe_kv_waits_total",
-                                              "Requests that queued for KV blocks.", true,
-                                              (double)ps.kv_waits};
-    out->extra[4] = (duet_gw_engine_metric_t){"duet_pipe_canceled_total",
-                                              "Requests canceled in the scheduler.", true,
-                                              (double)ps.canceled};
-    out->extra[5] = (duet_gw_engine_metric_t){"duet_pipe_attention_shards_ready",
-                                              "Attention shards ready to serve.", false,
-                                              (double)ps.shards_ready};
+    put_extra(out, "duet_pipe_steps_total", "Iterations completed by all attention shards.", true,
+              (double)ps.steps, NULL);
+    put_extra(out, "duet_pipe_expert_rounds_total", "Rounds computed by all expert shards.", true,
+              (double)ps.rounds_expert, NULL);
+    put_extra(out, "duet_pipe_dropped_messages_total",
+              "Late, duplicate or stray control messages dropped.", true,
+              (double)(ps.dropped_stray + ps.dropped_dup), NULL);
+    put_extra(out, "duet_pipe_kv_waits_total", "Requests that queued for KV blocks.", true,
+              (double)ps.kv_waits, NULL);
+    put_extra(out, "duet_pipe_canceled_total", "Requests canceled in the scheduler.", true,
+              (double)ps.canceled, NULL);
+    put_extra(out, "duet_pipe_attention_shards_ready", "Attention shards ready to serve.", false,
+              (double)ps.shards_ready, NULL);
+    put_extra(out, "duet_kv_blocks_reserved",
+              "KV blocks the scheduler reserved (prompt + max_tokens of every placed request).",
+              false, (double)ps.kv_blocks_used, NULL);
+    put_extra(out, "duet_kv_usage_live",
+              "1 when the KV metrics are the attention shards' own count, 0 when a shard did not "
+              "answer and they are the reservation.",
+              false, live ? 1.0 : 0.0, NULL);
+    /* faults seen */
+    put_extra(out, "duet_pipe_replays_total",
+              "Requests re-placed and recomputed after a shard failure.", true,
+              (double)ps.replays, NULL);
+    put_extra(out, "duet_pipe_epochs_total", "Data-plane epochs started (one per recovery).",
+              true, (double)ps.epochs, NULL);
+    put_extra(out, "duet_pipe_restarts_total", "Shard restarts by the supervisors.", true,
+              (double)ps.restarts, NULL);
+    /* per actor, from the shards' own counters */
+    static const struct {
+        const char *name, *help;
+    } per[] = {
+        {"duet_actor_busy_seconds_total",
+         "Time the shard spent computing (attention, dispatch, combine, logits; an expert "
+         "shard's gather, FFN and write-back)."},
+        {"duet_actor_rounds_total", "Rounds dispatched (attention) or computed (expert)."},
+        {"duet_actor_tokens_total", "Tokens run (attention) or rows computed (expert)."},
+        {"duet_actor_data_bytes_total", "Data-plane bytes written and read."},
+        {"duet_actor_up", "1 when the shard answered pipe.stats_req just now."},
+    };
+    for (size_t k = 0; k < DUET_ARRAY_LEN(per); k++) {
+        for (int i = 0; i < n_ans; i++) {
+            const duet_pipe_actor_stats_t *a = &ans[i].st;
+            if (!ans[i].ok && k + 1 < DUET_ARRAY_LEN(per))
+                continue;
+            double v = k == 0   ? (double)a->busy_ns * 1e-9
+                       : k == 1 ? (double)a->rounds
+                       : k == 2 ? (double)a->tokens
+                       : k == 3 ? (double)a->bytes
+                                : (ans[i].ok ? 1.0 : 0.0);
+            put_extra(out, per[k].name, per[k].help, k + 1 < DUET_ARRAY_LEN(per), v,
+                      ans[i].name);
+        }
+    }
     return DUET_OK;
 }
 
@@ -247,6 +349,7 @@ static void pengine_free(pengine_t *E)
 {
     duet_free(E->model_name);
     pthread_mutex_destroy(&E->mu);
+    pthread_mutex_destroy(&E->stats_mu);
     duet_free(E);
 }
 
@@ -266,6 +369,9 @@ duet_status_t duet_gw_pipe_create(const duet_pipe_config_t *cfg, const duet_gw_p
         return duet_errorf(DUET_ERR_NOMEM, "pipeline engine: out of memory");
     }
     pthread_mutex_init(&E->mu, NULL);
+    pthread_mutex_init(&E->stats_mu, NULL);
+    E->n_expert_shards = cfg->n_expert_shards > 0 ? cfg->n_expert_shards : 0;
+    E->sim = cfg->control == DUET_PIPE_CONTROL_SIM;
     duet_pipe_config_t c = *cfg;
     c.on_token = on_pipe_token;
     c.on_token_user = E;

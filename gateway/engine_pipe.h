@@ -5,7 +5,13 @@
  * parameters and seed; the first stop id goes as the pipeline's eos, the
  * others are matched here), pipe.token messages -> on_token / on_finish,
  * cancel -> pipe.cancel (the scheduler ends the request and frees its KV),
- * stats -> the scheduler's running / waiting / reserved KV blocks.
+ * stats -> the scheduler's running / waiting / reserved KV blocks, plus a
+ * pipe.stats_req to every shard (up to 100 ms each): KV blocks in use are the
+ * attention shards' own count (vllm:kv_cache_usage_perc; the reservation
+ * only when a shard does not answer, duet_kv_usage_live 0 then), and per
+ * actor busy time, rounds, tokens, data-plane bytes and liveness
+ * (duet_actor_*{actor="attn/0"}), with the faults seen (replays, epochs,
+ * restarts).
  *
  * A stop id other than the pipeline's eos finishes the request here (STOP)
  * and cancels it in the pipeline, so its KV is freed too. */

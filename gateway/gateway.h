@@ -15,6 +15,24 @@
  * (max_body_bytes, 413 beyond), idle connections time out, and a request
  * runs at most request_timeout_s.
  *
+ * Errors: every error the handler produces is OpenAI's error JSON
+ * ({"error": {"message", "type", "param", "code"}}, param naming the bad
+ * field): bad JSON or fields (400), unknown model (404), missing or wrong
+ * API key (401), body over the limit (413, checked by the handler for a
+ * declared length and for chunked bodies), URL over 16 KiB (414), headers
+ * over 64 KiB (431), a transfer coding other than chunked (501), engine
+ * refusals (400/503), timeouts (504, or an SSE error event then [DONE]).
+ * What libmicrohttpd rejects before any handler runs is answered by
+ * libmicrohttpd with its own short HTML body and the connection closed: a
+ * request line it cannot parse, broken chunk framing, a Content-Length that
+ * is not a number, an HTTP version other than 1.0/1.1, a request head over
+ * 256 KiB; and a connection beyond max_connections is closed unanswered.
+ * None of these can hang: the connection is closed at once.
+ *
+ * /metrics adds duet_gateway_emit_latency_seconds: on streams, from a
+ * token reaching the gateway (the engine's on_token) to its SSE bytes being
+ * written to the socket — the gateway's own overhead.
+ *
  * Threads: create() starts the server; callbacks of the engine may run on
  * any thread. destroy() stops accepting, cancels what is in flight and waits
  * (bounded) for the engine to finish those requests. */

@@ -15,6 +15,10 @@ static const double e2e_bounds[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.
                                     5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
                                     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 
+static const double emit_bounds[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+                                     0.00075, 0.001,    0.0025,  0.005,  0.01,    0.025,
+                                     0.05,    0.1,      0.25,    1.0};
+
 void duet__gw_metrics_init(duet__gw_metrics_t *m)
 {
     memset(m, 0, sizeof(*m));
@@ -25,6 +29,8 @@ void duet__gw_metrics_init(duet__gw_metrics_t *m)
     m->itl.n_bounds = DUET_ARRAY_LEN(itl_bounds);
     m->e2e.bounds = e2e_bounds;
     m->e2e.n_bounds = DUET_ARRAY_LEN(e2e_bounds);
+    m->emit.bounds = emit_bounds;
+    m->emit.n_bounds = DUET_ARRAY_LEN(emit_bounds);
 }
 
 void duet__gw_metrics_cleanup(duet__gw_metrics_t *m)
@@ -36,15 +42,18 @@ void duet__gw_hist_observe(duet__gw_hist_t *h, double v)
 {
     if (!(v >= 0.0)) /* NaN or a clock going backwards */
         v = 0.0;
-    h->count++;
-    h->sum += v;
+    if (v > 1e9) /* keeps sum_ns from overflowing; no bucket is that high */
+        v = 1e9;
+    /* bucket before count: a reader never sees a bucket above +Inf */
     for (size_t i = 0; i < h->n_bounds; i++) {
         if (v <= h->bounds[i]) {
-            h->counts[i]++;
-            return;
+            atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
+            break;
         }
     }
     /* above every bound: counted only in +Inf (h->count) */
+    atomic_fetch_add_explicit(&h->sum_ns, (uint64_t)(v * 1e9 + 0.5), memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_release);
 }
 
 /* A label value with \, " and newline escaped, as the format asks. */
@@ -101,21 +110,27 @@ static duet_status_t hist(duet_buf_t *out, const char *name, const char *help, c
     char n[128], le[64];
     if (head(out, name, "histogram", help))
         return DUET_ERR_NOMEM;
+    /* count first: every observation it covers is in the buckets (they are
+     * added before it), so the buckets never exceed +Inf */
+    uint64_t count = atomic_load_explicit(&h->count, memory_order_acquire);
+    uint64_t sum_ns = atomic_load_explicit(&h->sum_ns, memory_order_relaxed);
     uint64_t cum = 0;
     snprintf(n, sizeof(n), "%s_bucket", name);
     for (size_t i = 0; i < h->n_bounds; i++) {
-        cum += h->counts[i];
+        cum += atomic_load_explicit(&h->counts[i], memory_order_relaxed);
+        if (cum > count) /* observations still being added */
+            cum = count;
         snprintf(le, sizeof(le), "le=\"%.17g\"", h->bounds[i]);
         if (sample(out, n, model, le, (double)cum))
             return DUET_ERR_NOMEM;
     }
-    if (sample(out, n, model, "le=\"+Inf\"", (double)h->count))
+    if (sample(out, n, model, "le=\"+Inf\"", (double)count))
         return DUET_ERR_NOMEM;
     snprintf(n, sizeof(n), "%s_sum", name);
-    if (sample(out, n, model, NULL, h->sum))
+    if (sample(out, n, model, NULL, (double)sum_ns * 1e-9))
         return DUET_ERR_NOMEM;
     snprintf(n, sizeof(n), "%s_count", name);
-    return sample(out, n, model, NULL, (double)h->count);
+    return sample(out, n, model, NULL, (double)count);
 }
 
 duet_status_t duet__gw_metrics_render(duet__gw_metrics_t *m, const char *model,
@@ -123,9 +138,20 @@ duet_status_t duet__gw_metrics_render(duet__gw_metrics_t *m, const char *model,
 {
     static const char *const fin_names[DUET__GW_FIN_COUNT] = {"stop", "length", "abort", "error"};
     duet_status_t st = DUET_ERR_NOMEM;
+    /* a snapshot of the per-request counters; the per-token ones are atomic */
+    struct {
+        uint64_t prompt_tokens, generation_tokens, stop_string_hits, cancels_on_disconnect;
+        uint64_t active_streams, request_finished[DUET__GW_FIN_COUNT], http_by_class[6];
+    } c;
     pthread_mutex_lock(&m->mu);
-    duet__gw_metrics_t c = *m; /* snapshot; the mutex member is not used */
+    c.prompt_tokens = m->prompt_tokens;
+    c.stop_string_hits = m->stop_string_hits;
+    c.cancels_on_disconnect = m->cancels_on_disconnect;
+    c.active_streams = m->active_streams;
+    memcpy(c.request_finished, m->request_finished, sizeof(c.request_finished));
+    memcpy(c.http_by_class, m->http_by_class, sizeof(c.http_by_class));
     pthread_mutex_unlock(&m->mu);
+    c.generation_tokens = atomic_load(&m->generation_tokens);
 
     if (head(out, "vllm:num_requests_running", "gauge",
              "Number of requests in model execution batches.") ||
@@ -151,11 +177,15 @@ duet_status_t duet__gw_metrics_render(duet__gw_metrics_t *m, const char *model,
             goto out;
     }
     if (hist(out, "vllm:time_to_first_token_seconds",
-             "Histogram of time to first token in seconds.", model, &c.ttft) ||
+             "Histogram of time to first token in seconds.", model, &m->ttft) ||
         hist(out, "vllm:inter_token_latency_seconds",
-             "Histogram of inter-token latency in seconds.", model, &c.itl) ||
+             "Histogram of inter-token latency in seconds.", model, &m->itl) ||
         hist(out, "vllm:e2e_request_latency_seconds",
-             "Histogram of end to end request latency in seconds.", model, &c.e2e))
+             "Histogram of end to end request latency in seconds.", model, &m->e2e) ||
+        hist(out, "duet_gateway_emit_latency_seconds",
+             "Gateway overhead on streams: from a token reaching the gateway (the engine's "
+             "callback) to its SSE bytes being written to the socket.",
+             model, &m->emit))
         goto out;
 
     /* duet's own */
@@ -186,12 +216,16 @@ duet_status_t duet__gw_metrics_render(duet__gw_metrics_t *m, const char *model,
         head(out, "duet_gateway_active_streams", "gauge", "Requests being generated right now.") ||
         sample(out, "duet_gateway_active_streams", model, NULL, (double)c.active_streams))
         goto out;
+    const char *prev = NULL;
     for (uint32_t i = 0; i < es->n_extra && i < DUET_GW_ENGINE_MAX_EXTRA; i++) {
         const duet_gw_engine_metric_t *x = &es->extra[i];
         if (!x->name)
             continue;
-        if (head(out, x->name, x->counter ? "counter" : "gauge", x->help ? x->help : x->name) ||
-            sample(out, x->name, model, NULL, x->value))
+        if ((!prev || strcmp(prev, x->name) != 0) &&
+            head(out, x->name, x->counter ? "counter" : "gauge", x->help ? x->help : x->name))
+            goto out;
+        prev = x->name;
+        if (sample(out, x->name, model, x->labels[0] ? x->labels : NULL, x->value))
             goto out;
     }
     st = DUET_OK;

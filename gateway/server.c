@@ -41,6 +41,12 @@
 #define GW_MOD "gateway"
 #define GW_POLL_MS 1000       /* longest single wait; bounds every loop iteration */
 #define GW_STREAM_BLOCK 32768 /* bytes per content-reader call */
+/* Request heads: libmicrohttpd answers heads larger than its per-connection
+ * memory with its own HTML 431/414, so that memory is made well larger than
+ * the limits the handler enforces itself with OpenAI error JSON. */
+#define GW_MHD_CONN_MEMORY (256u * 1024u)
+#define GW_MAX_URL 16384u
+#define GW_MAX_HEADERS (64u * 1024u)
 
 struct duet_gateway {
     struct MHD_Daemon *mhd;
@@ -120,6 +126,12 @@ struct gw_job {
     size_t out_off;
     bool stream_ended; /* [DONE] queued */
     bool finished_metrics;
+    /* gateway overhead (duet_gateway_emit_latency_seconds), connection
+     * thread only: when the newest token pumped reached on_token; when the
+     * newest token in job->out did; when the newest token in the bytes
+     * handed to libmicrohttpd did (observed at the reader's next call,
+     * which libmicrohttpd makes once those bytes are written) */
+    double pump_t, emit_pending_t, emit_inflight_t;
 };
 
 typedef enum gw_wait {
@@ -183,14 +195,12 @@ static void on_token(void *user, int32_t token)
     job->first_token_seen = true;
     double prev = c->last_token_t;
     c->last_token_t = now;
-    pthread_mutex_lock(&gw->metrics.mu);
-    gw->metrics.generation_tokens++;
+    pthread_mutex_unlock(&job->mu);
+    atomic_fetch_add_explicit(&gw->metrics.generation_tokens, 1, memory_order_relaxed);
     if (first)
         duet__gw_hist_observe(&gw->metrics.ttft, now - job->t_arrival);
     if (prev > 0)
         duet__gw_hist_observe(&gw->metrics.itl, now - prev);
-    pthread_mutex_unlock(&gw->metrics.mu);
-    pthread_mutex_unlock(&job->mu);
     job_wake(job);
 }
 
@@ -342,6 +352,8 @@ static bool job_pump(gw_job_t *job)
                 memcpy(local, c->tokens + c->consumed, nl * sizeof(int32_t));
             c->consumed += nl;
             more = c->consumed < c->n_tokens;
+            if (nl)
+                job->pump_t = c->last_token_t;
             fin = c->eng_finished && !more;
             reason = c->eng_reason;
             bool qerr = c->queue_error;
@@ -552,8 +564,20 @@ static void job_record_end(gw_job_t *job, bool ok)
     pthread_mutex_unlock(&gw->metrics.mu);
 }
 
+static void job_stream_emit_chunks(gw_job_t *job, bool all_done);
+
 /* Turn new text into SSE chunks; on the end, the usage chunk and [DONE]. */
 static void job_stream_emit(gw_job_t *job, bool all_done)
+{
+    size_t out_before = job->out.len;
+    job_stream_emit_chunks(job, all_done);
+    if (job->out.len > out_before && job->pump_t > 0) {
+        job->emit_pending_t = job->pump_t; /* the newest token is in job->out */
+        job->pump_t = 0;
+    }
+}
+
+static void job_stream_emit_chunks(gw_job_t *job, bool all_done)
 {
     for (uint32_t i = 0; i < job->n; i++) {
         gw_choice_t *c = &job->choices[i];
@@ -893,6 +917,11 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     gw_conn_t *cn = cls;
     gw_job_t *job = cn->job;
     (void)pos;
+    if (job->emit_inflight_t > 0) { /* what we returned last time is written */
+        double dt = duet_now_s() - job->emit_inflight_t;
+        job->emit_inflight_t = 0;
+        duet__gw_hist_observe(&cn->gw->metrics.emit, dt);
+    }
     for (;;) {
         if (job->out_off < job->out.len) {
             size_t n = job->out.len - job->out_off;
@@ -903,6 +932,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             if (job->out_off == job->out.len) {
                 job->out.len = 0;
                 job->out_off = 0;
+                job->emit_inflight_t = job->emit_pending_t;
+                job->emit_pending_t = 0;
             }
             return (ssize_t)n;
         }
@@ -1044,6 +1075,14 @@ static enum MHD_Result serve_metrics(duet_gateway_t *gw, struct MHD_Connection *
 
 /* ---- the access handler ------------------------------------------------- */
 
+static enum MHD_Result header_bytes(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    *(size_t *)cls += (key ? strlen(key) : 0) + (value ? strlen(value) : 0) + 4;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -1053,6 +1092,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     (void)version;
 
     if (!cn) { /* first call: headers only */
+        if (strlen(url) > GW_MAX_URL) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "The request URL is longer than the limit of %u bytes",
+                     GW_MAX_URL);
+            return queue_errorf(mc, gw, 414, "invalid_request_error", NULL, NULL, msg);
+        }
+        size_t hb = 0;
+        MHD_get_connection_values(mc, MHD_HEADER_KIND, header_bytes, &hb);
+        if (hb > GW_MAX_HEADERS) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "The request headers (%zu bytes) are larger than the limit "
+                     "of %u bytes", hb, GW_MAX_HEADERS);
+            return queue_errorf(mc, gw, 431, "invalid_request_error", NULL, NULL, msg);
+        }
+        const char *te =
+            MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        if (te && strcasecmp(te, "chunked") != 0) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "Transfer-Encoding '%.64s' is not supported; send the body "
+                     "with Content-Length or Transfer-Encoding: chunked", te);
+            return queue_errorf(mc, gw, 501, "invalid_request_error", NULL, NULL, msg);
+        }
         bool post = !strcmp(method, "POST");
         bool get = !strcmp(method, "GET");
         gw_route_t route = GW_ROUTE_NONE;
@@ -1270,6 +1331,7 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(opts->conn_timeout_s ? opts->conn_timeout_s : 60),
         MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)(opts->max_connections ? opts->max_connections : 1000),
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)GW_MHD_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, gw,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     if (!gw->mhd) {

@@ -182,10 +182,48 @@ struct duet_backend {
 /* The stub for operations a backend does not implement. */
 DUET_API duet_status_t duet_backend_unsupported(const char *backend, const char *op);
 
+/* Precision of the GEMMs (activations stay f32 in buffers either way). cpu:
+ * BF16 for bf16-weight GEMMs of several rows, where the CPU has AVX512-BF16
+ * (else it logs a notice and stays exact); with FP32 here the cpu backend
+ * takes DUET_PRECISION=bf16|fp32 from the environment (duet serve). */
+typedef enum duet_backend_precision {
+    DUET_PRECISION_FP32 = 0, /* f32 activations, weights widened to f32, f32 compute (exact) */
+    DUET_PRECISION_BF16 = 1, /* activations rounded to bf16 (f16 for f16 weights) for GEMMs,
+                              * 16-bit weights, f32 accumulation */
+} duet_backend_precision_t;
+
+/* cuda: how matmul_batch runs its GEMMs. */
+typedef enum duet_backend_grouped {
+    DUET_GROUPED_AUTO = 0,    /* cuBLAS grouped batched GEMM where the library has it */
+    DUET_GROUPED_CUBLAS = 1,  /* cublasGemmGroupedBatchedEx */
+    DUET_GROUPED_STREAMS = 2, /* one cublasGemmEx per GEMM, spread over side streams */
+} duet_backend_grouped_t;
+
 typedef struct duet_backend_opts {
     int n_threads; /* cpu: threads including the caller; <= 0: all online CPUs */
     int device;    /* cuda: device ordinal */
+    duet_backend_precision_t precision; /* cuda, cpu (see above) */
+    duet_backend_grouped_t grouped;     /* cuda */
 } duet_backend_opts_t;
+
+/* "fp32" (also "f32", "exact") or "bf16" -> DUET_PRECISION_*; -1 otherwise
+ * (for --precision flags and DUET_PRECISION). */
+static inline int duet_precision_parse(const char *s)
+{
+    if (!s)
+        return -1;
+    if (!__builtin_strcmp(s, "fp32") || !__builtin_strcmp(s, "f32") ||
+        !__builtin_strcmp(s, "exact"))
+        return DUET_PRECISION_FP32;
+    if (!__builtin_strcmp(s, "bf16"))
+        return DUET_PRECISION_BF16;
+    return -1;
+}
+
+static inline const char *duet_precision_name(int p)
+{
+    return p == DUET_PRECISION_BF16 ? "bf16" : "fp32";
+}
 
 /* ---- registry ----------------------------------------------------------
  * Backends by name. The registry is compiled into the caller (it is the
@@ -204,7 +242,7 @@ DUET_API duet_status_t duet_cuda_backend_create(const duet_backend_opts_t *opts,
 static inline duet_status_t duet_backend_open(const char *name, const duet_backend_opts_t *opts,
                                               duet_backend_t **out)
 {
-    static const duet_backend_opts_t defaults = {0, 0};
+    static const duet_backend_opts_t defaults = {0};
     if (!opts)
         opts = &defaults;
     if (!name || !__builtin_strcmp(name, "cpu"))
@@ -213,8 +251,14 @@ static inline duet_status_t duet_backend_open(const char *name, const duet_backe
     if (!__builtin_strcmp(name, "cuda"))
         return duet_cuda_backend_create(opts, out);
 #endif
+#if defined(DUET_HAVE_CUDA_BACKEND)
     return duet_errorf(DUET_ERR_NOT_FOUND,
-                       "no compute backend named '%s' in this build (have: cpu)", name);
+                       "no compute backend named '%s' in this build (have: cpu, cuda)", name);
+#else
+    return duet_errorf(DUET_ERR_NOT_FOUND,
+                       "no compute backend named '%s' in this build (have: cpu; cuda needs a "
+                       "build with CUDA)", name);
+#endif
 }
 
 /* Destroy a backend; accepts NULL and *be_p == NULL, clears *be_p. */

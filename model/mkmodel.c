@@ -52,8 +52,18 @@ duet_status_t duet_mkmodel_preset(const char *name, duet_mkmodel_opts_t *out)
         o.n_kv_heads = 4;
         o.expert_dim = 2816;
         o.vocab = 32000;
+    } else if (!strcmp(name, "mixtral-8l")) {
+        /* Mixtral 8x7B's layer shape, 8 layers (~11.8 B parameters, 23.6 GB
+         * bf16): the GPU benchmark's end-to-end model (bench/bench_gpu.c) */
+        o.hidden = 4096;
+        o.n_layers = 8;
+        o.n_heads = 32;
+        o.n_kv_heads = 8;
+        o.expert_dim = 14336;
+        o.vocab = 32000;
     } else {
-        return duet_errorf(DUET_ERR_NOT_FOUND, "unknown preset '%s' (tiny, bench)", name);
+        return duet_errorf(DUET_ERR_NOT_FOUND, "unknown preset '%s' (tiny, bench, mixtral-8l)",
+                           name);
     }
     *out = o;
     return DUET_OK;

@@ -43,7 +43,9 @@ typedef struct duet_mkmodel_opts {
 /* Fill *out with a named preset: "tiny" (mixtral, hidden 64, 2 layers,
  * 4/2 heads, 8 experts top-2, expert width 128, vocab 512, bf16) or
  * "bench" (mixtral, hidden 1024, 12 layers, 16/4 heads, 8 experts top-2,
- * expert width 2816, vocab 32000, bf16: about 1 B parameters).
+ * expert width 2816, vocab 32000, bf16: about 1 B parameters) or
+ * "mixtral-8l" (Mixtral 8x7B's layers: hidden 4096, 8 layers, 32/8 heads,
+ * 8 experts top-2, expert width 14336, vocab 32000, bf16: about 11.8 B).
  * DUET_ERR_NOT_FOUND for another name. */
 DUET_API duet_status_t duet_mkmodel_preset(const char *name, duet_mkmodel_opts_t *out);
 /* Check the shape for consistency (heads divide, top_k <= experts, ...). */

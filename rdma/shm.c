@@ -10,6 +10,18 @@
  * eventfd doorbell when the owner armed it. The doorbell fd and the owner's
  * liveness come from a pidfd of the owner (pidfd_open/pidfd_getfd).
  * Writes are synchronous, so the SEND completion is queued locally at once.
+ *
+ * GPU memory (built with CUDA: DUET_RDMA_CUDA). duet_rdma_mr_alloc(..,
+ * DUET_RDMA_MEM_DEVICE | REMOTE_WRITE) takes device memory with cudaMalloc
+ * on the calling thread's current device and publishes its CUDA IPC handle
+ * (cudaIpcGetMemHandle) in the region table instead of a segment; a writer
+ * opens it once (cudaIpcOpenMemHandle) and copies with cudaMemcpyAsync on
+ * its own stream, waiting for that copy before it publishes the completion,
+ * so device-to-device transfers between processes on one host (one GPU or
+ * two with peer access) never touch host memory. Sources may be host or
+ * device memory (duet_rdma_mr_reg(.., DUET_RDMA_MEM_DEVICE) registers a
+ * device source); the writer must make sure the source is complete (its
+ * compute stream synchronised or its event passed) before writing.
  */
 #include "rdma/rdma_int.h"
 
@@ -27,8 +39,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#if defined(DUET_RDMA_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
 #define SHM_MAGIC 0x6d687364u /* "dshm" */
-#define SHM_VERSION 1
+#define SHM_VERSION 2 /* 2: region entries carry a CUDA IPC handle */
 #define SHM_MAX_MR 256
 #define SHM_BLOB_LEN 24
 #define SHM_MAX_MAPS 64
@@ -52,6 +68,9 @@ typedef struct shm_ctl {
     struct {
         _Atomic uint64_t key; /* 0 = free */
         uint64_t len;
+        uint32_t device;  /* 1: GPU memory, reached through ipc[] */
+        int32_t gpu;      /* its device ordinal in the owner */
+        uint8_t ipc[64];  /* cudaIpcMemHandle_t */
     } mrs[SHM_MAX_MR];
     _Alignas(64) shm_cell_t ring[];
 } shm_ctl_t;
@@ -64,12 +83,14 @@ typedef struct shm_ctx {
     int efd;
     bool local_armed;
     duet__cq_t local; /* SEND completions */
+    void *stream;     /* cudaStream_t for device copies, made on first use */
 } shm_ctx_t;
 
 typedef struct shm_map {
     uint64_t key;
     uint8_t *base;
     size_t len;
+    bool device; /* an opened CUDA IPC handle, not a mapping */
 } shm_map_t;
 
 typedef struct shm_conn {
@@ -88,7 +109,45 @@ typedef struct shm_conn {
 typedef struct shm_mr {
     char name[80];
     bool shared;
+    bool device; /* cudaMalloc'd */
 } shm_mr_t;
+
+#if defined(DUET_RDMA_CUDA)
+static duet_status_t cuda_err(cudaError_t e, const char *call)
+{
+    return duet_errorf(e == cudaErrorMemoryAllocation ? DUET_ERR_NOMEM : DUET_ERR_DEVICE,
+                       "rdma/shm: %s: %s (%s)", call, cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+/* Copy len bytes between any two of host and device memory and wait. */
+static duet_status_t cuda_copy(shm_ctx_t *s, void *dst, const void *src, size_t len)
+{
+    cudaError_t e;
+    if (!s->stream) {
+        cudaStream_t st;
+        if ((e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)) != cudaSuccess)
+            return cuda_err(e, "cudaStreamCreateWithFlags");
+        s->stream = st;
+    }
+    if ((e = cudaMemcpyAsync(dst, src, len, cudaMemcpyDefault, (cudaStream_t)s->stream)) !=
+        cudaSuccess)
+        return cuda_err(e, "cudaMemcpyAsync");
+    if ((e = cudaStreamSynchronize((cudaStream_t)s->stream)) != cudaSuccess)
+        return cuda_err(e, "cudaStreamSynchronize");
+    return DUET_OK;
+}
+#endif
+
+static void map_release(shm_map_t *m)
+{
+#if defined(DUET_RDMA_CUDA)
+    if (m->device) {
+        cudaIpcCloseMemHandle(m->base);
+        return;
+    }
+#endif
+    munmap(m->base, m->len);
+}
 
 static void seg_name(char *out, size_t cap, int pid, uint64_t nonce, uint64_t key)
 {
@@ -162,14 +221,82 @@ static void shm_ctx_close(duet_rdma_ctx_t *ctx)
     shm_unlink(s->name);
     close(s->efd);
     duet__cq_cleanup(&s->local);
+#if defined(DUET_RDMA_CUDA)
+    if (s->stream)
+        cudaStreamDestroy((cudaStream_t)s->stream);
+#endif
     duet_free(s);
 }
+
+#if defined(DUET_RDMA_CUDA)
+/* Device memory on the current device; published by IPC handle when peers
+ * may write into it. */
+static duet_status_t shm_mr_alloc_device(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
+{
+    shm_ctx_t *s = ctx->priv;
+    const bool remote = mr->access & DUET_RDMA_ACCESS_REMOTE_WRITE;
+    uint32_t idx = (uint32_t)(mr->rkey.key & 0xffffffffu) - 1;
+    if (remote && idx >= SHM_MAX_MR)
+        return duet_errorf(DUET_ERR_CAPACITY, "rdma/shm: more than %d writable regions",
+                           SHM_MAX_MR);
+    shm_mr_t *m = duet_calloc(1, sizeof(*m));
+    if (!m)
+        return duet_errorf(DUET_ERR_NOMEM, "rdma/shm: out of memory");
+    int dev = 0;
+    void *p = NULL;
+    cudaIpcMemHandle_t h;
+    duet_status_t st = DUET_OK;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) {
+        st = cuda_err(e, "cudaGetDevice");
+        goto fail;
+    }
+    if ((e = cudaMalloc(&p, mr->len ? mr->len : 1)) != cudaSuccess) {
+        st = duet_errorf(DUET_ERR_NOMEM, "rdma/shm: cudaMalloc of %zu bytes on device %d: %s",
+                         mr->len, dev, cudaGetErrorString(e));
+        goto fail;
+    }
+    if ((e = cudaMemset(p, 0, mr->len)) != cudaSuccess ||
+        (e = cudaDeviceSynchronize()) != cudaSuccess) { /* set-up, not a hot path */
+        st = cuda_err(e, "cudaMemset");
+        goto fail;
+    }
+    if (remote) {
+        if ((e = cudaIpcGetMemHandle(&h, p)) != cudaSuccess) {
+            st = cuda_err(e, "cudaIpcGetMemHandle");
+            goto fail;
+        }
+        _Static_assert(sizeof(h) == sizeof(s->ctl->mrs[0].ipc), "IPC handle size");
+        s->ctl->mrs[idx].len = mr->len;
+        s->ctl->mrs[idx].device = 1;
+        s->ctl->mrs[idx].gpu = dev;
+        memcpy(s->ctl->mrs[idx].ipc, &h, sizeof(h));
+        m->shared = true;
+    }
+    m->device = true;
+    mr->addr = p;
+    mr->priv = m;
+    if (remote)
+        atomic_store_explicit(&s->ctl->mrs[idx].key, mr->rkey.key, memory_order_release);
+    return DUET_OK;
+fail:
+    if (p)
+        cudaFree(p);
+    duet_free(m);
+    return st;
+}
+#endif
 
 static duet_status_t shm_mr_alloc(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
 {
     shm_ctx_t *s = ctx->priv;
     if (mr->access & DUET_RDMA_MEM_DEVICE)
-        return duet_errorf(DUET_ERR_UNSUPPORTED, "rdma/shm: GPU memory is not supported");
+#if defined(DUET_RDMA_CUDA)
+        return shm_mr_alloc_device(ctx, mr);
+#else
+        return duet_errorf(DUET_ERR_UNSUPPORTED,
+                           "rdma/shm: GPU memory needs a build with CUDA (this one has none)");
+#endif
     shm_mr_t *m = duet_calloc(1, sizeof(*m));
     if (!m)
         return duet_errorf(DUET_ERR_NOMEM, "rdma/shm: out of memory");
@@ -211,12 +338,19 @@ static duet_status_t shm_mr_alloc(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
     m->shared = true;
     mr->priv = m;
     s->ctl->mrs[idx].len = mr->len;
+    s->ctl->mrs[idx].device = 0;
     atomic_store_explicit(&s->ctl->mrs[idx].key, mr->rkey.key, memory_order_release);
     return DUET_OK;
 }
 
 static duet_status_t shm_mr_reg(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
 {
+#if defined(DUET_RDMA_CUDA)
+    if (mr->access == DUET_RDMA_MEM_DEVICE) { /* a device write source */
+        mr->priv = NULL;
+        return DUET_OK;
+    }
+#endif
     if (mr->access != DUET_RDMA_ACCESS_LOCAL)
         return duet__rdma_unsupported_reg(ctx, mr);
     mr->priv = NULL;
@@ -229,7 +363,15 @@ static void shm_mr_dereg(duet_rdma_ctx_t *ctx, duet_rdma_mr_t *mr)
     shm_mr_t *m = mr->priv;
     if (!m)
         return;
-    if (m->shared) {
+    if (m->device) {
+        if (m->shared) {
+            uint32_t idx = (uint32_t)(mr->rkey.key & 0xffffffffu) - 1;
+            atomic_store_explicit(&s->ctl->mrs[idx].key, 0, memory_order_release);
+        }
+#if defined(DUET_RDMA_CUDA)
+        cudaFree(mr->addr);
+#endif
+    } else if (m->shared) {
         uint32_t idx = (uint32_t)(mr->rkey.key & 0xffffffffu) - 1;
         atomic_store_explicit(&s->ctl->mrs[idx].key, 0, memory_order_release);
         munmap(mr->addr, mr->len);
@@ -353,7 +495,7 @@ static void shm_conn_close(duet_rdma_conn_t *conn)
 {
     shm_conn_t *c = conn->priv;
     for (size_t i = 0; i < c->n_maps; i++)
-        munmap(c->maps[i].base, c->maps[i].len);
+        map_release(&c->maps[i]);
     if (c->ctl)
         munmap(c->ctl, c->ctl_size);
     if (c->bell >= 0)
@@ -365,7 +507,7 @@ static void shm_conn_close(duet_rdma_conn_t *conn)
 
 /* The target of (key, off, len) in the peer, mapping its region once. */
 static duet_status_t shm_target(shm_conn_t *c, uint64_t key, uint64_t off, size_t len,
-                                uint8_t **out)
+                                uint8_t **out, bool *device)
 {
     uint64_t idx = (key & 0xffffffffu) - 1;
     if (idx >= SHM_MAX_MR ||
@@ -385,9 +527,33 @@ static duet_status_t shm_target(shm_conn_t *c, uint64_t key, uint64_t off, size_
             m = &c->maps[i];
     if (!m) {
         if (c->n_maps == SHM_MAX_MAPS) { /* evict the oldest mapping */
-            munmap(c->maps[0].base, c->maps[0].len);
+            map_release(&c->maps[0]);
             memmove(c->maps, c->maps + 1, (SHM_MAX_MAPS - 1) * sizeof(c->maps[0]));
             c->n_maps--;
+        }
+        if (c->ctl->mrs[idx].device) {
+#if defined(DUET_RDMA_CUDA)
+            cudaIpcMemHandle_t h;
+            memcpy(&h, c->ctl->mrs[idx].ipc, sizeof(h));
+            void *p = NULL;
+            cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+            if (e != cudaSuccess)
+                return duet_errorf(DUET_ERR_DEVICE,
+                                   "rdma/shm: cannot open peer pid %d's GPU region 0x%llx "
+                                   "(device %d): cudaIpcOpenMemHandle: %s",
+                                   c->pid, (unsigned long long)key, c->ctl->mrs[idx].gpu,
+                                   cudaGetErrorString(e));
+            m = &c->maps[c->n_maps++];
+            *m = (shm_map_t){key, p, rlen, true};
+            *out = m->base + off;
+            *device = true;
+            return DUET_OK;
+#else
+            return duet_errorf(DUET_ERR_UNSUPPORTED,
+                               "rdma/shm: peer pid %d's region 0x%llx is GPU memory and this "
+                               "build has no CUDA",
+                               c->pid, (unsigned long long)key);
+#endif
         }
         char name[80];
         seg_name(name, sizeof(name), c->pid, c->nonce, key);
@@ -403,9 +569,10 @@ static duet_status_t shm_target(shm_conn_t *c, uint64_t key, uint64_t off, size_
         if (p == MAP_FAILED)
             return duet_errorf(DUET_ERR_PROTOCOL, "rdma/shm: cannot map peer region %s", name);
         m = &c->maps[c->n_maps++];
-        *m = (shm_map_t){key, p, rlen};
+        *m = (shm_map_t){key, p, rlen, false};
     }
     *out = m->base + off;
+    *device = m->device;
     return DUET_OK;
 }
 
@@ -438,7 +605,8 @@ static duet_status_t shm_write(duet_rdma_conn_t *conn, const duet_rdma_mr_t *src
                             .conn_user = conn->user,
                             .conn_id = conn->id};
     uint8_t *target = NULL;
-    if (len && (st = shm_target(c, dst->key, dst_off, len, &target)) != DUET_OK) {
+    bool dev_target = false;
+    if (len && (st = shm_target(c, dst->key, dst_off, len, &target, &dev_target)) != DUET_OK) {
         done.status = st; /* the remote check failed: report it as RDMA would */
         local_complete(conn->ctx, &done);
         return DUET_OK;
@@ -448,8 +616,20 @@ static duet_status_t shm_write(duet_rdma_conn_t *conn, const duet_rdma_mr_t *src
      * reserved, never-published cell that would stall the peer's ring for
      * every other writer. The window left is a few stores long. A full ring
      * refuses the write (AGAIN) after the copy; the retry copies again. */
-    if (len)
+    if (len && (dev_target || (src->access & DUET_RDMA_MEM_DEVICE))) {
+#if defined(DUET_RDMA_CUDA)
+        st = cuda_copy(conn->ctx->priv, target, (const uint8_t *)src->addr + src_off, len);
+#else
+        st = duet_errorf(DUET_ERR_UNSUPPORTED, "rdma/shm: a GPU copy in a build without CUDA");
+#endif
+        if (st) {
+            done.status = st;
+            local_complete(conn->ctx, &done);
+            return DUET_OK;
+        }
+    } else if (len) {
         memcpy(target, (const uint8_t *)src->addr + src_off, len);
+    }
     shm_ctl_t *ctl = c->ctl;
     uint64_t mask = ctl->ring_cap - 1;
     uint64_t pos = atomic_load_explicit(&ctl->tail, memory_order_relaxed);

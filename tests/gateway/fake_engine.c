@@ -211,7 +211,7 @@ static duet_status_t fake_stats(duet_gw_engine_t *eng, duet_gw_engine_stats_t *o
     out->kv_usage = (double)used / 1024.0;
     out->n_extra = 1;
     out->extra[0] = (duet_gw_engine_metric_t){"duet_fake_rounds_total", "Tokens the fake produced.",
-                                              true, (double)f->rounds};
+                                              true, (double)f->rounds, ""};
     pthread_mutex_unlock(&f->mu);
     return DUET_OK;
 }

@@ -614,6 +614,91 @@ static void test_body_limits(void **state)
     http_resp_free(&r);
 }
 
+/* Send raw bytes on a new connection; read the answer to EOF (the test
+ * client's receive timeout bounds it). Returns the seconds it took. */
+static double raw_exchange(const char *bytes, size_t n, http_resp_t *r)
+{
+    int fd = http_connect(g_port);
+    assert_true(fd >= 0);
+    double t0 = duet_now_s();
+    /* the server may answer and close before it has read everything */
+    (void)http_send_all(fd, bytes, n);
+    if (!http_read_response(fd, r)) /* closed without a response */
+        memset(r, 0, sizeof(*r));
+    return duet_now_s() - t0;
+}
+
+/* Malformed HTTP: what the handler sees is answered with OpenAI error JSON;
+ * what libmicrohttpd rejects before the handler (a broken request line,
+ * chunk framing or Content-Length, an HTTP version it does not speak,
+ * heads beyond its per-connection memory) gets its own 4xx/5xx, or a
+ * closed connection, at once: never a hang. */
+static void test_malformed_http(void **state)
+{
+    (void)state;
+    static char buf[400 * 1024];
+    http_resp_t r;
+
+    /* a URL over 16 KiB: 414 JSON */
+    int n = snprintf(buf, sizeof(buf), "GET /v1/models/");
+    memset(buf + n, 'a', 20000);
+    n += 20000;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, " HTTP/1.1\r\nHost: x\r\n" KEY "\r\n");
+    raw_exchange(buf, (size_t)n, &r);
+    assert_int_equal(r.status, 414);
+    assert_error_json(r.body, NULL);
+    http_resp_free(&r);
+
+    /* headers over 64 KiB: 431 JSON */
+    n = snprintf(buf, sizeof(buf), "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(buf + n, 'b', 70000);
+    n += 70000;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n\r\n");
+    raw_exchange(buf, (size_t)n, &r);
+    assert_int_equal(r.status, 431);
+    assert_error_json(r.body, NULL);
+    assert_non_null(strstr(r.body, "65536"));
+    http_resp_free(&r);
+
+    /* a transfer coding other than chunked: 501 JSON naming it */
+    const char *te = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" KEY
+                     "Transfer-Encoding: gzip\r\n\r\n";
+    raw_exchange(te, strlen(te), &r);
+    assert_int_equal(r.status, 501);
+    assert_error_json(r.body, NULL);
+    assert_non_null(strstr(r.body, "gzip"));
+    http_resp_free(&r);
+
+    /* rejected inside libmicrohttpd: an error status or a close, promptly */
+    const char *lib[] = {
+        "GARBAGE\r\n\r\n",
+        "GET /health\r\n\r\n",
+        "GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" KEY "Content-Length: abc\r\n\r\n{}",
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" KEY
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    };
+    for (size_t i = 0; i < DUET_ARRAY_LEN(lib); i++) {
+        double dt = raw_exchange(lib[i], strlen(lib[i]), &r);
+        if (!(r.status == 0 || (r.status >= 400 && r.status < 600)) || dt > 5)
+            fail_msg("case %zu: status %d after %.1f s", i, r.status, dt);
+        http_resp_free(&r);
+    }
+    n = snprintf(buf, sizeof(buf), "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(buf + n, 'c', 300 * 1024);
+    n += 300 * 1024;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\n\r\n");
+    double dt = raw_exchange(buf, (size_t)n, &r);
+    assert_true(r.status == 0 || r.status == 431);
+    assert_true(dt < 5);
+    http_resp_free(&r);
+
+    /* the server still serves */
+    assert_true(http_do(g_port, "GET", "/health", NULL, NULL, &r));
+    assert_int_equal(r.status, 200);
+    http_resp_free(&r);
+}
+
 /* ---- health, models, metrics --------------------------------------------- */
 
 static void test_health_models(void **state)
@@ -710,6 +795,20 @@ static void test_metrics(void **state)
     assert_true(metric(M("vllm:kv_cache_usage_perc")) == 0);
     assert_true(metric(M("duet_fake_rounds_total")) > 0);
     assert_true(metric(M("duet_gateway_active_streams")) == 0);
+
+    /* the gateway's overhead histogram counts streamed emissions only */
+    double em0 = metric(M("duet_gateway_emit_latency_seconds_count"));
+    assert_true(metric(M("duet_gateway_emit_latency_seconds_count")) == em0);
+    stream_result_t sr;
+    stream("/v1/completions",
+           "{\"prompt\":[600,601,602],\"max_tokens\":6,\"temperature\":0,\"stream\":true}", &sr);
+    assert_int_equal(sr.status, 200);
+    double em1 = metric(M("duet_gateway_emit_latency_seconds_count"));
+    /* at least one emission carried a token, at most one per token */
+    assert_true(em1 >= em0 + 1 && em1 <= em0 + 6);
+    assert_true(metric(M("duet_gateway_emit_latency_seconds_sum")) >= 0);
+    assert_true(metric("duet_gateway_emit_latency_seconds_bucket{model_name=\"fake-model\","
+                       "le=\"+Inf\"}") == em1);
 }
 
 /* ---- concurrency, disconnects, shutdown ---------------------------------- */
@@ -968,6 +1067,19 @@ static void test_timeouts(void **state)
     assert_true(got <= 0);
     assert_true(duet_now_s() - t0 < 8);
     close(fd);
+
+    /* a body that stops half way: the server hangs up too */
+    fd = http_connect(port);
+    assert_true(fd >= 0);
+    const char *part = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                       "{\"prompt\":";
+    assert_true(http_send_all(fd, part, strlen(part)));
+    t0 = duet_now_s();
+    got = recv(fd, &c, 1, 0);
+    assert_true(got <= 0);
+    assert_true(duet_now_s() - t0 < 8);
+    close(fd);
+
     duet_gateway_destroy(&gw3);
 }
 
@@ -978,7 +1090,8 @@ int main(void)
         cmocka_unit_test(test_completion_stream), cmocka_unit_test(test_chat),
         cmocka_unit_test(test_stop_strings),      cmocka_unit_test(test_eos),
         cmocka_unit_test(test_n_choices),         cmocka_unit_test(test_bad_requests),
-        cmocka_unit_test(test_body_limits),       cmocka_unit_test(test_health_models),
+        cmocka_unit_test(test_body_limits),       cmocka_unit_test(test_malformed_http),
+        cmocka_unit_test(test_health_models),
         cmocka_unit_test(test_metrics),           cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_disconnect_stream), cmocka_unit_test(test_disconnect_blocking),
         cmocka_unit_test(test_shutdown_inflight), cmocka_unit_test(test_engine_faults),

@@ -3,7 +3,9 @@
  * equal Hugging Face's (reference.json); a stop id that is not the
  * pipeline's eos finishes with STOP right after it; cancel finishes with
  * CANCELED and leaves nothing running and no KV reserved; unknown ids are
- * NOT_FOUND; bad requests fail at submit without callbacks. */
+ * NOT_FOUND; bad requests fail at submit without callbacks; the KV usage
+ * reported is the attention shard's blocks in use (prompt + tokens so far),
+ * not the scheduler's reservation (prompt + max_tokens). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -229,6 +231,106 @@ static void test_cancel(void **state)
     assert_int_equal(g_eng->ops->cancel(g_eng, 999999), DUET_ERR_NOT_FOUND);
 }
 
+static double extra_metric(const duet_gw_engine_stats_t *st, const char *name)
+{
+    for (uint32_t i = 0; i < st->n_extra; i++)
+        if (st->extra[i].name && !strcmp(st->extra[i].name, name))
+            return st->extra[i].value;
+    fail_msg("no metric %s", name);
+    return -1;
+}
+
+static uint64_t blocks_for(uint64_t tokens)
+{
+    return (tokens + 15) / 16; /* kv_block_size 16 */
+}
+
+static void test_kv_usage(void **state)
+{
+    (void)state;
+    sink_t s;
+    sink_init(&s);
+    duet_gw_engine_request_t r = greedy_req(900); /* reserves ceil(910 / 16) = 57 blocks */
+    uint64_t id = 0;
+    assert_int_equal(g_eng->ops->submit(g_eng, &r, &k_cb, &s, &id), DUET_OK);
+    sink_wait(&s, 2, false);
+    pthread_mutex_lock(&s.mu);
+    uint32_t before = s.n;
+    pthread_mutex_unlock(&s.mu);
+    duet_gw_engine_stats_t st;
+    assert_int_equal(g_eng->ops->stats(g_eng, &st), DUET_OK);
+    pthread_mutex_lock(&s.mu);
+    uint32_t after = s.n;
+    bool finished = s.finished;
+    pthread_mutex_unlock(&s.mu);
+    assert_false(finished);
+    assert_true(extra_metric(&st, "duet_kv_usage_live") == 1);
+    assert_true(extra_metric(&st, "duet_kv_blocks_reserved") == 57);
+    /* in the cache: the prompt and the tokens fed back so far (the newest
+     * generated token is fed by the next step; one step may be in flight) */
+    if (st.kv_blocks_used < blocks_for(N_PROMPT + before - 1) ||
+        st.kv_blocks_used > blocks_for(N_PROMPT + after + 1))
+        fail_msg("KV blocks in use %llu, with %u..%u tokens generated (prompt %zu)",
+                 (unsigned long long)st.kv_blocks_used, before, after, N_PROMPT);
+    assert_true(st.kv_blocks_used < 57);
+    assert_true(st.kv_usage > 0 && st.kv_usage == (double)st.kv_blocks_used / 64.0);
+    assert_int_equal(g_eng->ops->cancel(g_eng, id), DUET_OK);
+    sink_wait(&s, 0, true);
+    assert_idle();
+    assert_int_equal(g_eng->ops->stats(g_eng, &st), DUET_OK);
+    assert_true(extra_metric(&st, "duet_kv_blocks_reserved") == 0);
+    assert_true(st.kv_usage == 0);
+    sink_fini(&s);
+}
+
+static const duet_gw_engine_metric_t *extra_find(const duet_gw_engine_stats_t *st,
+                                                 const char *name, const char *labels)
+{
+    for (uint32_t i = 0; i < st->n_extra; i++)
+        if (st->extra[i].name && !strcmp(st->extra[i].name, name) &&
+            !strcmp(st->extra[i].labels, labels))
+            return &st->extra[i];
+    return NULL;
+}
+
+/* Per-actor counters come from the shards themselves (pipe.stats_req);
+ * samples of one metric are consecutive (the /metrics renderer needs it). */
+static void test_actor_metrics(void **state)
+{
+    (void)state;
+    sink_t s;
+    sink_init(&s);
+    duet_gw_engine_request_t r = greedy_req(8);
+    uint64_t id = 0;
+    assert_int_equal(g_eng->ops->submit(g_eng, &r, &k_cb, &s, &id), DUET_OK);
+    sink_wait(&s, 0, true);
+    sink_fini(&s);
+    duet_gw_engine_stats_t st;
+    assert_int_equal(g_eng->ops->stats(g_eng, &st), DUET_OK);
+    const char *actors[] = {"actor=\"attn/0\"", "actor=\"expert/0\""};
+    for (int a = 0; a < 2; a++) {
+        const duet_gw_engine_metric_t *up = extra_find(&st, "duet_actor_up", actors[a]);
+        const duet_gw_engine_metric_t *busy =
+            extra_find(&st, "duet_actor_busy_seconds_total", actors[a]);
+        const duet_gw_engine_metric_t *bytes =
+            extra_find(&st, "duet_actor_data_bytes_total", actors[a]);
+        const duet_gw_engine_metric_t *rounds =
+            extra_find(&st, "duet_actor_rounds_total", actors[a]);
+        if (!up || !busy || !bytes || !rounds)
+            fail_msg("no per-actor metrics for %s", actors[a]);
+        assert_true(up->value == 1 && !up->counter);
+        assert_true(busy->value > 0 && busy->counter);
+        assert_true(bytes->value > 0 && rounds->value > 0);
+    }
+    for (uint32_t i = 0; i < st.n_extra; i++) /* one run per name */
+        for (uint32_t j = i + 2; j < st.n_extra; j++)
+            if (!strcmp(st.extra[i].name, st.extra[j].name))
+                for (uint32_t k = i + 1; k < j; k++)
+                    assert_string_equal(st.extra[k].name, st.extra[i].name);
+    assert_non_null(extra_find(&st, "duet_pipe_epochs_total", ""));
+    assert_non_null(extra_find(&st, "duet_pipe_restarts_total", ""));
+}
+
 static void test_bad_requests(void **state)
 {
     (void)state;
@@ -254,6 +356,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_info),         cmocka_unit_test(test_greedy_length),
         cmocka_unit_test(test_stop_ids),     cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_kv_usage),     cmocka_unit_test(test_actor_metrics),
         cmocka_unit_test(test_bad_requests),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

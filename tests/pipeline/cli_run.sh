@@ -61,4 +61,70 @@ PY
     check_trace "$tmp/m.json" attn/0 attn/1 expert/0 expert/3 scheduler
     ls "$tmp"/m.json.* >/dev/null 2>&1 && { echo "per-node trace files left behind"; exit 1; }
 fi
+# duet run watches its node processes: kill -9 of one shuts the deployment
+# down with status 3 and a message naming the node and the signal; with
+# --restart 1 the node is started again and the deployment keeps running
+# until SIGTERM (status 0).
+f="$tmp/kill.yaml"
+sed -e "s|^name: .*|name: t$$-kill|" \
+    -e "s|ipc:///tmp/duet-|ipc:///tmp/duet-t$$-k-|" \
+    -e "s|^model: .*|model: $models/pycoder-moe|" "$dir/local-2x4.yaml" > "$f"
+start_run() { # ERRFILE ARGS... ; sets $rp
+    errf=$1
+    shift
+    "$duet" run "$f" "$@" 2>"$errf" &
+    rp=$!
+    i=0
+    until [ "$(grep -c ': up$' "$errf")" -ge 6 ]; do
+        i=$((i + 1))
+        [ $i -le 300 ] || { echo "deployment not up in 60 s"; cat "$errf"; kill -9 $rp; exit 1; }
+        sleep 0.2
+    done
+}
+wait_rc() { # PID SECONDS ; sets $rc (124: still running, killed)
+    i=0
+    while kill -0 "$1" 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -le $(($2 * 10)) ] || { kill -9 "$1"; wait "$1" 2>/dev/null; rc=124; return; }
+        sleep 0.1
+    done
+    rc=0
+    wait "$1" || rc=$?
+}
+start_run "$tmp/kill.err"
+victim=$(pgrep -P $rp -f -- "--node exp2")
+[ -n "$victim" ] || { echo "no exp2 child"; exit 1; }
+kill -9 "$victim"
+wait_rc $rp 30
+cat "$tmp/kill.err"
+[ $rc -eq 3 ] || { echo "duet run exited $rc after a node was killed, expected 3"; exit 1; }
+grep -q "node exp2 (pid $victim) was killed by signal 9" "$tmp/kill.err" ||
+    { echo "no report naming the dead node and its signal"; exit 1; }
+[ -z "$(pgrep -f -- "$f --node")" ] || { echo "node processes left behind"; exit 1; }
+start_run "$tmp/restart.err" --restart 1
+victim=$(pgrep -P $rp -f -- "--node exp1")
+kill -9 "$victim"
+i=0
+until grep -q "node exp1 (pid $victim) was killed by signal 9.*restarting" "$tmp/restart.err" &&
+      [ "$(pgrep -P $rp -f -- "--node" | wc -l)" -eq 6 ] &&
+      [ "$(grep -c 'duet node exp1: up' "$tmp/restart.err")" -ge 2 ]; do
+    i=$((i + 1))
+    [ $i -le 300 ] || { echo "exp1 not restarted"; cat "$tmp/restart.err"; kill -9 $rp; exit 1; }
+    kill -0 $rp 2>/dev/null || { echo "duet run ended"; cat "$tmp/restart.err"; exit 1; }
+    sleep 0.2
+done
+kill -TERM $rp
+wait_rc $rp 30
+cat "$tmp/restart.err"
+[ $rc -eq 0 ] || { echo "duet run exited $rc after SIGTERM, expected 0"; exit 1; }
+# duet run itself killed: its node processes stop too (parent-death signal)
+start_run "$tmp/orphan.err"
+kill -9 $rp
+wait $rp 2>/dev/null || true
+i=0
+while [ -n "$(pgrep -f -- "$f --node")" ]; do
+    i=$((i + 1))
+    [ $i -le 150 ] || { echo "node processes outlived duet run"; kill -9 $(pgrep -f -- "$f --node"); exit 1; }
+    sleep 0.2
+done
 echo ok

@@ -1,0 +1,517 @@
+/* Recovery under faults (actors/pipeline.h, actors/chaos.h) on the
+ * mixtral-tiny fixture: every case runs a workload fault-free (the
+ * reference; tests/pipeline checks that the pipeline's greedy tokens equal
+ * the single-process engine's and HF's) and then under a fault, and
+ * requires, token for token, the reference's output with nothing lost,
+ * hung, misnumbered or leaked:
+ *   - an expert shard crashes and its experts have replicas (no restart);
+ *   - an expert shard without replicas crashes and its supervisor restarts it;
+ *   - the same without a restart: the affected requests end with an error
+ *     within recover_timeout_ms, none hangs, nothing leaks;
+ *   - an attention shard crashes (restarted; and not restarted: its
+ *     requests move to the other shard);
+ *   - the router crashes (restarted, it rebuilds its state from the shards);
+ *   - a compute error inside an expert shard; a corrupted data-plane byte
+ *     caught by the checksum;
+ *   - an expert shard stalls past the round timeout, one is a straggler
+ *     (10x slower results), control messages of the rounds are dropped,
+ *     duplicated and reordered;
+ *   - a simulated campaign of 200 seeds with random fault plans;
+ *   - the same seed and plan twice on the simulation give the same run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "actors/chaos.h"
+
+#define MIXTRAL DUET_FIXTURES "/mixtral-tiny"
+#define N_EXPERTS 8
+
+typedef struct placement {
+    int ids[8][16];
+    int n[8];
+    const int *rows[8];
+} placement_t;
+
+/* Expert e on shard e % S; with `replicas`, also on the next shard. */
+static void place(placement_t *p, int S, bool replicas)
+{
+    memset(p, 0, sizeof(*p));
+    for (int e = 0; e < N_EXPERTS; e++) {
+        int s = e % S;
+        p->ids[s][p->n[s]++] = e;
+        if (replicas) {
+            int r = (s + 1) % S;
+            p->ids[r][p->n[r]++] = e;
+        }
+    }
+    for (int s = 0; s < S; s++)
+        p->rows[s] = p->ids[s];
+}
+
+static duet_chaos_config_t base_config(const placement_t *pl, int A, int S, bool sim)
+{
+    duet_chaos_config_t c = {
+        .pipe =
+            {
+                .model_dir = MIXTRAL,
+                .n_attention = A,
+                .n_expert_shards = S,
+                .shard_experts = pl->rows,
+                .shard_n_experts = pl->n,
+                .micro_batches = 2,
+                .token_budget = 64,
+                .kv_blocks = 256,
+                .kv_block_size = 16,
+                .round_timeout_ms = 500,
+                .recover_timeout_ms = 5000,
+                .control = sim ? DUET_PIPE_CONTROL_SIM : DUET_PIPE_CONTROL_INPROC,
+                .sim_seed = 11,
+                .sim_latency_max_ns = 200000,
+            },
+        .workload_seed = 3,
+        .requests = 8,
+        .max_new = 32,
+        .arrival_ms = 80, /* requests keep arriving while the fault hits */
+        .deadline_ms = 30000,
+        /* first request at 300 ms: a deployment on a loaded host is up by
+         * then, so the faults (25 ms later) hit the requests, not the start */
+        .start_ms = sim ? 100 : 300,
+    };
+    return c;
+}
+
+/* Reference, then the plan made by `mk` from the reference's timing
+ * (start of the run, its length). Returns the result. */
+typedef void (*plan_fn)(char *buf, size_t cap, double start_ms, double run_ms);
+
+static duet_chaos_result_t run_case(const char *what, duet_chaos_config_t *c, plan_fn mk)
+{
+    duet_chaos_ref_t *ref = NULL;
+    duet_status_t st = duet_chaos_reference(c, &ref);
+    if (st)
+        print_message("reference: %s\n", duet_error());
+    assert_int_equal(st, DUET_OK);
+    double start_ms, run_ms;
+    duet_chaos_ref_times(ref, &start_ms, &run_ms);
+    char plan[1024];
+    mk(plan, sizeof(plan), start_ms, run_ms);
+    duet_chaos_result_t r;
+    st = duet_chaos_run(c, ref, plan, 99, &r);
+    if (st)
+        print_message("run: %s\n", duet_error());
+    assert_int_equal(st, DUET_OK);
+    print_message("  %s (reference %.1f ms from %.1f ms); plan:\n%s", what, run_ms, start_ms, plan);
+    duet_chaos_print(stdout, &r);
+    duet_chaos_ref_destroy(&ref);
+    return r;
+}
+
+static void assert_all_good(const duet_chaos_result_t *r)
+{
+    assert_true(duet_chaos_ok(r));
+    assert_int_equal(r->completed, r->requests);
+    assert_int_equal(r->errored, 0);
+}
+
+/* ---- plans ------------------------------------------------------------------ */
+
+static void plan_crash_expert1(char *b, size_t cap, double s, double run)
+{
+    (void)run;
+    snprintf(b, cap, "crash actor=expert/1 at=%.3fms\n", s + 25.0);
+}
+
+static void plan_crash_attn0(char *b, size_t cap, double s, double run)
+{
+    (void)run;
+    snprintf(b, cap, "crash actor=attn/0 at=%.3fms\n", s + 25.0);
+}
+
+static void plan_crash_router(char *b, size_t cap, double s, double run)
+{
+    (void)run;
+    snprintf(b, cap, "crash actor=router at=%.3fms\n", s + 20.0);
+}
+
+static void plan_stall_expert0(char *b, size_t cap, double s, double run)
+{
+    (void)run;
+    snprintf(b, cap, "stall actor=expert/0 at=%.3fms for=800ms\n", s + 25.0);
+}
+
+static void plan_straggler(char *b, size_t cap, double s, double run)
+{
+    (void)s, (void)run;
+    snprintf(b, cap, "delay min=2ms max=3ms from=expert/2 type=pipe.result\n");
+}
+
+static void plan_messages(char *b, size_t cap, double s, double run)
+{
+    snprintf(b, cap,
+             "drop p=0.05 type=pipe.dispatch at=%.3fms for=%.3fms\n"
+             "drop p=0.05 type=pipe.result at=%.3fms for=%.3fms\n"
+             "dup p=0.3 type=pipe.dispatch\n"
+             "dup p=0.3 type=pipe.result\n"
+             "dup p=0.2 type=pipe.step\n"
+             "reorder p=0.3 window=2ms type=pipe.result\n"
+             "delay min=0ms max=1ms p=0.5 type=pipe.dispatch\n",
+             s, run, s, run);
+}
+
+/* ---- cases ------------------------------------------------------------------ */
+
+/* The router drops expert/1 from the table (a new epoch); its experts'
+ * rows go to their replicas; nobody restarts it. */
+static void test_expert_crash_replica(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, true);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    c.pipe.no_restart = true;
+    duet_chaos_result_t r =
+        run_case("expert/1 crashes, replicas, no restart", &c, plan_crash_expert1);
+    assert_all_good(&r);
+    assert_true(r.faults[DUET_FAULT_CRASH] == 1);
+    assert_true(r.epochs >= 1);
+    assert_true(r.detect_ms >= 0);
+}
+
+/* No replica: the supervisor restarts it; rounds replay once it is back. */
+static void test_expert_crash_restart(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_result_t r =
+        run_case("expert/1 crashes, no replica, restarted", &c, plan_crash_expert1);
+    assert_all_good(&r);
+    assert_true(r.restarts >= 1);
+    assert_true(r.epochs >= 2); /* out, and back in */
+}
+
+/* No replica and no restart: the affected requests end with an error
+ * within recover_timeout_ms; none is lost or hangs; nothing leaks. */
+static void test_expert_crash_gone(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    c.pipe.no_restart = true;
+    c.pipe.recover_timeout_ms = 600;
+    c.deadline_ms = 5000;
+    duet_chaos_result_t r =
+        run_case("expert/1 crashes, no replica, not restarted", &c, plan_crash_expert1);
+    assert_true(duet_chaos_ok(&r));
+    assert_true(r.errored >= 1);
+    assert_int_equal(r.completed + r.errored, r.requests);
+}
+
+static void test_attention_crash_restart(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_result_t r = run_case("attn/0 crashes, restarted", &c, plan_crash_attn0);
+    assert_all_good(&r);
+    assert_true(r.restarts >= 1);
+}
+
+/* Not restarted: its requests are recomputed on attn/1. */
+static void test_attention_crash_moves(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    c.pipe.no_restart = true;
+    duet_chaos_result_t r = run_case("attn/0 crashes, not restarted", &c, plan_crash_attn0);
+    assert_true(duet_chaos_ok(&r));
+    assert_int_equal(r.completed, r.requests);
+    assert_true(r.replays >= 1);
+}
+
+static void test_router_crash(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, true);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_result_t r = run_case("the router crashes, restarted", &c, plan_crash_router);
+    assert_all_good(&r);
+    assert_true(r.restarts >= 1);
+}
+
+static void test_expert_stall(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_result_t r =
+        run_case("expert/0 stalls 800 ms (round timeout 500 ms)", &c, plan_stall_expert0);
+    assert_all_good(&r);
+}
+
+static void test_straggler(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_result_t r =
+        run_case("expert/2 a straggler (results 2-3 ms late)", &c, plan_straggler);
+    assert_all_good(&r);
+    assert_int_equal(r.replays, 0); /* slow is not dead */
+}
+
+static void test_message_faults(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, true);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_result_t r =
+        run_case("round messages dropped, duplicated, reordered", &c, plan_messages);
+    assert_all_good(&r);
+    assert_true(r.faults[DUET_FAULT_DUP] > 0);
+}
+
+static void plan_none(char *b, size_t cap, double s, double run)
+{
+    (void)s, (void)run;
+    snprintf(b, cap, "%s", "");
+}
+
+/* A compute error inside expert/1 (its 40th round fails): the step fails,
+ * the data plane moves to a new epoch and the requests are recomputed. */
+static void test_compute_error(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_chaos_ref_t *ref = NULL;
+    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
+    c.pipe.fail_expert = 1;
+    c.pipe.fail_round = 40;
+    duet_chaos_result_t r;
+    assert_int_equal(duet_chaos_run(&c, ref, NULL, 1, &r), DUET_OK);
+    print_message("  a compute error in expert/1's round 40:\n");
+    duet_chaos_print(stdout, &r);
+    duet_chaos_ref_destroy(&ref);
+    assert_all_good(&r);
+    assert_true(r.replays >= 1);
+    assert_true(r.epochs >= 1);
+    (void)plan_none;
+}
+
+/* A corrupted byte in a dispatch write, with the checksum on: caught, the
+ * step is replayed, the tokens stay right. */
+static void test_corrupted_bytes(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    c.pipe.checksum = true;
+    duet_chaos_ref_t *ref = NULL;
+    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
+    c.pipe.corrupt_write = 30;
+    duet_chaos_result_t r;
+    assert_int_equal(duet_chaos_run(&c, ref, NULL, 1, &r), DUET_OK);
+    print_message("  a corrupted byte in attn/0's 30th dispatch write, checksum on:\n");
+    duet_chaos_print(stdout, &r);
+    duet_chaos_ref_destroy(&ref);
+    assert_all_good(&r);
+    assert_true(r.replays >= 1);
+}
+
+/* ---- simulation --------------------------------------------------------------- */
+
+static duet_chaos_config_t sim_config(placement_t *pl)
+{
+    /* uneven: expert/0 holds 0-5, expert/1 3-7, expert/2 6,7,0,1,2 */
+    static const int e0[] = {0, 1, 2, 3, 4, 5}, e1[] = {3, 4, 5, 6, 7}, e2[] = {6, 7, 0, 1, 2};
+    memset(pl, 0, sizeof(*pl));
+    pl->rows[0] = e0;
+    pl->rows[1] = e1;
+    pl->rows[2] = e2;
+    pl->n[0] = 6;
+    pl->n[1] = 5;
+    pl->n[2] = 5;
+    duet_chaos_config_t c = base_config(pl, 2, 3, true);
+    c.requests = 4;
+    c.max_new = 8;
+    c.arrival_ms = 0;
+    return c;
+}
+
+static void test_sim_campaign(void **state)
+{
+    (void)state;
+    placement_t pl;
+    duet_chaos_config_t c = sim_config(&pl);
+    duet_chaos_ref_t *ref = NULL;
+    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
+    double start_ms, run_ms;
+    duet_chaos_ref_times(ref, &start_ms, &run_ms);
+    uint64_t faults[DUET_FAULT_KIND_COUNT] = {0}, replays = 0, errored = 0;
+    int failed = 0;
+    const int seeds = 200;
+    for (int s = 1; s <= seeds; s++) {
+        char plan[2048];
+        duet_chaos_random_plan((uint64_t)s, &c.pipe, start_ms, run_ms, plan, sizeof(plan));
+        c.pipe.sim_seed = (uint64_t)s;
+        duet_chaos_result_t r;
+        assert_int_equal(duet_chaos_run(&c, ref, plan, (uint64_t)s, &r), DUET_OK);
+        for (int k = 0; k < DUET_FAULT_KIND_COUNT; k++)
+            faults[k] += r.faults[k];
+        replays += r.replays;
+        errored += (uint64_t)r.errored;
+        if (!duet_chaos_ok(&r) || r.errored) {
+            print_message("seed %d FAILED; plan:\n%s", s, plan);
+            duet_chaos_print(stdout, &r);
+            failed++;
+            break;
+        }
+    }
+    print_message(
+        "  campaign: %d seeds; injected: drop %llu, delay %llu, dup %llu, reorder %llu, "
+        "crash %llu, stall %llu, partition %llu; %llu replays, %llu ended with error\n",
+        seeds, (unsigned long long)faults[DUET_FAULT_DROP],
+        (unsigned long long)faults[DUET_FAULT_DELAY], (unsigned long long)faults[DUET_FAULT_DUP],
+        (unsigned long long)faults[DUET_FAULT_REORDER],
+        (unsigned long long)faults[DUET_FAULT_CRASH], (unsigned long long)faults[DUET_FAULT_STALL],
+        (unsigned long long)faults[DUET_FAULT_PARTITION], (unsigned long long)replays,
+        (unsigned long long)errored);
+    duet_chaos_ref_destroy(&ref);
+    assert_int_equal(failed, 0);
+    assert_true(faults[DUET_FAULT_CRASH] > 50); /* the plans did hit */
+    assert_true(faults[DUET_FAULT_PARTITION] > 0);
+    assert_true(replays > 100);
+}
+
+static void test_sim_reproducible(void **state)
+{
+    (void)state;
+    placement_t pl;
+    duet_chaos_config_t c = sim_config(&pl);
+    duet_chaos_ref_t *ref = NULL;
+    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
+    double start_ms, run_ms;
+    duet_chaos_ref_times(ref, &start_ms, &run_ms);
+    char plan[256];
+    snprintf(plan, sizeof(plan),
+             "crash actor=expert/1 at=%.3fms\ndup p=0.3 type=pipe.result\n"
+             "crash actor=attn/1 at=%.3fms\n",
+             start_ms + run_ms * 0.3, start_ms + run_ms * 0.6);
+    duet_chaos_result_t a, b;
+    assert_int_equal(duet_chaos_run(&c, ref, plan, 5, &a), DUET_OK);
+    assert_int_equal(duet_chaos_run(&c, ref, plan, 5, &b), DUET_OK);
+    duet_chaos_print(stdout, &a);
+    assert_true(duet_chaos_ok(&a));
+    assert_int_equal(a.replays, b.replays);
+    assert_int_equal(a.epochs, b.epochs);
+    assert_true(a.run_ms == b.run_ms);
+    assert_true(a.faults[DUET_FAULT_DUP] == b.faults[DUET_FAULT_DUP]);
+    duet_chaos_ref_destroy(&ref);
+}
+
+/* ---- start-up ------------------------------------------------------------------ */
+
+/* Only the "ctl" node runs: no attention shard can become ready; the
+ * deployment's start fails after start_timeout_ms naming what is missing. */
+static void test_start_timeout(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 2, false);
+    duet_chaos_config_t c = base_config(&pl, 1, 2, false);
+    char tag[64];
+    snprintf(tag, sizeof(tag), "faults-start-%d", (int)getpid());
+    c.pipe.control = DUET_PIPE_CONTROL_IPC;
+    c.pipe.provider = "shm";
+    c.pipe.ipc_tag = tag;
+    c.pipe.only_node = "ctl";
+    c.pipe.start_timeout_ms = 400;
+    duet_pipe_t *p = NULL;
+    uint64_t t0 = duet_now_ns();
+    duet_status_t st = duet_pipe_create(&c.pipe, &p);
+    double secs = (double)(duet_now_ns() - t0) / 1e9;
+    print_message("  after %.2f s: %s\n", secs, st ? duet_error() : "(started)");
+    assert_int_equal(st, DUET_ERR_TIMEOUT);
+    assert_null(p);
+    assert_non_null(strstr(duet_error(), "attn/0 (node a0)"));
+    assert_non_null(strstr(duet_error(), "expert/1 (node e1)"));
+    assert_true(secs < 3.0);
+    char path[160];
+    snprintf(path, sizeof(path), "/tmp/duet-pipe-%s-ctl.sock", tag);
+    unlink(path);
+}
+
+/* backend: cuda for a shard, in a build without CUDA: a clear error at
+ * start-up naming the shard (with CUDA: the deployment serves). */
+static void test_backend_per_shard(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 2, false);
+    duet_chaos_config_t c = base_config(&pl, 1, 2, false);
+    static const char *const eb[] = {"cpu", "cuda"};
+    c.pipe.expert_backend = eb;
+    duet_pipe_t *p = NULL;
+    duet_status_t st = duet_pipe_create(&c.pipe, &p);
+#if defined(DUET_HAVE_CUDA_BACKEND)
+    if (st == DUET_OK) {
+        duet_pipe_destroy(&p);
+        return;
+    }
+    print_message("  %s\n", duet_error());
+#else
+    print_message("  %s\n", duet_error());
+    assert_int_not_equal(st, DUET_OK);
+    assert_non_null(strstr(duet_error(), "expert/1"));
+    assert_non_null(strstr(duet_error(), "cuda"));
+#endif
+    static const char *const unknown[] = {"cpu", "tpu"};
+    c.pipe.expert_backend = unknown;
+    assert_int_not_equal(duet_pipe_create(&c.pipe, &p), DUET_OK);
+    assert_non_null(strstr(duet_error(), "tpu"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_expert_crash_replica),
+        cmocka_unit_test(test_expert_crash_restart),
+        cmocka_unit_test(test_expert_crash_gone),
+        cmocka_unit_test(test_attention_crash_restart),
+        cmocka_unit_test(test_attention_crash_moves),
+        cmocka_unit_test(test_router_crash),
+        cmocka_unit_test(test_expert_stall),
+        cmocka_unit_test(test_straggler),
+        cmocka_unit_test(test_message_faults),
+        cmocka_unit_test(test_compute_error),
+        cmocka_unit_test(test_corrupted_bytes),
+        cmocka_unit_test(test_sim_campaign),
+        cmocka_unit_test(test_sim_reproducible),
+        cmocka_unit_test(test_start_timeout),
+        cmocka_unit_test(test_backend_per_shard),
+    };
+    const char *only = getenv("DUET_TEST_ONLY"); /* e.g. "test_router*" */
+    if (only)
+        cmocka_set_test_filter(only);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
