@@ -115,6 +115,10 @@ typedef struct attn {
     int32_t *sampled;
     duet_obs_t own_obs; /* counters when the bring-up gives none */
     uint64_t disp_end;  /* when the last dispatch's writes were out */
+    /* host staging when the backend's buffers are device memory
+     * (ops->device_memory): normed rows out, expert results in */
+    float *xh; /* [max_tokens_ub * hidden] */
+    float *yh; /* [max_rows * hidden] */
 } attn_t;
 
 static int map_find(const attn_t *s, uint64_t req)
@@ -320,6 +324,13 @@ static duet_status_t dispatch(duet_actor_t *self, attn_t *s, int i, int layer, u
         s->rr[e]++;
     }
     const float *x = u->n_seqs > 0 ? duet_ubatch_normed(u->ub) : NULL;
+    if (x && s->xh && u->d.n_rows > 0) {
+        /* device-memory backend: one download of the micro-batch's normed rows */
+        if ((st = s->a.be->ops->buf_download(s->a.be, s->xh, x,
+                                             s->rowb * (size_t)duet_ubatch_n_tokens(u->ub))))
+            return duet_error_wrap(st, "layer %d: normed rows to host", layer);
+        x = s->xh;
+    }
     uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
     size_t slot = (size_t)(round % (uint64_t)s->g->ring);
     for (int d = 0; d < N; d++) {
@@ -475,9 +486,13 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
         rows_in += h.rows;
         for (uint32_t j = 0; j < h.rows; j++) {
             int32_t row = u->dest_rows[(size_t)d * s->max_rows + j];
-            memcpy(u->y + (size_t)row * (size_t)s->cfg->hidden, q + (size_t)j * s->rowb, s->rowb);
+            memcpy((s->yh ? s->yh : u->y) + (size_t)row * (size_t)s->cfg->hidden,
+                   q + (size_t)j * s->rowb, s->rowb);
         }
     }
+    if (s->yh && u->n_seqs > 0 && u->d.n_rows > 0 &&
+        (st = s->a.be->ops->buf_upload(s->a.be, u->y, s->yh, s->rowb * (size_t)u->d.n_rows)))
+        return duet_error_wrap(st, "round %llu results to the device", (unsigned long long)u->round);
     if ((st = duet_m2n_release(s->a.combine, u->round)))
         return st;
     if (u->n_seqs > 0 && u->d.n_rows > 0 &&
@@ -721,7 +736,8 @@ static bool apply_table(duet_actor_t *self, attn_t *s, uint64_t version,
     if (!ns)
         return false;
     s->shards = ns;
-    memcpy(s->shards, sh, sizeof(int32_t) * shards->count);
+    if (shards->count > 0) /* an empty table (every expert shard down) has no data */
+        memcpy(s->shards, sh, sizeof(int32_t) * shards->count);
     memcpy(s->off, off, sizeof(uint32_t) * (size_t)(E + 1));
     s->table_version = version;
     s->have_table = true;
@@ -964,6 +980,8 @@ static void attn_stop(duet_actor_t *self, void *state, const char *reason)
             s->a.be->ops->buf_free(s->a.be, u->y);
     }
     duet_free(s->ubs);
+    duet_free(s->xh);
+    duet_free(s->yh);
     duet__pipe_dp_close(&s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
     duet_free(s->wired);
     duet_free(s->wired_inc);
@@ -1063,6 +1081,12 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
         if ((st = s->a.be->ops->buf_alloc(s->a.be, s->rowb * (size_t)s->max_rows, &y)))
             return st;
         u->y = y;
+    }
+    if (s->a.be->ops->device_memory) {
+        s->xh = duet_malloc(s->rowb * (size_t)mt);
+        s->yh = duet_malloc(s->rowb * (size_t)s->max_rows);
+        if (!s->xh || !s->yh)
+            return DUET_ERR_NOMEM;
     }
     s->wired = duet_calloc((size_t)N, 1);
     s->wired_inc = duet_calloc((size_t)N, sizeof(uint64_t));

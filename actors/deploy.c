@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <zmq.h>
@@ -175,7 +176,7 @@ static void client_tick(duet_actor_t *self, duet_pipe_t *p)
             continue;
         if (!c->sent_ns) {
             c->sent_ns = now ? now : 1;
-        } else if (now - c->sent_ns > CLIENT_RESUBMIT_NS) {
+        } else if (now > c->sent_ns + CLIENT_RESUBMIT_NS) {
             c->sent_ns = now;
             if (duet_send(self, "scheduler", &duet_pipe_msg_submit, &c->m))
                 DUET_LOG_D(MOD, "pipe.submit again: %s", duet_error());
@@ -620,6 +621,11 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     g->ring = 2 * g->m;
     g->round_timeout_ms = cfg->round_timeout_ms ? cfg->round_timeout_ms : 5000;
     g->checksum = cfg->checksum;
+    {
+        const char *ce = getenv("DUET_EXPERT_COALESCE");
+        g->coalesce = cfg->expert_coalesce > 0 ||
+                      (cfg->expert_coalesce == 0 && !(ce && strcmp(ce, "0") == 0));
+    }
 
     p->t_nodes = duet_now_ns();
     if ((st = make_nodes(p)))
@@ -1004,6 +1010,11 @@ duet_status_t duet_pipe_cancel(duet_pipe_t *p, uint64_t req)
     return duet_node_send(sn, "client", "scheduler", &duet_pipe_msg_cancel, &m);
 }
 
+duet_node_t *duet_pipe_sched_node(duet_pipe_t *p)
+{
+    return p->nodes[p->sched_ni];
+}
+
 const struct duet_model *duet_pipe_model(const duet_pipe_t *p)
 {
     return p->amodel;
@@ -1239,4 +1250,5 @@ void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out)
     out->restarts = atomic_load(&p->sup_stats.restarts);
     uint64_t e0 = out->epochs ? atomic_load(&p->counters.epoch_ns[0]) : 0;
     out->first_epoch_ns = e0 > duet__pipe_time_base(p) ? e0 - duet__pipe_time_base(p) : 0;
+    out->rounds_coalesced = atomic_load(&p->counters.rounds_coalesced);
 }

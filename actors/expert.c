@@ -16,6 +16,20 @@
  * from the same shard is dropped and counted; one that names an expert not
  * held here fails that round for everyone with a clear error.
  *
+ * Coalescing (geom.coalesce: duet_pipe_config_t.expert_coalesce, env
+ * DUET_EXPERT_COALESCE=0 turns it off): when round r is about to run and
+ * later rounds of its (iteration, layer) group (r / m) are complete too
+ * (every live shard's pipe.dispatch handled, their M2N data arrived), they
+ * run in one expert pass — rows grouped per expert across the rounds, one
+ * read of each expert's weights — and each round's results still go back
+ * as its own N2M write and pipe.result. Nothing waits for a round: a
+ * complete round whose group has a later round not complete yet only
+ * waits for the messages already in the mailbox (a 0 ms timer fires after
+ * them). A later round whose data is bad ends the group before it and
+ * then fails alone; any other failure fails every round of the group.
+ * While an injected compute error is pending (fail_round) rounds run
+ * alone, so that it hits the round it names.
+ *
  * Membership: a data-plane epoch names the attention shards that take part
  * (pipe.reset from the router); rounds wait for those only, and the groups
  * rank them in index order. pipe.up repeats every 100 ms for as long as the
@@ -55,9 +69,15 @@ typedef struct expert {
     char why[256];
     int max_rows; /* rows from one attention shard in one round */
     float *x, *y;
+    float *xh, *yh; /* host staging when the backend's buffers are device memory */
     int32_t *tot, *xoff, *cur; /* [n held] */
-    int32_t *srcpos;           /* [M * max_rows] */
-    int32_t *nsrc;             /* [M] */
+    int32_t *srcpos;           /* [kmax * M * max_rows] */
+    int32_t *nsrc;             /* [kmax * M] */
+    int kmax;                  /* most rounds run together (1: no coalescing) */
+    const void **gdata;        /* [kmax * M] a group's M2N data */
+    size_t *glen;              /* [kmax * M] */
+    int32_t *rtot;             /* [kmax] rows of each round of a group */
+    bool kick_armed;           /* a KICK_TAG timer is pending */
     uint8_t *wired;            /* [M] */
     uint64_t epoch;            /* data-plane epoch */
     uint32_t *alive_a;         /* [M] attention shards in the epoch */
@@ -113,9 +133,13 @@ static void flush_res(duet_actor_t *self, expert_t *s, int a)
     s->q_n[a] -= k;
 }
 
+/* Round `round`'s results to every live attention shard; gi: its index
+ * in the group just computed (its srcpos / nsrc). */
 static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t round, int layer,
-                                  const char *err)
+                                  const char *err, int gi)
 {
+    const int32_t *srcpos = s->srcpos + (size_t)gi * (size_t)s->M * (size_t)s->max_rows;
+    const int32_t *nsrc = s->nsrc + (size_t)gi * (size_t)s->M;
     duet_status_t st = DUET_OK;
     char werr[256] = "";
     uint8_t *base = duet_rdma_mr_ptr(s->a.send_mr);
@@ -124,13 +148,13 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
         s->wfail[a] = 0;
         if (!s->alive_a[a])
             continue;
-        uint32_t rows = err ? 0 : (uint32_t)s->nsrc[a];
+        uint32_t rows = err ? 0 : (uint32_t)nsrc[a];
         size_t off = (slot * (size_t)s->M + (size_t)a) * s->g->slot_size;
         uint8_t *buf = base + off;
         duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, rows, round, 0, 0};
         for (uint32_t j = 0; j < rows; j++)
             memcpy(buf + sizeof(h) + (size_t)j * s->rowb,
-                   s->y + (size_t)s->srcpos[(size_t)a * s->max_rows + j] * (size_t)s->cfg->hidden,
+                   (s->yh ? s->yh : s->y) + (size_t)srcpos[(size_t)a * s->max_rows + j] * (size_t)s->cfg->hidden,
                    s->rowb);
         if (s->g->checksum)
             h.sum = duet__pipe_sum(buf + sizeof(h), (size_t)rows * s->rowb);
@@ -155,7 +179,7 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
     for (int a = 0; a < s->M; a++) {
         if (!s->alive_a[a])
             continue;
-        struct qres q = {.round = round, .layer = layer, .rows = err ? 0 : (uint32_t)s->nsrc[a]};
+        struct qres q = {.round = round, .layer = layer, .rows = err ? 0 : (uint32_t)nsrc[a]};
         snprintf(q.error, sizeof(q.error), "%.255s", err ? err : s->wfail[a] ? werr : "");
         duet_status_t ms = s->q_n[a] ? DUET_ERR_AGAIN : send_res(self, s, a, &q);
         if (ms == DUET_ERR_AGAIN) /* no credit: it goes on sys.writable */
@@ -167,87 +191,169 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
     return st;
 }
 
-/* Gather, compute and return round p->round. */
-static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
+/* Rounds run together (expert_coalesce): consecutive rounds of one
+ * (iteration, layer) group, r = (iter·S + j)·m + i, that are complete when
+ * the first of them is about to run. A group of one is the plain round. */
+#define KICK_TAG 2 /* sys.timer tag: run the rounds deferred behind the mailbox */
+
+/* The rounds after p that may run with it, now: same group and layer,
+ * every live shard's dispatch handled, their M2N data arrived. Never
+ * waits. ps[0] = p; returns the count (1: p alone). */
+static int pick_group(expert_t *s, pend_t *p, pend_t **ps)
+{
+    ps[0] = p;
+    int k = 1;
+    if (s->kmax < 2 || s->broken || p->error[0] || !s->member ||
+        (s->a.fail_countdown && atomic_load(s->a.fail_countdown) > 0))
+        return 1; /* injected faults count plain rounds */
+    const uint64_t m = (uint64_t)s->g->m, grp = p->round / m;
+    bool progressed = false;
+    while (k < s->kmax) {
+        uint64_t rr = p->round + (uint64_t)k;
+        if (rr / m != grp)
+            break;
+        pend_t *q = &s->pend[rr % (uint64_t)s->P];
+        if (!q->used || q->round != rr || q->n_got < s->n_live || q->error[0] ||
+            q->layer != p->layer)
+            break;
+        if (!progressed) {
+            if (duet_m2n_progress(s->a.dispatch))
+                break;
+            progressed = true;
+        }
+        /* rr < p->round + m <= the ring's window (2m slots from the oldest
+         * unreleased round, p->round) */
+        if (duet_m2n_missing(s->a.dispatch, rr, NULL, 0) != 0)
+            break;
+        ps[k++] = q;
+    }
+    return k;
+}
+
+/* Gather, compute and return rounds ps[0..k-1] (consecutive, one layer):
+ * the rows of all of them grouped per expert, one expert pass, then each
+ * round's results to every attention shard as a single round's would go. */
+static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *const *ps, int k)
 {
     const int H = s->a.n_experts;
+    const pend_t *p = ps[0];
     uint64_t r = p->round;
     duet_status_t st;
     char err[512];
     uint64_t t0 = duet_now_ns();
     if (p->error[0]) {
+        k = 1;
         snprintf(err, sizeof(err), "%s", p->error);
         goto fail;
     }
     if ((st = duet_m2n_recv(s->a.dispatch, r, (int64_t)s->g->round_timeout_ms * 1000000))) {
+        k = 1;
         snprintf(err, sizeof(err), "%s: round %llu data: %s", duet_actor_name(self),
                  (unsigned long long)r, duet_error());
         goto fail_broken;
     }
+    /* check every round's data first: a bad later round ends the group
+     * before it (it then fails on its own, as it would alone) */
+    for (int i = 0; i < k; i++) {
+        const pend_t *pi = ps[i];
+        uint64_t ri = r + (uint64_t)i;
+        for (int a = 0; a < s->M; a++) {
+            const void *data = NULL;
+            size_t len = 0;
+            s->gdata[i * s->M + a] = NULL;
+            if (!s->alive_a[a])
+                continue;
+            if ((st = duet_m2n_data(s->a.dispatch, ri, (uint32_t)duet__pipe_grank(s->alive_a, a),
+                                    &data, &len))) {
+                snprintf(err, sizeof(err), "round %llu from attn/%d: %s", (unsigned long long)ri, a,
+                         duet_error());
+                goto bad;
+            }
+            int32_t rows = 0;
+            for (int g = 0; g < pi->ng[a]; g++)
+                rows += pi->cnt[a * s->E + g];
+            duet_pipe_hdr_t h;
+            if (len >= sizeof(h))
+                memcpy(&h, data, sizeof(h));
+            if (len < sizeof(h) || h.magic != DUET_PIPE_MAGIC || h.round != ri ||
+                h.rows != (uint32_t)rows || len != sizeof(h) + (size_t)rows * s->rowb ||
+                rows > s->max_rows) {
+                snprintf(err, sizeof(err),
+                         "round %llu from attn/%d: data (%zu bytes) does not match its "
+                         "pipe.dispatch (%d rows)",
+                         (unsigned long long)ri, a, len, rows);
+                goto bad;
+            }
+            if (s->g->checksum &&
+                duet__pipe_sum((const uint8_t *)data + sizeof(h), len - sizeof(h)) != h.sum) {
+                snprintf(err, sizeof(err), "round %llu from attn/%d: data-plane checksum mismatch",
+                         (unsigned long long)ri, a);
+                goto bad;
+            }
+            s->gdata[i * s->M + a] = data;
+            s->glen[i * s->M + a] = len;
+            continue;
+        bad:
+            if (i == 0) {
+                k = 1;
+                goto fail_broken;
+            }
+            k = i;
+            break;
+        }
+    }
     for (int h = 0; h < H; h++)
         s->tot[h] = s->cur[h] = 0;
-    for (int a = 0; a < s->M; a++)
-        for (int g = 0; s->alive_a[a] && g < p->ng[a]; g++)
-            s->tot[s->hidx[p->exp[a * s->E + g]]] += p->cnt[a * s->E + g];
+    for (int i = 0; i < k; i++)
+        for (int a = 0; a < s->M; a++)
+            for (int g = 0; s->alive_a[a] && g < ps[i]->ng[a]; g++)
+                s->tot[s->hidx[ps[i]->exp[a * s->E + g]]] += ps[i]->cnt[a * s->E + g];
     int32_t total = 0;
     for (int h = 0; h < H; h++) {
         s->xoff[h] = total;
         total += s->tot[h];
     }
-    for (int a = 0; a < s->M; a++) {
-        const void *data;
-        size_t len;
-        s->nsrc[a] = 0;
-        if (!s->alive_a[a])
-            continue;
-        if ((st = duet_m2n_data(s->a.dispatch, r, (uint32_t)duet__pipe_grank(s->alive_a, a), &data,
-                                &len))) {
-            snprintf(err, sizeof(err), "round %llu from attn/%d: %s", (unsigned long long)r, a,
+    for (int i = 0; i < k; i++) {
+        const pend_t *pi = ps[i];
+        int32_t *srcpos = s->srcpos + (size_t)i * (size_t)s->M * (size_t)s->max_rows;
+        int32_t *nsrc = s->nsrc + (size_t)i * (size_t)s->M;
+        s->rtot[i] = 0;
+        for (int a = 0; a < s->M; a++) {
+            nsrc[a] = 0;
+            if (!s->alive_a[a])
+                continue;
+            const uint8_t *q = (const uint8_t *)s->gdata[i * s->M + a] + sizeof(duet_pipe_hdr_t);
+            s->a.obs->bytes += s->glen[i * s->M + a];
+            int32_t j = 0;
+            for (int g = 0; g < pi->ng[a]; g++) {
+                int hh = s->hidx[pi->exp[a * s->E + g]];
+                for (int32_t c = 0; c < pi->cnt[a * s->E + g]; c++, j++) {
+                    int32_t dst = s->xoff[hh] + s->cur[hh]++;
+                    memcpy((s->xh ? s->xh : s->x) + (size_t)dst * (size_t)s->cfg->hidden,
+                           q + (size_t)j * s->rowb, s->rowb);
+                    srcpos[(size_t)a * s->max_rows + j] = dst;
+                }
+            }
+            nsrc[a] = j;
+            s->rtot[i] += j;
+        }
+    }
+    for (int i = 0; i < k; i++)
+        if ((st = duet_m2n_release(s->a.dispatch, r + (uint64_t)i))) {
+            snprintf(err, sizeof(err), "release round %llu: %s", (unsigned long long)(r + (uint64_t)i),
                      duet_error());
             goto fail_broken;
         }
-        int32_t rows = 0;
-        for (int g = 0; g < p->ng[a]; g++)
-            rows += p->cnt[a * s->E + g];
-        duet_pipe_hdr_t h;
-        if (len >= sizeof(h))
-            memcpy(&h, data, sizeof(h));
-        if (len < sizeof(h) || h.magic != DUET_PIPE_MAGIC || h.round != r ||
-            h.rows != (uint32_t)rows || len != sizeof(h) + (size_t)rows * s->rowb ||
-            rows > s->max_rows) {
-            snprintf(err, sizeof(err),
-                     "round %llu from attn/%d: data (%zu bytes) does not match its "
-                     "pipe.dispatch (%d rows)",
-                     (unsigned long long)r, a, len, rows);
-            goto fail_broken;
-        }
-        const uint8_t *q = (const uint8_t *)data + sizeof(h);
-        if (s->g->checksum && duet__pipe_sum(q, len - sizeof(h)) != h.sum) {
-            snprintf(err, sizeof(err), "round %llu from attn/%d: data-plane checksum mismatch",
-                     (unsigned long long)r, a);
-            goto fail_broken;
-        }
-        s->a.obs->bytes += len;
-        int32_t j = 0;
-        for (int g = 0; g < p->ng[a]; g++) {
-            int hh = s->hidx[p->exp[a * s->E + g]];
-            for (int32_t c = 0; c < p->cnt[a * s->E + g]; c++, j++) {
-                int32_t dst = s->xoff[hh] + s->cur[hh]++;
-                memcpy(s->x + (size_t)dst * (size_t)s->cfg->hidden, q + (size_t)j * s->rowb,
-                       s->rowb);
-                s->srcpos[(size_t)a * s->max_rows + j] = dst;
-            }
-        }
-        s->nsrc[a] = rows;
-    }
-    if ((st = duet_m2n_release(s->a.dispatch, r))) {
-        snprintf(err, sizeof(err), "release round %llu: %s", (unsigned long long)r, duet_error());
-        goto fail_broken;
-    }
     if (s->a.fail_countdown && atomic_load(s->a.fail_countdown) > 0 &&
         atomic_fetch_sub(s->a.fail_countdown, 1) == 1) {
         snprintf(err, sizeof(err), "%s: layer %d: injected compute error", duet_actor_name(self),
                  p->layer);
+        goto fail_broken;
+    }
+    if (total > 0 && s->xh &&
+        (st = s->a.be->ops->buf_upload(s->a.be, s->x, s->xh, s->rowb * (size_t)total))) {
+        snprintf(err, sizeof(err), "%s: layer %d: rows to the device: %s", duet_actor_name(self),
+                 p->layer, duet_error());
         goto fail_broken;
     }
     if (total > 0 &&
@@ -256,18 +362,35 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *p)
                  duet_error());
         goto fail_broken;
     }
-    atomic_fetch_add(&s->a.counters->rounds_expert, 1);
-    if (duet_obs_tracing(s->a.obs))
-        for (int a = 0; a < s->M; a++)
-            duet_obs_ev(s->a.obs, 'f', DUET_TR_FLOW_DISPATCH, t0, 0,
-                        duet_obs_flow_id(s->epoch, 0, r, a, s->a.shard), 0, 0, 0, 0);
-    st = send_results(self, s, r, p->layer, NULL);
-    uint64_t t1 = s->write_end;
-    s->a.obs->busy_ns += t1 - t0;
-    s->a.obs->rounds++;
-    s->a.obs->tokens += (uint64_t)total;
-    duet_obs_ev(s->a.obs, 'X', DUET_TR_EXPERT, t0, t1 - t0, 0, (int64_t)r, p->layer,
-                (int64_t)(r % (uint64_t)s->g->m), total);
+    if (total > 0 && s->yh &&
+        (st = s->a.be->ops->buf_download(s->a.be, s->yh, s->y, s->rowb * (size_t)total))) {
+        snprintf(err, sizeof(err), "%s: layer %d: results to host: %s", duet_actor_name(self),
+                 p->layer, duet_error());
+        goto fail_broken;
+    }
+    atomic_fetch_add(&s->a.counters->rounds_expert, (uint_fast64_t)k);
+    if (k > 1)
+        atomic_fetch_add(&s->a.counters->rounds_coalesced, (uint_fast64_t)(k - 1));
+    st = DUET_OK;
+    for (int i = 0; i < k; i++) {
+        uint64_t ri = r + (uint64_t)i;
+        if (duet_obs_tracing(s->a.obs))
+            for (int a = 0; a < s->M; a++)
+                duet_obs_ev(s->a.obs, 'f', DUET_TR_FLOW_DISPATCH, t0, 0,
+                            duet_obs_flow_id(s->epoch, 0, ri, a, s->a.shard), 0, 0, 0, 0);
+        duet_status_t ss = send_results(self, s, ri, ps[i]->layer, NULL, i);
+        if (ss && !st)
+            st = ss;
+        /* round i's slice: from the end of round i-1's writes (the group's
+         * start for the first) to the end of its own */
+        uint64_t t1 = s->write_end;
+        s->a.obs->busy_ns += t1 - t0;
+        s->a.obs->rounds++;
+        s->a.obs->tokens += (uint64_t)s->rtot[i];
+        duet_obs_ev(s->a.obs, 'X', DUET_TR_EXPERT, t0, t1 - t0, 0, (int64_t)ri, ps[i]->layer,
+                    (int64_t)(ri % (uint64_t)s->g->m), s->rtot[i]);
+        t0 = t1;
+    }
     if (st) {
         s->broken = true;
         snprintf(s->why, sizeof(s->why), "%s", duet_error());
@@ -281,9 +404,11 @@ fail:
         snprintf(s->why, sizeof(s->why), "%.255s", err);
     }
     DUET_LOG_W(MOD, "%s: %s", duet_actor_name(self), err);
-    for (int a = 0; a < s->M; a++)
-        s->nsrc[a] = 0;
-    send_results(self, s, r, p->layer, err);
+    for (int i = 0; i < k; i++) { /* a group fails every round of it */
+        for (int a = 0; a < s->M; a++)
+            s->nsrc[(size_t)i * (size_t)s->M + (size_t)a] = 0;
+        send_results(self, s, r + (uint64_t)i, ps[i]->layer, err, i);
+    }
     return DUET_OK;
 }
 
@@ -325,6 +450,45 @@ static duet_status_t reset_epoch(duet_actor_t *self, expert_t *s, const duet_pip
         s->member = false;
         s->broken = true;
         snprintf(s->why, sizeof(s->why), "not a member of epoch %llu", (unsigned long long)epoch);
+    }
+    return DUET_OK;
+}
+
+static bool round_complete(const expert_t *s, uint64_t r)
+{
+    const pend_t *q = &s->pend[r % (uint64_t)s->P];
+    return q->used && q->round == r && q->n_got >= s->n_live;
+}
+
+/* Run every round that is complete, in order. With coalescing, a round
+ * whose group has a later round not complete yet is put off until the
+ * messages already in the mailbox are handled (a 0 ms timer fires after
+ * them): a later round's pipe.dispatch may be among them. kicked: that
+ * timer fired (run what is complete now). */
+static duet_status_t run_ready(duet_actor_t *self, expert_t *s, bool kicked)
+{
+    pend_t *ps[64];
+    for (;;) {
+        pend_t *q = &s->pend[s->next % (uint64_t)s->P];
+        if (!round_complete(s, s->next))
+            break;
+        if (s->broken && !q->error[0])
+            snprintf(q->error, sizeof(q->error), "%s", s->why);
+        if (!kicked && s->kmax > 1 && !q->error[0] &&
+            (q->round + 1) % (uint64_t)s->g->m != 0 && !round_complete(s, q->round + 1)) {
+            if (!s->kick_armed && duet_timer_start_ns(self, 0, 0, KICK_TAG, NULL) == DUET_OK)
+                s->kick_armed = true;
+            if (s->kick_armed)
+                break;
+        }
+        int k = pick_group(s, q, ps);
+        duet_status_t st = run_round(self, s, ps, k);
+        for (int i = 0; i < k; i++)
+            ps[i]->used = false;
+        s->next += (uint64_t)k;
+        kicked = false; /* more may have come meanwhile: put the next one off again */
+        if (st)
+            return st;
     }
     return DUET_OK;
 }
@@ -377,20 +541,7 @@ static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pip
     p->ng[d->shard] = p->error[0] ? 0 : (int32_t)ng;
     p->got[d->shard] = 1;
     p->n_got++;
-    /* run every round that is now complete, in order */
-    for (;;) {
-        pend_t *q = &s->pend[s->next % (uint64_t)s->P];
-        if (!q->used || q->round != s->next || q->n_got < s->n_live)
-            break;
-        if (s->broken && !q->error[0])
-            snprintf(q->error, sizeof(q->error), "%s", s->why);
-        duet_status_t st = run_round(self, s, q);
-        q->used = false;
-        s->next++;
-        if (st)
-            return st;
-    }
-    return DUET_OK;
+    return run_ready(self, s, false);
 }
 
 static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
@@ -418,6 +569,10 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
         return DUET_OK;
     }
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
+    if (tm && tm->tag == KICK_TAG) {
+        s->kick_armed = false;
+        return run_ready(self, s, true);
+    }
     if (tm) { /* keep-alive: the router's view of this shard */
         duet_pipe_up_t up = {.shard = s->a.shard,
                              .epoch = s->epoch,
@@ -482,12 +637,17 @@ static void expert_stop(duet_actor_t *self, void *state, const char *reason)
         s->a.be->ops->buf_free(s->a.be, s->x);
     if (s->y)
         s->a.be->ops->buf_free(s->a.be, s->y);
+    duet_free(s->xh);
+    duet_free(s->yh);
     duet_free(s->hidx);
     duet_free(s->tot);
     duet_free(s->xoff);
     duet_free(s->cur);
     duet_free(s->srcpos);
     duet_free(s->nsrc);
+    duet_free(s->gdata);
+    duet_free(s->glen);
+    duet_free(s->rtot);
     duet_free(s);
 }
 
@@ -510,7 +670,10 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->max_rows = s->g->max_tokens_ub * s->cfg->top_k;
     const int H = s->a.n_experts;
     duet_status_t st;
-    int32_t cap = s->max_rows * s->M;
+    /* a group of coalesced rounds carries at most m rounds' rows: about
+     * what one round of an m = 1 deployment carries */
+    s->kmax = s->g->coalesce && s->g->m > 1 ? (s->g->m < 64 ? s->g->m : 64) : 1;
+    int32_t cap = s->max_rows * s->M * s->kmax;
     if ((st = duet_experts_create(s->a.be, s->a.model, cap, &s->ex)))
         return st;
     void *x, *y;
@@ -520,12 +683,22 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     if ((st = s->a.be->ops->buf_alloc(s->a.be, s->rowb * (size_t)cap, &y)))
         return st;
     s->y = y;
+    if (s->a.be->ops->device_memory) {
+        s->xh = duet_malloc(s->rowb * (size_t)cap);
+        s->yh = duet_malloc(s->rowb * (size_t)cap);
+        if (!s->xh || !s->yh)
+            return DUET_ERR_NOMEM;
+    }
     s->hidx = duet_calloc((size_t)s->E, sizeof(int32_t));
     s->tot = duet_calloc((size_t)H + 1, sizeof(int32_t));
     s->xoff = duet_calloc((size_t)H + 1, sizeof(int32_t));
     s->cur = duet_calloc((size_t)H + 1, sizeof(int32_t));
-    s->srcpos = duet_calloc((size_t)s->M * (size_t)s->max_rows, sizeof(int32_t));
-    s->nsrc = duet_calloc((size_t)s->M, sizeof(int32_t));
+    s->srcpos =
+        duet_calloc((size_t)s->kmax * (size_t)s->M * (size_t)s->max_rows, sizeof(int32_t));
+    s->nsrc = duet_calloc((size_t)s->kmax * (size_t)s->M, sizeof(int32_t));
+    s->gdata = duet_calloc((size_t)s->kmax * (size_t)s->M, sizeof(*s->gdata));
+    s->glen = duet_calloc((size_t)s->kmax * (size_t)s->M, sizeof(size_t));
+    s->rtot = duet_calloc((size_t)s->kmax, sizeof(int32_t));
     s->pend = duet_calloc((size_t)s->P, sizeof(pend_t));
     s->wired = duet_calloc((size_t)s->M, 1);
     s->wfail = duet_calloc((size_t)s->M, 1);
@@ -534,7 +707,8 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->q_n = duet_calloc((size_t)s->M, sizeof(int));
     s->q_cap = duet_calloc((size_t)s->M, sizeof(int));
     if (!s->wired || !s->wfail || !s->alive_a || !s->q || !s->q_n || !s->q_cap || !s->hidx ||
-        !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend)
+        !s->tot || !s->xoff || !s->cur || !s->srcpos || !s->nsrc || !s->pend || !s->gdata ||
+        !s->glen || !s->rtot)
         return DUET_ERR_NOMEM;
     for (int e = 0; e < s->E; e++)
         s->hidx[e] = -1;

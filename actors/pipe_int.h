@@ -44,6 +44,7 @@ typedef struct duet_pipe_counters {
     atomic_uint_fast64_t replays;      /* requests re-placed for recomputation */
     atomic_uint_fast64_t epochs;       /* data-plane epochs the router started */
     atomic_uint_fast64_t epoch_ns[32]; /* when the first 32 of them started (actor time) */
+    atomic_uint_fast64_t rounds_coalesced; /* expert rounds run in an earlier round's pass */
 } duet_pipe_counters_t;
 
 typedef struct duet_pipe_geom {
@@ -55,6 +56,7 @@ typedef struct duet_pipe_geom {
     int ring; /* send-buffer depth in rounds */
     uint32_t round_timeout_ms;
     bool checksum; /* data-plane rows carry a checksum, checked on arrival */
+    bool coalesce; /* expert shards coalesce complete rounds of one layer group */
 } duet_pipe_geom_t;
 
 typedef struct duet_pipe_attn_arg {

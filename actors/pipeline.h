@@ -16,7 +16,7 @@
  *     (ready = table with a live shard for every expert + every member
  *     expert shard wired; attn/a then monitors them)
  * Serving:
- *   client ──pipe.submit──▶ scheduler
+ *   client ──pipe.submit──▶ scheduler ──pipe.ack──▶ client (repeated until acked)
  *   scheduler ──pipe.step{epoch, iter, per-sequence ub/tokens}──▶ attn/a
  *     (every shard runs every iteration, an idle one with an empty batch)
  *   attn/a, per micro-batch i and sparse layer j, round r = (iter·S + j)·m + i:
@@ -30,6 +30,8 @@
  *       logits, sampling.
  *   attn/a ──pipe.step_done{epoch, iter, req[], token[], error}──▶ scheduler
  *   scheduler ──pipe.token{req, index, token, done, error}──▶ client
+ *   client ──pipe.ack{req, next, resend}──▶ scheduler (every 8 tokens, at the
+ *     end, on a duplicate; resend on a gap)
  *   scheduler ──pipe.free{req[]}──▶ attn/a (KV freed)
  *   attn/a ──pipe.load{per-expert rows}──▶ router
  *
@@ -634,6 +636,14 @@ typedef struct duet_pipe_config {
      * under the simulation, the runtime's 5 on real threads). */
     uint32_t heartbeat_ms;
     uint32_t heartbeat_misses;
+    /* Expert round coalescing: when an expert shard is about to compute
+     * round r and later rounds of the same (iteration, layer) group are
+     * already complete (every live attention shard's pipe.dispatch handled
+     * and its M2N data arrived), it runs them in one expert pass (one read
+     * of each expert's weights); results go back per round as before. It
+     * never waits for a round to coalesce. 0: on, unless the environment
+     * has DUET_EXPERT_COALESCE=0; > 0: on; < 0: off. */
+    int expert_coalesce;
 } duet_pipe_config_t;
 
 typedef struct duet_pipe duet_pipe_t;
@@ -676,6 +686,10 @@ DUET_API duet_status_t duet_pipe_cancel(duet_pipe_t *p, uint64_t req);
 /* The attention-role model of this deployment (config, tokenizer-free);
  * NULL where the attention shards run in other processes only. */
 DUET_API const struct duet_model *duet_pipe_model(const duet_pipe_t *p);
+/* The node the scheduler runs on in this process (NULL: not here): other
+ * client actors (a gateway's) may be spawned there and submit with their
+ * own reply_to; the scheduler cancels their requests when they stop. */
+DUET_API duet_node_t *duet_pipe_sched_node(duet_pipe_t *p);
 /* Kill attention shard a (fault injection; restarted unless no_restart). */
 DUET_API duet_status_t duet_pipe_kill_attention(duet_pipe_t *p, int shard);
 /* Kill the router (fault injection; restarted unless no_restart). */
@@ -720,6 +734,8 @@ typedef struct duet_pipe_stats {
     uint64_t restarts;         /* shard restarts by the supervisors */
     uint64_t first_epoch_ns;   /* deployment time (duet_pipe_now_ns) the router started its
                                   first new epoch; 0: none yet */
+    uint64_t rounds_coalesced; /* expert rounds that shared an earlier round's expert pass
+                                  (expert_coalesce; each saved one weight read) */
 } duet_pipe_stats_t;
 DUET_API void duet_pipe_stats(duet_pipe_t *p, duet_pipe_stats_t *out);
 

@@ -1,7 +1,7 @@
 /* scheduler actor ("scheduler") — admission, placement, continuous batching.
  *
- * Takes: pipe.submit (a client), pipe.ready and pipe.step_done (attention
- * shards).
+ * Takes: pipe.submit, pipe.ack, pipe.cancel (a client), pipe.ready and
+ * pipe.step_done (attention shards), sys.down (attention shards, clients).
  * Sends: pipe.ready back (the acknowledgement), pipe.step and pipe.free
  * (attention shards), pipe.token (the
  * request's reply_to, one per generated token; the last has done = true,
@@ -34,7 +34,19 @@
  * death or return, an attention shard's death or return).
  * A request replayed more than PIPE_MAX_REPLAYS times ends with the last
  * error; requests wait at most recover_timeout_ms while no attention shard
- * is ready, then end with an error that says why. */
+ * is ready, then end with an error that says why. A shard that reports
+ * ready in a newer epoch while a step of an older one is in flight (it was
+ * restarted before its death was noticed, or the step's answer was lost)
+ * fails that step at once.
+ *
+ * The client stream (pipeline.h, pipe.ack): pipe.submit is acknowledged
+ * and deduplicated by request id (finished ids are remembered); a finished
+ * request stays until its client acknowledged the whole stream (or its
+ * client is down, or KEEP_DONE_NS), and a quiet stream's unacknowledged
+ * tail is sent again every RESEND_NS. Every client actor (reply_to) is
+ * monitored: when it stops or its node goes silent, its requests are
+ * canceled and their KV freed. Each idle ready shard gets the keep_only
+ * list every KEEP_ONLY_TICKS ticks (a lost pipe.free is repaired). */
 #include <stdio.h>
 #include <string.h>
 
@@ -186,7 +198,7 @@ static void reap(sched_t *s)
     for (size_t i = 0; i < s->n_req; i++) {
         sreq_t *r = s->req[i];
         if (r->state == REQ_DONE &&
-            (r->orphan || r->acked >= n_out(r) || s->now - r->done_ns > KEEP_DONE_NS)) {
+            (r->orphan || r->acked >= n_out(r) || s->now > r->done_ns + KEEP_DONE_NS)) {
             s->seen[s->n_seen++ % SEEN_IDS] = r->id;
             req_free(r);
         } else {
@@ -526,8 +538,11 @@ static duet_status_t on_tick(duet_actor_t *self, sched_t *s)
     bool any_ready = false;
     for (size_t i = 0; i < s->n_req; i++) { /* lost tails of quiet streams */
         sreq_t *r = s->req[i];
-        if (!r->orphan && r->sent_ns && r->acked < n_out(r) && now - r->sent_ns > RESEND_NS)
+        if (!r->orphan && r->sent_ns && r->acked < n_out(r) && now > r->sent_ns + RESEND_NS) {
+            DUET_LOG_D(MOD, "req %llu: stream quiet, %d of %d acknowledged: sent again",
+                       (unsigned long long)r->id, r->acked, n_out(r));
             resend(self, r, r->acked);
+        }
     }
     if (++s->ticks % KEEP_ONLY_TICKS == 0) /* lost pipe.free: idle shards keep only ours */
         for (int a = 0; a < A; a++) {
@@ -819,6 +834,16 @@ static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_m
         duet_pipe_ready_t ack = {.shard = rd->shard, .epoch = rd->epoch};
         duet_send(self, to, &duet_pipe_msg_ready, &ack);
         sshard_t *sh = &s->sh[rd->shard];
+        if (sh->busy && rd->epoch > sh->step_epoch) {
+            /* ready in a newer epoch with a step of an older one in flight:
+             * that step will not answer (the shard left its epoch, or it
+             * was restarted before its death was noticed) */
+            char why[160];
+            snprintf(why, sizeof(why), "ready in epoch %llu while its step %llu of epoch %llu ran",
+                     (unsigned long long)rd->epoch, (unsigned long long)sh->step_iter,
+                     (unsigned long long)sh->step_epoch);
+            shard_failed(self, s, rd->shard, why, false);
+        }
         if (rd->epoch < sh->min_epoch)
             return DUET_OK; /* from before its failure */
         if (sh->ready && rd->epoch <= sh->epoch)

@@ -218,6 +218,7 @@ typedef struct pres {
     double ta_mean, te_mean;
     int rounds;
     uint64_t steps;
+    uint64_t coal, erounds; /* expert rounds coalesced / computed in the window (all shards) */
 } pres_t;
 
 /* Pin the threads named `name` (the runtime names a compute actor's thread
@@ -394,6 +395,8 @@ static duet_status_t run_pipe(const opts_t *o, int batch, int m, int32_t vocab, 
         if ((st = duet_pipe_wait(p, (uint64_t)i + 1, want0, 600000)))
             goto out;
     duet_pipe_actor_stats_t a0, e0, a1, e1;
+    duet_pipe_stats_t ps0, ps1;
+    duet_pipe_stats(p, &ps0);
     if ((st = duet_pipe_actor_stats(p, "attn/0", &a0, 10000)) ||
         (st = duet_pipe_actor_stats(p, "expert/0", &e0, 10000)))
         goto out;
@@ -402,6 +405,9 @@ static duet_status_t run_pipe(const opts_t *o, int batch, int m, int32_t vocab, 
         if ((st = duet_pipe_wait(p, (uint64_t)i + 1, want1, 600000)))
             goto out;
     double t1 = duet_now_s();
+    duet_pipe_stats(p, &ps1);
+    r->coal = ps1.rounds_coalesced - ps0.rounds_coalesced;
+    r->erounds = ps1.rounds_expert - ps0.rounds_expert;
     if ((st = duet_pipe_actor_stats(p, "attn/0", &a1, 10000)) ||
         (st = duet_pipe_actor_stats(p, "expert/0", &e1, 10000)))
         goto out;
@@ -617,16 +623,18 @@ int main(int argc, char **argv)
     for (int b = 0; b < o.n_batches; b++) {
         int B = o.batches[b];
         printf("\nbatch %d\n", B);
-        printf("  %-14s %9s %9s %7s %7s %9s %9s %9s %9s %7s\n", "config", "tok/s", "ms/token",
-               "busy_a", "busy_e", "T_a us", "T_e us", "m2n us", "n2m us", "rounds");
+        printf("  %-14s %9s %9s %7s %7s %9s %9s %9s %9s %7s %11s\n", "config", "tok/s", "ms/token",
+               "busy_a", "busy_e", "T_a us", "T_e us", "m2n us", "n2m us", "rounds",
+               "coalesced");
         printf("  %-14s %9.1f %9.2f\n", "(a) engine", er[b].tps, er[b].step_ms);
         const pres_t *r1 = NULL, *r3 = NULL;
         for (int k = 0; k < o.n_ms; k++) {
             const pres_t *r = &pr[b][k];
             char name[32];
             snprintf(name, sizeof(name), "(b) m=%d", r->m);
-            printf("  %-14s %9.1f %9.2f %7.3f %7.3f %9.1f %9.1f %9.1f %9.1f %7d\n", name, r->tps,
-                   r->step_ms, r->busy_a, r->busy_e, r->ta, r->te, r->g1, r->g2, r->rounds);
+            printf("  %-14s %9.1f %9.2f %7.3f %7.3f %9.1f %9.1f %9.1f %9.1f %7d %5llu/%-5llu\n", name,
+                   r->tps, r->step_ms, r->busy_a, r->busy_e, r->ta, r->te, r->g1, r->g2, r->rounds,
+                   (unsigned long long)r->coal, (unsigned long long)r->erounds);
             if (r->m == 1)
                 r1 = r;
             if (r->m == 3)

@@ -47,6 +47,10 @@ static void usage(FILE *f)
             "  --port N           TCP port (default 8000; 0 picks a free one)\n"
             "  --topology FILE    serve this deployment file's pipeline (all its nodes in\n"
             "                     this process; --model overrides its model)\n"
+            "  --node NAME        with --topology: run only node NAME of the file here\n"
+            "                     (the one with the scheduler); the other nodes run as\n"
+            "                     `duet node FILE --node N` processes, found at the\n"
+            "                     file's addresses, and may die and restart while it serves\n"
             "  --engine KIND      'pipeline' (default: attention and expert shards as\n"
             "                     separate actors; without --topology 1 attention shard,\n"
             "                     1 expert shard, m = 2) or 'local' (the single-process\n"
@@ -150,10 +154,11 @@ int duet_cmd_serve(int argc, char **argv)
         {"engine", required_argument, NULL, 'e'},   {"help", no_argument, NULL, 'h'},
         {"timeout", required_argument, NULL, 'o'},  {"request-timeout", required_argument, NULL, 'r'},
         {"max-connections", required_argument, NULL, 'c'},
+        {"node", required_argument, NULL, 'N'},
         {NULL, 0, NULL, 0},
     };
     const char *model_dir = NULL, *host = "127.0.0.1", *model_name = NULL, *api_key = NULL;
-    const char *topo_path = NULL;
+    const char *topo_path = NULL, *only_node = NULL;
     long port = 8000, threads = 2, max_body = 1 << 20;
     long conn_timeout = 60, request_timeout = 3600, max_conns = 1000;
     bool threads_set = false, use_local = false;
@@ -168,6 +173,7 @@ int duet_cmd_serve(int argc, char **argv)
         case 'n': model_name = optarg; break;
         case 'k': api_key = optarg; break;
         case 'T': topo_path = optarg; break;
+        case 'N': only_node = optarg; break;
         case 'e':
             if (!strcmp(optarg, "local"))
                 use_local = true;
@@ -219,6 +225,10 @@ int duet_cmd_serve(int argc, char **argv)
                 argv[optind]);
         return 2;
     }
+    if (only_node && !topo_path) {
+        fprintf(stderr, "duet serve: --node needs --topology\n");
+        return 2;
+    }
     if (use_local && topo_path) {
         fprintf(stderr, "duet serve: --engine local serves no --topology\n");
         return 2;
@@ -226,8 +236,23 @@ int duet_cmd_serve(int argc, char **argv)
     duet__topo_pipe_t tp;
     memset(&tp, 0, sizeof(tp));
     if (topo_path) {
-        if (duet__topo_pipe_init(&tp, "serve", topo_path, model_dir, false))
+        if (duet__topo_pipe_init(&tp, "serve", topo_path, model_dir, only_node != NULL))
             return 1;
+        if (only_node) { /* the other nodes run as `duet node` processes */
+            int ni = duet_topology_node_find(tp.topo, only_node);
+            if (ni < 0 || ni != tp.cfg.scheduler_node) {
+                fprintf(stderr,
+                        "duet serve: --node %s: %s; the node serving must be the one with the "
+                        "scheduler (%s)\n",
+                        only_node, ni < 0 ? "no such node in the file" : "the scheduler is not there",
+                        tp.cfg.node_names && tp.cfg.n_nodes > tp.cfg.scheduler_node
+                            ? tp.cfg.node_names[tp.cfg.scheduler_node]
+                            : "?");
+                duet__topo_pipe_cleanup(&tp);
+                return 2;
+            }
+            tp.cfg.only_node = only_node;
+        }
         if (!tp.cfg.model_dir) {
             fprintf(stderr, "duet serve: %s names no model; give --model\n", topo_path);
             duet__topo_pipe_cleanup(&tp);

@@ -358,7 +358,13 @@ duet_status_t duet_gw_pipe_create(const duet_pipe_config_t *cfg, const duet_gw_p
 {
     if (!cfg || !out)
         return duet_errorf(DUET_ERR_INVALID, "pipeline engine: a deployment is required");
-    if (cfg->only_node && strcmp(cfg->only_node, "ctl") != 0)
+    const char *sched_node = cfg->n_nodes > 0 && cfg->node_names &&
+                                     cfg->scheduler_node >= 0 &&
+                                     cfg->scheduler_node < cfg->n_nodes &&
+                                     cfg->node_names[cfg->scheduler_node]
+                                 ? cfg->node_names[cfg->scheduler_node]
+                                 : "ctl";
+    if (cfg->only_node && strcmp(cfg->only_node, sched_node) != 0)
         return duet_errorf(DUET_ERR_INVALID,
                            "pipeline engine: the scheduler must run in this process");
     pengine_t *E = duet_calloc(1, sizeof(*E));

@@ -1218,6 +1218,7 @@ static duet_status_t cuda_sample(duet_backend_t *be, const float *logits, int64_
 
 static const duet_backend_ops_t cuda_ops = {
     .name = "cuda",
+    .device_memory = true,
     .destroy = cuda_destroy,
     .buf_alloc = cuda_buf_alloc,
     .buf_free = cuda_buf_free,

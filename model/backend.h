@@ -97,6 +97,10 @@ typedef struct duet_matmul_desc {
 
 struct duet_backend_ops {
     const char *name;
+    /* Backend buffers are device memory the host cannot dereference: data
+     * crossing to the data plane goes through buf_download / buf_upload
+     * (false: host memory, callers may read and write it directly). */
+    bool device_memory;
     void (*destroy)(duet_backend_t *be);
 
     /* memory */

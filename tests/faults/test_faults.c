@@ -17,7 +17,10 @@
  *     (10x slower results), control messages of the rounds are dropped,
  *     duplicated and reordered;
  *   - a simulated campaign of 200 seeds with random fault plans;
- *   - the same seed and plan twice on the simulation give the same run. */
+ *   - the same seed and plan twice on the simulation give the same run;
+ *   - a client actor (a gateway) crashes: its requests are canceled and
+ *     their KV freed. (The campaign's random plans also drop, duplicate
+ *     and reorder pipe.submit / pipe.token / pipe.free / pipe.ack.) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -135,6 +138,13 @@ static void plan_crash_attn0(char *b, size_t cap, double s, double run)
     snprintf(b, cap, "crash actor=attn/0 at=%.3fms\n", s + 25.0);
 }
 
+/* a third into the run: with every request submitted at once, both shards
+ * hold requests then */
+static void plan_crash_attn0_mid(char *b, size_t cap, double s, double run)
+{
+    snprintf(b, cap, "crash actor=attn/0 at=%.3fms\n", s + run * 0.3);
+}
+
 static void plan_crash_router(char *b, size_t cap, double s, double run)
 {
     (void)run;
@@ -236,7 +246,8 @@ static void test_attention_crash_moves(void **state)
     place(&pl, 3, false);
     duet_chaos_config_t c = base_config(&pl, 2, 3, false);
     c.pipe.no_restart = true;
-    duet_chaos_result_t r = run_case("attn/0 crashes, not restarted", &c, plan_crash_attn0);
+    c.arrival_ms = 0; /* all at once: attn/0 surely holds some when it crashes */
+    duet_chaos_result_t r = run_case("attn/0 crashes, not restarted", &c, plan_crash_attn0_mid);
     assert_true(duet_chaos_ok(&r));
     assert_int_equal(r.completed, r.requests);
     assert_true(r.replays >= 1);
@@ -368,11 +379,13 @@ static void test_sim_campaign(void **state)
     double start_ms, run_ms;
     duet_chaos_ref_times(ref, &start_ms, &run_ms);
     uint64_t faults[DUET_FAULT_KIND_COUNT] = {0}, replays = 0, errored = 0;
-    int failed = 0;
+    int failed = 0, client_plans = 0;
     const int seeds = 200;
     for (int s = 1; s <= seeds; s++) {
         char plan[2048];
         duet_chaos_random_plan((uint64_t)s, &c.pipe, start_ms, run_ms, plan, sizeof(plan));
+        client_plans += strstr(plan, "pipe.token") || strstr(plan, "pipe.submit") ||
+                        strstr(plan, "pipe.free") || strstr(plan, "pipe.ack");
         c.pipe.sim_seed = (uint64_t)s;
         duet_chaos_result_t r;
         assert_int_equal(duet_chaos_run(&c, ref, plan, (uint64_t)s, &r), DUET_OK);
@@ -389,18 +402,53 @@ static void test_sim_campaign(void **state)
     }
     print_message(
         "  campaign: %d seeds; injected: drop %llu, delay %llu, dup %llu, reorder %llu, "
-        "crash %llu, stall %llu, partition %llu; %llu replays, %llu ended with error\n",
+        "crash %llu, stall %llu, partition %llu; %llu replays, %llu ended with error; %d plans "
+        "hit the client stream or pipe.free\n",
         seeds, (unsigned long long)faults[DUET_FAULT_DROP],
         (unsigned long long)faults[DUET_FAULT_DELAY], (unsigned long long)faults[DUET_FAULT_DUP],
         (unsigned long long)faults[DUET_FAULT_REORDER],
         (unsigned long long)faults[DUET_FAULT_CRASH], (unsigned long long)faults[DUET_FAULT_STALL],
         (unsigned long long)faults[DUET_FAULT_PARTITION], (unsigned long long)replays,
-        (unsigned long long)errored);
+        (unsigned long long)errored, client_plans);
     duet_chaos_ref_destroy(&ref);
     assert_int_equal(failed, 0);
+    assert_true(client_plans > 20);
     assert_true(faults[DUET_FAULT_CRASH] > 50); /* the plans did hit */
     assert_true(faults[DUET_FAULT_PARTITION] > 0);
     assert_true(replays > 100);
+}
+
+/* The client stream and pipe.free under heavy loss, duplication and
+ * reordering (simulation): submits repeated until acknowledged and
+ * deduplicated, token gaps resent, duplicates dropped, lost frees repaired
+ * by the keep_only lists: every request completes with the reference's
+ * tokens, nothing leaks. */
+static void test_sim_client_stream_faults(void **state)
+{
+    (void)state;
+    placement_t pl;
+    duet_chaos_config_t c = sim_config(&pl);
+    c.requests = 6;
+    c.max_new = 12;
+    duet_chaos_ref_t *ref = NULL;
+    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
+    const char *plan = "drop p=0.3 type=pipe.token\n"
+                       "drop p=0.5 type=pipe.submit\n"
+                       "dup p=0.5 type=pipe.submit\n"
+                       "dup p=0.3 type=pipe.token\n"
+                       "drop p=0.3 type=pipe.free\n"
+                       "drop p=0.3 type=pipe.ack\n"
+                       "dup p=0.3 type=pipe.ack\n"
+                       "reorder p=0.3 window=2ms type=pipe.token\n";
+    duet_chaos_result_t r;
+    assert_int_equal(duet_chaos_run(&c, ref, plan, 4, &r), DUET_OK);
+    print_message("  client stream faults:\n%s", plan);
+    duet_chaos_print(stdout, &r);
+    duet_chaos_ref_destroy(&ref);
+    assert_all_good(&r);
+    assert_true(r.faults[DUET_FAULT_DROP] > 10);
+    assert_true(r.faults[DUET_FAULT_DUP] > 5);
+    assert_true(r.faults[DUET_FAULT_REORDER] > 0);
 }
 
 static void test_sim_reproducible(void **state)
@@ -427,6 +475,107 @@ static void test_sim_reproducible(void **state)
     assert_true(a.run_ms == b.run_ms);
     assert_true(a.faults[DUET_FAULT_DUP] == b.faults[DUET_FAULT_DUP]);
     duet_chaos_ref_destroy(&ref);
+}
+
+/* ---- a client (gateway) dies --------------------------------------------------- */
+
+typedef struct gwc {
+    int n_req, crash_after;
+    int tokens; /* on the actor's thread; read after it stopped */
+} gwc_t;
+
+static duet_status_t gwc_start(duet_actor_t *self, void *arg, void **state_out)
+{
+    gwc_t *g = arg;
+    *state_out = g;
+    for (int i = 0; i < g->n_req; i++) {
+        int32_t prompt[6] = {1, 5 + i, 9, 13, 17 + i, 21};
+        duet_pipe_submit_t m = {.req = 1000 + (uint64_t)i,
+                                .prompt = {prompt, 6},
+                                .max_new = 64,
+                                .eos = -1,
+                                .reply_to = "gw/0",
+                                .top_k = 0,
+                                .top_p = 1.0f};
+        duet_status_t st = duet_send(self, "scheduler", &duet_pipe_msg_submit, &m);
+        if (st)
+            return st;
+    }
+    return DUET_OK;
+}
+
+static duet_status_t gwc_handle(duet_actor_t *self, void *state, const duet_msg_t *msg)
+{
+    (void)self;
+    gwc_t *g = state;
+    const duet_pipe_token_t *t = duet_pipe_msg_token_body(msg);
+    if (t && !t->error[0] && ++g->tokens >= g->crash_after)
+        return duet_errorf(DUET_ERR_IO, "the gateway crashes (test)");
+    return DUET_OK;
+}
+
+static const duet_actor_ops_t gwc_ops = {.kind = "gateway", .start = gwc_start, .handle = gwc_handle};
+
+/* A client actor (a gateway) submits 4 streaming requests of 64 tokens and
+ * crashes after its 3rd token: the scheduler (monitoring it) cancels its
+ * requests; after drain nothing is running or waiting and no attention
+ * shard holds a KV sequence or block. The deployment still serves. */
+static void test_client_crash(void **state)
+{
+    (void)state;
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
+    duet_pipe_t *p = NULL;
+    assert_int_equal(duet_pipe_create(&c.pipe, &p), DUET_OK);
+    duet_node_t *sn = duet_pipe_sched_node(p);
+    assert_non_null(sn);
+    gwc_t g = {.n_req = 4, .crash_after = 3};
+    assert_int_equal(duet_spawn(sn, "gw/0", &gwc_ops, &g, NULL), DUET_OK);
+    uint64_t t0 = duet_now_ns();
+    while (duet_node_has_actor(sn, "gw/0") && duet_now_ns() - t0 < 20000000000ull)
+        duet_pipe_advance(p, 5000000ull);
+    assert_false(duet_node_has_actor(sn, "gw/0"));
+    assert_int_equal(g.tokens, 3);
+    duet_pipe_stats_t ps;
+    uint64_t kv_seqs = 1, kv_blocks = 1;
+    t0 = duet_now_ns();
+    do { /* the frees land */
+        duet_pipe_advance(p, 20000000ull);
+        duet_pipe_stats(p, &ps);
+        kv_seqs = kv_blocks = 0;
+        for (int a = 0; a < 2; a++) {
+            char name[16];
+            snprintf(name, sizeof(name), "attn/%d", a);
+            duet_pipe_actor_stats_t as;
+            assert_int_equal(duet_pipe_actor_stats(p, name, &as, 2000), DUET_OK);
+            kv_seqs += as.kv_seqs;
+            kv_blocks += as.kv_blocks_used;
+        }
+    } while ((ps.running || ps.waiting || ps.kv_blocks_used || kv_seqs || kv_blocks ||
+              ps.canceled < 4) &&
+             duet_now_ns() - t0 < 10000000000ull);
+    print_message("  gateway crashed after 3 tokens: %llu canceled; running %u, waiting %u, "
+                  "scheduler KV %llu; shards hold %llu sequences, %llu blocks\n",
+                  (unsigned long long)ps.canceled, ps.running, ps.waiting,
+                  (unsigned long long)ps.kv_blocks_used, (unsigned long long)kv_seqs,
+                  (unsigned long long)kv_blocks);
+    assert_int_equal(ps.canceled, 4);
+    assert_int_equal(ps.running, 0);
+    assert_int_equal(ps.waiting, 0);
+    assert_int_equal(ps.kv_blocks_used, 0);
+    assert_int_equal(kv_seqs, 0);
+    assert_int_equal(kv_blocks, 0);
+    /* the deployment still serves */
+    int32_t prompt[4] = {3, 7, 11, 15}, out[8];
+    assert_int_equal(duet_pipe_submit(p, 7, prompt, 4, 8, -1), DUET_OK);
+    assert_int_equal(duet_pipe_wait(p, 7, 8, 20000), DUET_OK);
+    bool done = false;
+    char err[256];
+    assert_int_equal(duet_pipe_result(p, 7, out, 8, &done, err, sizeof(err)), 8);
+    assert_true(done);
+    assert_string_equal(err, "");
+    duet_pipe_destroy(&p);
 }
 
 /* ---- start-up ------------------------------------------------------------------ */
@@ -506,7 +655,9 @@ int main(void)
         cmocka_unit_test(test_compute_error),
         cmocka_unit_test(test_corrupted_bytes),
         cmocka_unit_test(test_sim_campaign),
+        cmocka_unit_test(test_sim_client_stream_faults),
         cmocka_unit_test(test_sim_reproducible),
+        cmocka_unit_test(test_client_crash),
         cmocka_unit_test(test_start_timeout),
         cmocka_unit_test(test_backend_per_shard),
     };

@@ -185,6 +185,11 @@ typedef struct run_opts {
     const char *faults;   /* fault plan text */
     uint64_t *dropped;    /* out: late/duplicate/stray control messages dropped */
     uint64_t *kv_waits;   /* out: requests that queued for KV */
+    const char *const *attn_be; /* per attention shard compute backend (NULL: cpu) */
+    const char *const *exp_be;  /* per expert shard */
+    int coalesce;               /* duet_pipe_config_t.expert_coalesce */
+    uint32_t stall_expert_ms;   /* hold expert/0's messages this long before each wait */
+    uint64_t *coalesced;        /* out: expert rounds coalesced */
 } run_opts_t;
 
 /* A child process running one node until the parent closes `hold`. */
@@ -228,6 +233,9 @@ static int run(const suite_t *su, const run_opts_t *ro)
         .sim_latency_max_ns = 200000,
         .provider = ro->provider,
         .faults = ro->faults,
+        .attention_backend = ro->attn_be,
+        .expert_backend = ro->exp_be,
+        .expert_coalesce = ro->coalesce,
     };
     pid_t kids[16];
     int n_kids = 0, hold[2] = {-1, -1};
@@ -265,6 +273,8 @@ static int run(const suite_t *su, const run_opts_t *ro)
     int32_t out[256];
     for (int k = 0; k < nreq; k++) {
         int i = k % su->n;
+        if (ro->stall_expert_ms) /* the attention shard dispatches a group's rounds meanwhile */
+            assert_int_equal(duet_pipe_stall_expert(p, 0, ro->stall_expert_ms), DUET_OK);
         st = duet_pipe_wait(p, (uint64_t)k, su->n_hf, 60000);
         if (st)
             print_message("wait %d: %s\n", k, duet_error());
@@ -314,6 +324,8 @@ static int run(const suite_t *su, const run_opts_t *ro)
         *ro->dropped = ps.dropped_dup + ps.dropped_stray;
     if (ro->kv_waits)
         *ro->kv_waits = ps.kv_waits;
+    if (ro->coalesced)
+        *ro->coalesced = ps.rounds_coalesced;
     duet_pipe_destroy(&p);
     assert_null(p);
     if (ro->multiprocess) {
@@ -350,6 +362,34 @@ static void test_mixtral_1x1_m2_m3_m4(void **state)
         run_opts_t o = {.A = 1, .S = 1, .m = m};
         assert_int_equal(run(&g_mix, &o), 0);
     }
+}
+
+/* Expert round coalescing: expert/0 held for a while before each request
+ * is awaited, so rounds of one layer group pile up complete and run in
+ * one expert pass; the tokens must still be the engine's and HF's. Off,
+ * nothing coalesces. */
+static void test_mixtral_coalesce(void **state)
+{
+    (void)state;
+    for (int m = 2; m <= 4; m++) {
+        uint64_t coal = 0;
+        run_opts_t o = {.A = 1, .S = 1, .m = m, .coalesce = 1, .stall_expert_ms = 30,
+                        .control = DUET_PIPE_CONTROL_INPROC, .coalesced = &coal};
+        assert_int_equal(run(&g_mix, &o), 0);
+        print_message("  m=%d: %llu expert rounds coalesced\n", m, (unsigned long long)coal);
+        assert_true(coal > 0);
+    }
+    uint64_t coal = 0;
+    run_opts_t o = {.A = 2, .S = 4, .m = 3, .coalesce = 1, .stall_expert_ms = 30,
+                    .control = DUET_PIPE_CONTROL_INPROC, .coalesced = &coal};
+    assert_int_equal(run(&g_mix, &o), 0);
+    print_message("  2x4 m=3: %llu expert rounds coalesced\n", (unsigned long long)coal);
+    assert_true(coal > 0);
+    coal = 1;
+    run_opts_t off = {.A = 1, .S = 1, .m = 3, .coalesce = -1, .stall_expert_ms = 30,
+                      .control = DUET_PIPE_CONTROL_INPROC, .coalesced = &coal};
+    assert_int_equal(run(&g_mix, &off), 0);
+    assert_int_equal(coal, 0);
 }
 
 static void test_mixtral_2x4(void **state)
@@ -701,11 +741,51 @@ static void test_stalled_expert_shard(void **state)
     duet_pipe_destroy(&p);
 }
 
+#if defined(PIPE_HETERO)
+/* Heterogeneous deployments (issue 7): the attention shard on the GPU and
+ * the expert shards on CPUs, and the reverse; activations cross between
+ * device and host memory through the data plane. Same tokens as the engine
+ * and HF. Built against the real cuda backend (skips without a device) and
+ * against the CUDA emulator (tests/gpu/emu), which runs here. */
+static void test_mixtral_attention_on_gpu(void **state)
+{
+    (void)state;
+    static const char *const ab[] = {"cuda"}, *const eb[] = {"cpu", "cpu"};
+    run_opts_t ro = {.A = 1, .S = 2, .m = 2, .control = DUET_PIPE_CONTROL_INPROC,
+                     .provider = "shm", .attn_be = ab, .exp_be = eb};
+    assert_int_equal(run(&g_mix, &ro), 0);
+}
+
+static void test_mixtral_experts_on_gpu(void **state)
+{
+    (void)state;
+    static const char *const ab[] = {"cpu", "cpu"}, *const eb[] = {"cuda", "cpu"};
+    run_opts_t ro = {.A = 2, .S = 2, .m = 2, .hot = 1, .control = DUET_PIPE_CONTROL_INPROC,
+                     .provider = "shm", .attn_be = ab, .exp_be = eb};
+    assert_int_equal(run(&g_mix, &ro), 0);
+}
+
+int main(void)
+{
+    duet_backend_t *be = NULL;
+    if (duet_backend_open("cuda", NULL, &be)) {
+        printf("SKIP: no CUDA device (%s)\n", duet_error());
+        return 77;
+    }
+    duet_backend_close(&be);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mixtral_attention_on_gpu),
+        cmocka_unit_test(test_mixtral_experts_on_gpu),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
+#else
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixtral_1x1_m1),
         cmocka_unit_test(test_mixtral_1x1_m2_m3_m4),
+        cmocka_unit_test(test_mixtral_coalesce),
         cmocka_unit_test(test_mixtral_2x4),
         cmocka_unit_test(test_mixtral_replicated),
         cmocka_unit_test(test_mixtral_kv_queueing),
@@ -723,3 +803,4 @@ int main(void)
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
+#endif
