@@ -781,9 +781,9 @@ static duet_status_t reset_epoch(duet_actor_t *self, attn_t *s, const duet_pipe_
         apply_table(self, s, epoch, &rs->offsets, &rs->shards);
     duet_status_t st = DUET_OK;
     if (s->member && s->n_live_e > 0)
-        st =
-            duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, s->alive_a,
-                               s->alive_e, &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+        st = duet__pipe_dp_open(s->a.provider, s->a.dp_host, s->a.rsim, s->g, true, s->a.shard,
+                                s->alive_a, s->alive_e, &s->a.ctx, &s->a.dispatch, &s->a.combine,
+                                &s->a.send_mr);
     if (st)
         return st;
     memset(s->wired, 0, (size_t)N);
@@ -1103,8 +1103,9 @@ static duet_status_t attn_start(duet_actor_t *self, void *arg, void **state_out)
         s->alive_e[d] = 1;
     s->n_live_e = N;
     s->member = true;
-    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, true, s->a.shard, NULL, NULL,
-                                 &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
+    if ((st = duet__pipe_dp_open(s->a.provider, s->a.dp_host, s->a.rsim, s->g, true, s->a.shard,
+                                 NULL, NULL, &s->a.ctx, &s->a.dispatch, &s->a.combine,
+                                 &s->a.send_mr)))
         return st;
     send_wires(self, s); /* best effort: repeated until answered */
     if ((st = duet_timer_start(self, 50, 50, 1, &s->startup_timer)))

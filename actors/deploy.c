@@ -263,7 +263,7 @@ int duet__pipe_count(const uint32_t *alive, int n)
     return duet__pipe_grank(alive, n);
 }
 
-duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
+duet_status_t duet__pipe_dp_open(const char *provider, const char *host, duet_rdma_sim_t *rsim,
                                  const duet_pipe_geom_t *g, bool attention, int rank,
                                  const uint32_t *alive_a, const uint32_t *alive_e,
                                  duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,
@@ -278,6 +278,8 @@ duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
                            A < 1 ? "attention" : "expert");
     duet_status_t st;
     duet_rdma_ctx_params_t cp = {.provider = provider ? provider : "sim", .sim = rsim};
+    if (!strcmp(cp.provider, "tcp"))
+        cp.device = host; /* the address its peers connect to */
     if ((st = duet_rdma_ctx_create(&cp, ctx)))
         return duet_error_wrap(st, "data plane %s", cp.provider);
     duet_m2n_params_t dp = {.ctx = *ctx,
@@ -719,6 +721,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
             .experts = p->experts[s],
             .n_experts = cfg->shard_n_experts[s],
             .provider = prov,
+            .dp_host = cfg->node_hosts && cfg->n_nodes > 0 ? cfg->node_hosts[p->exp_ni[s]] : NULL,
             .rsim = p->rsim,
             .counters = &p->counters,
             .obs = &p->obs[A + s],
@@ -733,6 +736,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
             .kv_blocks = kvb,
             .kv_block_size = kvbs,
             .provider = prov,
+            .dp_host = cfg->node_hosts && cfg->n_nodes > 0 ? cfg->node_hosts[p->attn_ni[a]] : NULL,
             .rsim = p->rsim,
             .counters = &p->counters,
             .obs = &p->obs[a],

@@ -432,8 +432,9 @@ static duet_status_t reset_epoch(duet_actor_t *self, expert_t *s, const duet_pip
         memcpy(alive_e, le, sizeof(uint32_t) * (size_t)s->g->n_expert_shards);
     }
     if (s->member && s->n_live > 0)
-        st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, s->alive_a,
-                                alive_e, &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr);
+        st = duet__pipe_dp_open(s->a.provider, s->a.dp_host, s->a.rsim, s->g, false, s->a.shard,
+                                s->alive_a, alive_e, &s->a.ctx, &s->a.dispatch, &s->a.combine,
+                                &s->a.send_mr);
     duet_free(alive_e);
     if (st)
         return st;
@@ -723,8 +724,9 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
         s->alive_a[a] = 1;
     s->n_live = s->M;
     s->member = true;
-    if ((st = duet__pipe_dp_open(s->a.provider, s->a.rsim, s->g, false, s->a.shard, NULL, NULL,
-                                 &s->a.ctx, &s->a.dispatch, &s->a.combine, &s->a.send_mr)))
+    if ((st = duet__pipe_dp_open(s->a.provider, s->a.dp_host, s->a.rsim, s->g, false, s->a.shard,
+                                 NULL, NULL, &s->a.ctx, &s->a.dispatch, &s->a.combine,
+                                 &s->a.send_mr)))
         return st;
     for (int i = 0; i < s->P; i++) {
         pend_t *p = &s->pend[i];

@@ -66,6 +66,7 @@ typedef struct duet_pipe_attn_arg {
     duet_backend_t *be;
     int kv_blocks, kv_block_size;
     const char *provider;  /* data plane */
+    const char *dp_host;   /* tcp data plane: address to bind (NULL: 127.0.0.1) */
     duet_rdma_sim_t *rsim; /* provider "sim" */
     duet_pipe_counters_t *counters;
     duet_obs_t *obs;               /* counters and trace events of this actor */
@@ -85,6 +86,7 @@ typedef struct duet_pipe_expert_arg {
     const int *experts;
     int n_experts;
     const char *provider;
+    const char *dp_host;
     duet_rdma_sim_t *rsim;
     duet_pipe_counters_t *counters;
     duet_obs_t *obs;
@@ -118,7 +120,7 @@ typedef struct duet_pipe_sched_arg {
 /* A shard's data plane: its context, its end of the dispatch group
  * (attention sends, experts receive) and of the combine group (the other
  * way), and its registered send buffers (ring x peers x slot). */
-duet_status_t duet__pipe_dp_open(const char *provider, duet_rdma_sim_t *rsim,
+duet_status_t duet__pipe_dp_open(const char *provider, const char *host, duet_rdma_sim_t *rsim,
                                  const duet_pipe_geom_t *g, bool attention, int rank,
                                  const uint32_t *alive_a, const uint32_t *alive_e,
                                  duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **comb,

@@ -584,6 +584,9 @@ typedef struct duet_pipe_config {
     int n_nodes;
     const char *const *node_names;
     const char *const *node_addrs;
+    /* [n_nodes] IPv4 address each node's tcp data plane binds and advertises
+     * to its peers (NULL array or entry: 127.0.0.1, this host only) */
+    const char *const *node_hosts;
     const int *attention_node; /* [n_attention] node index */
     const int *expert_node;    /* [n_expert_shards] node index */
     int scheduler_node;

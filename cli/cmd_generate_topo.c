@@ -5,6 +5,7 @@
  * between the shards; verbs falls back to shm). Also the
  * topology -> pipeline configuration shared with `duet run` / `duet node`
  * (cli/pipe_topo.h). */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,6 +42,7 @@ void duet__topo_pipe_cleanup(duet__topo_pipe_t *tp)
     duet_free(tp->n_rows);
     duet_free(tp->names);
     duet_free(tp->addrs);
+    duet_free(tp->hosts);
     duet_free(tp->attn_node);
     duet_free(tp->exp_node);
     duet_free(tp->addr_buf);
@@ -66,6 +68,7 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
     tp->n_rows = duet_calloc((size_t)S + 1, sizeof(int));
     tp->names = duet_calloc((size_t)N + 1, sizeof(char *));
     tp->addrs = duet_calloc((size_t)N + 1, sizeof(char *));
+    tp->hosts = duet_calloc((size_t)N + 1, sizeof(char *));
     tp->attn_node = duet_calloc((size_t)A + 1, sizeof(int));
     tp->exp_node = duet_calloc((size_t)S + 1, sizeof(int));
     tp->addr_buf = duet_calloc((size_t)N + 1, sizeof(*tp->addr_buf));
@@ -73,9 +76,9 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
     tp->exp_backend = duet_calloc((size_t)S + 1, sizeof(char *));
     tp->attn_device = duet_calloc((size_t)A + 1, sizeof(int));
     tp->exp_device = duet_calloc((size_t)S + 1, sizeof(int));
-    if (!tp->rows || !tp->n_rows || !tp->names || !tp->addrs || !tp->attn_node || !tp->exp_node ||
-        !tp->addr_buf || !tp->attn_backend || !tp->exp_backend || !tp->attn_device ||
-        !tp->exp_device) {
+    if (!tp->rows || !tp->n_rows || !tp->names || !tp->addrs || !tp->hosts || !tp->attn_node ||
+        !tp->exp_node || !tp->addr_buf || !tp->attn_backend || !tp->exp_backend ||
+        !tp->attn_device || !tp->exp_device) {
         fprintf(stderr, "duet %s: out of memory\n", cmd);
         duet__topo_pipe_cleanup(tp);
         return -1;
@@ -95,6 +98,9 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
     for (int i = 0; i < N; i++) {
         const duet_topo_node_t *nd = duet_topology_node(t, (size_t)i);
         tp->names[i] = nd->name;
+        struct in_addr ia;
+        if (multi_process && nd->host && inet_pton(AF_INET, nd->host, &ia) == 1)
+            tp->hosts[i] = nd->host; /* the tcp data plane binds it */
         if (nd->address) {
             tp->addrs[i] = nd->address;
         } else if (s->control == DUET_CONTROL_IPC) {
@@ -147,6 +153,7 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
         .n_nodes = N,
         .node_names = tp->names,
         .node_addrs = tp->addrs,
+        .node_hosts = tp->hosts,
         .attention_node = tp->attn_node,
         .expert_node = tp->exp_node,
         .scheduler_node = sch ? duet_topology_node_find(t, sch->node) : 0,

@@ -13,6 +13,7 @@ typedef struct duet__topo_pipe {
     int *n_rows;
     const char **names;
     const char **addrs;
+    const char **hosts; /* per node: its IPv4 `host:` (tcp data plane), else NULL */
     int *attn_node, *exp_node;
     char (*addr_buf)[256];
     const char **attn_backend, **exp_backend; /* per shard, from the file's `backend:` */
