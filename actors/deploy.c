@@ -625,8 +625,11 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     g->checksum = cfg->checksum;
     {
         const char *ce = getenv("DUET_EXPERT_COALESCE");
-        g->coalesce = cfg->expert_coalesce > 0 ||
-                      (cfg->expert_coalesce == 0 && !(ce && strcmp(ce, "0") == 0));
+        g->coalesce = cfg->expert_coalesce;
+        if (!g->coalesce && ce && strcmp(ce, "0") == 0)
+            g->coalesce = -1;
+        else if (!g->coalesce && ce && strcmp(ce, "1") == 0)
+            g->coalesce = 1;
     }
 
     p->t_nodes = duet_now_ns();

@@ -16,9 +16,10 @@
  * from the same shard is dropped and counted; one that names an expert not
  * held here fails that round for everyone with a clear error.
  *
- * Coalescing (geom.coalesce: duet_pipe_config_t.expert_coalesce, env
- * DUET_EXPERT_COALESCE=0 turns it off): when round r is about to run and
- * later rounds of its (iteration, layer) group (r / m) are complete too
+ * Coalescing (geom.coalesce: duet_pipe_config_t.expert_coalesce; auto by
+ * default: on when a layer's held expert weights are >= 16 MiB; env
+ * DUET_EXPERT_COALESCE=0 / =1 turns auto off / on): when round r is about
+ * to run and later rounds of its (iteration, layer) group (r / m) are complete too
  * (every live shard's pipe.dispatch handled, their M2N data arrived), they
  * run in one expert pass — rows grouped per expert across the rounds, one
  * read of each expert's weights — and each round's results still go back
@@ -69,7 +70,7 @@ typedef struct expert {
     char why[256];
     int max_rows; /* rows from one attention shard in one round */
     float *x, *y;
-    float *xh, *yh; /* host staging when the backend's buffers are device memory */
+    float *xh, *yh;            /* host staging when the backend's buffers are device memory */
     int32_t *tot, *xoff, *cur; /* [n held] */
     int32_t *srcpos;           /* [kmax * M * max_rows] */
     int32_t *nsrc;             /* [kmax * M] */
@@ -154,7 +155,8 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
         duet_pipe_hdr_t h = {DUET_PIPE_MAGIC, rows, round, 0, 0};
         for (uint32_t j = 0; j < rows; j++)
             memcpy(buf + sizeof(h) + (size_t)j * s->rowb,
-                   (s->yh ? s->yh : s->y) + (size_t)srcpos[(size_t)a * s->max_rows + j] * (size_t)s->cfg->hidden,
+                   (s->yh ? s->yh : s->y) +
+                       (size_t)srcpos[(size_t)a * s->max_rows + j] * (size_t)s->cfg->hidden,
                    s->rowb);
         if (s->g->checksum)
             h.sum = duet__pipe_sum(buf + sizeof(h), (size_t)rows * s->rowb);
@@ -195,6 +197,9 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
  * (iteration, layer) group, r = (iter·S + j)·m + i, that are complete when
  * the first of them is about to run. A group of one is the plain round. */
 #define KICK_TAG 2 /* sys.timer tag: run the rounds deferred behind the mailbox */
+/* auto coalescing: on when one layer's held expert weights are at least
+ * this big (beyond the caches: each expert pass streams them) */
+#define COALESCE_AUTO_BYTES (16.0 * 1024 * 1024)
 
 /* The rounds after p that may run with it, now: same group and layer,
  * every live shard's dispatch handled, their M2N data arrived. Never
@@ -340,8 +345,8 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *const *p
     }
     for (int i = 0; i < k; i++)
         if ((st = duet_m2n_release(s->a.dispatch, r + (uint64_t)i))) {
-            snprintf(err, sizeof(err), "release round %llu: %s", (unsigned long long)(r + (uint64_t)i),
-                     duet_error());
+            snprintf(err, sizeof(err), "release round %llu: %s",
+                     (unsigned long long)(r + (uint64_t)i), duet_error());
             goto fail_broken;
         }
     if (s->a.fail_countdown && atomic_load(s->a.fail_countdown) > 0 &&
@@ -475,8 +480,8 @@ static duet_status_t run_ready(duet_actor_t *self, expert_t *s, bool kicked)
             break;
         if (s->broken && !q->error[0])
             snprintf(q->error, sizeof(q->error), "%s", s->why);
-        if (!kicked && s->kmax > 1 && !q->error[0] &&
-            (q->round + 1) % (uint64_t)s->g->m != 0 && !round_complete(s, q->round + 1)) {
+        if (!kicked && s->kmax > 1 && !q->error[0] && (q->round + 1) % (uint64_t)s->g->m != 0 &&
+            !round_complete(s, q->round + 1)) {
             if (!s->kick_armed && duet_timer_start_ns(self, 0, 0, KICK_TAG, NULL) == DUET_OK)
                 s->kick_armed = true;
             if (s->kick_armed)
@@ -673,7 +678,10 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     duet_status_t st;
     /* a group of coalesced rounds carries at most m rounds' rows: about
      * what one round of an m = 1 deployment carries */
-    s->kmax = s->g->coalesce && s->g->m > 1 ? (s->g->m < 64 ? s->g->m : 64) : 1;
+    bool coal = s->g->coalesce > 0;
+    if (s->g->coalesce == 0) /* auto: the held experts' weights of a layer, >= 2 bytes each */
+        coal = 3.0 * s->cfg->hidden * s->cfg->expert_dim * 2.0 * H >= COALESCE_AUTO_BYTES;
+    s->kmax = coal && s->g->m > 1 ? (s->g->m < 64 ? s->g->m : 64) : 1;
     int32_t cap = s->max_rows * s->M * s->kmax;
     if ((st = duet_experts_create(s->a.be, s->a.model, cap, &s->ex)))
         return st;
@@ -694,8 +702,7 @@ static duet_status_t expert_start(duet_actor_t *self, void *arg, void **state_ou
     s->tot = duet_calloc((size_t)H + 1, sizeof(int32_t));
     s->xoff = duet_calloc((size_t)H + 1, sizeof(int32_t));
     s->cur = duet_calloc((size_t)H + 1, sizeof(int32_t));
-    s->srcpos =
-        duet_calloc((size_t)s->kmax * (size_t)s->M * (size_t)s->max_rows, sizeof(int32_t));
+    s->srcpos = duet_calloc((size_t)s->kmax * (size_t)s->M * (size_t)s->max_rows, sizeof(int32_t));
     s->nsrc = duet_calloc((size_t)s->kmax * (size_t)s->M, sizeof(int32_t));
     s->gdata = duet_calloc((size_t)s->kmax * (size_t)s->M, sizeof(*s->gdata));
     s->glen = duet_calloc((size_t)s->kmax * (size_t)s->M, sizeof(size_t));

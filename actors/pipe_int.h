@@ -56,7 +56,7 @@ typedef struct duet_pipe_geom {
     int ring; /* send-buffer depth in rounds */
     uint32_t round_timeout_ms;
     bool checksum; /* data-plane rows carry a checksum, checked on arrival */
-    bool coalesce; /* expert shards coalesce complete rounds of one layer group */
+    int coalesce;  /* expert round coalescing: > 0 on, < 0 off, 0 auto (expert.c) */
 } duet_pipe_geom_t;
 
 typedef struct duet_pipe_attn_arg {

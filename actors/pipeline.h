@@ -644,8 +644,12 @@ typedef struct duet_pipe_config {
      * already complete (every live attention shard's pipe.dispatch handled
      * and its M2N data arrived), it runs them in one expert pass (one read
      * of each expert's weights); results go back per round as before. It
-     * never waits for a round to coalesce. 0: on, unless the environment
-     * has DUET_EXPERT_COALESCE=0; > 0: on; < 0: off. */
+     * never waits for a round to coalesce. > 0: on; < 0: off; 0: auto, on
+     * for an expert shard whose held experts' weights of one layer are at
+     * least 16 MiB (a pass then streams them from memory; smaller ones stay
+     * in cache, where coalescing saves nothing and only holds the first
+     * round's results back); the environment's DUET_EXPERT_COALESCE=0 / =1
+     * turns auto off / on. */
     int expert_coalesce;
 } duet_pipe_config_t;
 

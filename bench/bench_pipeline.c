@@ -624,17 +624,16 @@ int main(int argc, char **argv)
         int B = o.batches[b];
         printf("\nbatch %d\n", B);
         printf("  %-14s %9s %9s %7s %7s %9s %9s %9s %9s %7s %11s\n", "config", "tok/s", "ms/token",
-               "busy_a", "busy_e", "T_a us", "T_e us", "m2n us", "n2m us", "rounds",
-               "coalesced");
+               "busy_a", "busy_e", "T_a us", "T_e us", "m2n us", "n2m us", "rounds", "coalesced");
         printf("  %-14s %9.1f %9.2f\n", "(a) engine", er[b].tps, er[b].step_ms);
         const pres_t *r1 = NULL, *r3 = NULL;
         for (int k = 0; k < o.n_ms; k++) {
             const pres_t *r = &pr[b][k];
             char name[32];
             snprintf(name, sizeof(name), "(b) m=%d", r->m);
-            printf("  %-14s %9.1f %9.2f %7.3f %7.3f %9.1f %9.1f %9.1f %9.1f %7d %5llu/%-5llu\n", name,
-                   r->tps, r->step_ms, r->busy_a, r->busy_e, r->ta, r->te, r->g1, r->g2, r->rounds,
-                   (unsigned long long)r->coal, (unsigned long long)r->erounds);
+            printf("  %-14s %9.1f %9.2f %7.3f %7.3f %9.1f %9.1f %9.1f %9.1f %7d %5llu/%-5llu\n",
+                   name, r->tps, r->step_ms, r->busy_a, r->busy_e, r->ta, r->te, r->g1, r->g2,
+                   r->rounds, (unsigned long long)r->coal, (unsigned long long)r->erounds);
             if (r->m == 1)
                 r1 = r;
             if (r->m == 3)

@@ -329,6 +329,8 @@ static int run(const suite_t *su, const run_opts_t *ro)
         *ro->dropped = ps.dropped_dup + ps.dropped_stray;
     if (ro->kv_waits)
         *ro->kv_waits = ps.kv_waits;
+    if (ps.rounds_coalesced)
+        print_message("    (%llu expert rounds coalesced)\n", (unsigned long long)ps.rounds_coalesced);
     if (ro->coalesced)
         *ro->coalesced = ps.rounds_coalesced;
     if (ro->replays)
