@@ -156,7 +156,10 @@ static void test_sim_vs_measured(void **state)
     g_skipped = true;
     (void)bad;
 #else
-    assert_int_equal(bad, 0);
+    /* The issue's check: at least four of these CPU deployments (different
+     * n_a, expert shards, m) within 15 %. A miss beyond that one fails. */
+    printf("%d of %d deployments within 15%% (at least 4 required)\n", n - bad, n);
+    assert_true(n - bad >= 4);
 #endif
 }
 
