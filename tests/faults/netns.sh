@@ -121,12 +121,11 @@ start_node() { # NODE
     PIDS="$PIDS $!"
 }
 for n in a0 a1 e0 e1; do start_node "$n"; done
-# Known duet bug (reported in issue 8's work): the tcp data plane
-# (rdma/tcp.c) binds and advertises params.device, and the pipeline
-# (actors/deploy.c duet__pipe_dp_open) never sets it, so every shard's data
-# plane listens on 127.0.0.1 and peers on other hosts connect to their own
-# loopback: no attention shard becomes ready. Detected here, before the 30 s
-# start timeout, from the listening sockets in a0's namespace.
+# Regression check for a fixed bug: the tcp data plane (rdma/tcp.c) binds and
+# advertises params.device, which the pipeline once left NULL, so every
+# shard's data plane listened on 127.0.0.1 and peers on other hosts connected
+# to their own loopback. Caught here, before the 30 s start timeout, from the
+# listening sockets in a0's namespace.
 i=0
 until [ "$(cat "$TMP"/a0.log "$TMP"/a1.log "$TMP"/e0.log "$TMP"/e1.log 2>/dev/null |
            grep -c ': up$')" -ge 4 ]; do
@@ -138,13 +137,11 @@ sleep 0.5
 if command -v ss >/dev/null 2>&1; then
     ls=$(ip netns exec "${T}a0" ss -ltnpH 2>/dev/null | grep duet)
     if echo "$ls" | grep -q '127\.0\.0\.1:'; then
-        echo "KNOWN FAILURE (duet bug): the tcp data plane of node a0 listens on 127.0.0.1, not on"
-        echo "its host $(addr a0) from the deployment file, so shards on other hosts cannot reach"
-        echo "it (actors/deploy.c duet__pipe_dp_open leaves duet_rdma_ctx_params_t.device NULL;"
-        echo "rdma/tcp.c then binds and advertises 127.0.0.1). Listening sockets in a0's namespace:"
+        echo "FAIL: the tcp data plane of node a0 listens on 127.0.0.1, not on its host"
+        echo "$(addr a0) from the deployment file, so shards on other hosts cannot reach it"
+        echo "(node_hosts in duet_pipe_config_t -> duet__pipe_dp_open). Listening sockets:"
         echo "$ls"
-        echo "SKIP: multi-host tcp data plane not supported by this build (known bug above)"
-        exit 77
+        exit 1
     fi
 fi
 ip netns exec "${T}ctl" "$DUET" serve --topology "$Y" --node ctl --host "$(addr ctl)" \
