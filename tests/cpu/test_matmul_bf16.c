@@ -417,56 +417,6 @@ static int fixture_prefill(duet_backend_t *be, float *typical)
     return off_count;
 }
 
-static int fixture_greedy(duet_backend_t *be)
-{
-    const ref_set_t *r = &g_ref;
-    int32_t total = 0;
-    for (int i = 0; i < r->n; i++)
-        total += r->p[i].n;
-    duet_engine_t *e = ref_engine(be, g_model, total, REF_MAX_PROMPTS);
-    if (!e)
-        return -1;
-    int32_t seq[REF_MAX_PROMPTS], cur[REF_MAX_PROMPTS], out[REF_MAX_PROMPTS];
-    duet_seq_input_t in[REF_MAX_PROMPTS];
-    duet_sampling_params_t sp[REF_MAX_PROMPTS];
-    bool live[REF_MAX_PROMPTS];
-    for (int i = 0; i < r->n; i++) {
-        duet_kvcache_seq_open(duet_engine_kv(e), &seq[i]);
-        in[i] = (duet_seq_input_t){seq[i], r->p[i].n, r->p[i].ids, DUET_LOGITS_LAST};
-        sp[i] = (duet_sampling_params_t){0.0f, 0, 1.0f, 0};
-        live[i] = true;
-    }
-    int bad = 0, compared = 0;
-    for (int32_t t = 0; t < r->p[0].n_greedy; t++) {
-        if (duet_engine_step(e, r->n, in, NULL, NULL) || duet_engine_sample(e, sp, out)) {
-            fprintf(stderr, "greedy step %d: %s\n", t, duet_error());
-            bad = -1;
-            break;
-        }
-        for (int i = 0; i < r->n; i++) {
-            if (live[i] && r->p[i].margin[t] < BF16_MARGIN_MIN)
-                live[i] = false;
-            if (live[i]) {
-                compared++;
-                if (out[i] != r->p[i].greedy[t]) {
-                    printf("  bf16 greedy: prompt %d step %d: got %d, HF %d (margin %.3g)\n", i, t,
-                           out[i], r->p[i].greedy[t], (double)r->p[i].margin[t]);
-                    bad++;
-                    live[i] = false;
-                }
-            }
-            cur[i] = out[i];
-            in[i] = (duet_seq_input_t){seq[i], 1, &cur[i], DUET_LOGITS_LAST};
-        }
-    }
-    printf("  bf16 greedy: %d tokens compared (HF margin >= %.2g), %d mismatches\n", compared,
-           (double)BF16_MARGIN_MIN, bad);
-    if (bad == 0 && compared < r->n)
-        bad = -1; /* too little compared to mean anything */
-    duet_engine_destroy(&e);
-    return bad;
-}
-
 static void fixture_run(int64_t min_rows)
 {
     duet_cpu_set_bf16_min_rows(min_rows);
@@ -488,7 +438,8 @@ static void fixture_run(int64_t min_rows)
     assert_true(off >= 0);
     assert_true(typical > REF_LOGIT_TOL && typical < 0.05f);
     assert_true(off * 50 <= total);
-    assert_int_equal(fixture_greedy(be), 0);
+    assert_int_equal(
+        ref_greedy_margin(be, g_model, &g_ref, BF16_MARGIN_MIN, g_ref.n, "bf16 greedy"), 0);
     duet_backend_close(&be);
     duet_cpu_set_bf16_min_rows(4);
 }

@@ -32,58 +32,6 @@ static void expect(bool ok, const char *what, const char *model)
         g_fail++;
 }
 
-/* Greedy continuation compared up to the first step whose HF margin is
- * below `margin_min` (per prompt). Returns mismatches, -1 on error. */
-static int greedy_margin(duet_backend_t *be, const duet_model_t *m, const ref_set_t *r,
-                         float margin_min)
-{
-    int32_t total = 0;
-    for (int i = 0; i < r->n; i++)
-        total += r->p[i].n;
-    duet_engine_t *e = ref_engine(be, m, total, REF_MAX_PROMPTS);
-    if (!e)
-        return -1;
-    int32_t seq[REF_MAX_PROMPTS], cur[REF_MAX_PROMPTS], out[REF_MAX_PROMPTS];
-    duet_seq_input_t in[REF_MAX_PROMPTS];
-    duet_sampling_params_t sp[REF_MAX_PROMPTS];
-    bool live[REF_MAX_PROMPTS];
-    for (int i = 0; i < r->n; i++) {
-        duet_kvcache_seq_open(duet_engine_kv(e), &seq[i]);
-        in[i] = (duet_seq_input_t){seq[i], r->p[i].n, r->p[i].ids, DUET_LOGITS_LAST};
-        sp[i] = (duet_sampling_params_t){0.0f, 0, 1.0f, 0};
-        live[i] = true;
-    }
-    int bad = 0, compared = 0;
-    for (int32_t t = 0; t < r->p[0].n_greedy; t++) {
-        if (duet_engine_step(e, r->n, in, NULL, NULL) || duet_engine_sample(e, sp, out)) {
-            fprintf(stderr, "greedy step %d: %s\n", t, duet_error());
-            bad = -1;
-            break;
-        }
-        for (int i = 0; i < r->n; i++) {
-            if (live[i] && r->p[i].margin[t] < margin_min)
-                live[i] = false;
-            if (live[i]) {
-                compared++;
-                if (out[i] != r->p[i].greedy[t]) {
-                    printf("  greedy: prompt %d step %d: got %d, HF %d (margin %.3g)\n", i, t,
-                           out[i], r->p[i].greedy[t], (double)r->p[i].margin[t]);
-                    bad++;
-                    live[i] = false;
-                }
-            }
-            cur[i] = out[i];
-            in[i] = (duet_seq_input_t){seq[i], 1, &cur[i], DUET_LOGITS_LAST};
-        }
-    }
-    printf("  greedy (margin >= %.2g): %d tokens compared, %d mismatches\n", (double)margin_min,
-           compared, bad);
-    if (bad == 0 && compared == 0)
-        bad = -1; /* vacuous */
-    duet_engine_destroy(&e);
-    return bad;
-}
-
 /* Mixed deployment: the attention role on `ab`, every expert on `eb`; the
  * rows cross between them through host memory (download, upload) as the
  * data plane would move them between a GPU and a CPU shard. Returns the
@@ -229,7 +177,7 @@ static void check_model(const char *name, duet_rope_freq_t freq, duet_backend_t 
     expect(d <= REF_LOGIT_TOL, what, name);
     expect(ref_check_greedy(fp32, m, &r) == 0, "fp32 greedy (margin >= 1e-3)", name);
     expect(ref_check_staggered(fp32, m, &r) == 0, "fp32 staggered prefill + decode", name);
-    int g = greedy_margin(bf16, m, &r, BF16_MARGIN_MIN);
+    int g = ref_greedy_margin(bf16, m, &r, BF16_MARGIN_MIN, 1, "greedy");
     expect(g == 0, "bf16 greedy tokens match HF up to margin < 0.1", name);
     d = ref_check_prefill(bf16, m, &r, true);
     printf("     bf16 prefill batched max |diff| %.3g (informational)\n", (double)d);

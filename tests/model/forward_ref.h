@@ -134,6 +134,61 @@ REF_FN duet_engine_t *ref_engine(duet_backend_t *be, const duet_model_t *m, int3
     return e;
 }
 
+/* Greedy continuation of every prompt of `r` on `be`, compared with HF's
+ * greedy tokens up to each prompt's first step whose HF margin is below
+ * `margin_min` (a lower precision may flip a near tie there). Returns the
+ * mismatches; -1 on an error or when fewer than `min_compared` tokens could
+ * be compared (too few to mean anything). `label` prefixes the report. */
+REF_FN int ref_greedy_margin(duet_backend_t *be, const duet_model_t *m, const ref_set_t *r,
+                             float margin_min, int min_compared, const char *label)
+{
+    int32_t total = 0;
+    for (int i = 0; i < r->n; i++)
+        total += r->p[i].n;
+    duet_engine_t *e = ref_engine(be, m, total, REF_MAX_PROMPTS);
+    if (!e)
+        return -1;
+    int32_t seq[REF_MAX_PROMPTS], cur[REF_MAX_PROMPTS], out[REF_MAX_PROMPTS];
+    duet_seq_input_t in[REF_MAX_PROMPTS];
+    duet_sampling_params_t sp[REF_MAX_PROMPTS];
+    bool live[REF_MAX_PROMPTS];
+    for (int i = 0; i < r->n; i++) {
+        duet_kvcache_seq_open(duet_engine_kv(e), &seq[i]);
+        in[i] = (duet_seq_input_t){seq[i], r->p[i].n, r->p[i].ids, DUET_LOGITS_LAST};
+        sp[i] = (duet_sampling_params_t){0.0f, 0, 1.0f, 0};
+        live[i] = true;
+    }
+    int bad = 0, compared = 0;
+    for (int32_t t = 0; t < r->p[0].n_greedy; t++) {
+        if (duet_engine_step(e, r->n, in, NULL, NULL) || duet_engine_sample(e, sp, out)) {
+            fprintf(stderr, "greedy step %d: %s\n", t, duet_error());
+            bad = -1;
+            break;
+        }
+        for (int i = 0; i < r->n; i++) {
+            if (live[i] && r->p[i].margin[t] < margin_min)
+                live[i] = false;
+            if (live[i]) {
+                compared++;
+                if (out[i] != r->p[i].greedy[t]) {
+                    printf("  %s: prompt %d step %d: got %d, HF %d (margin %.3g)\n", label, i, t,
+                           out[i], r->p[i].greedy[t], (double)r->p[i].margin[t]);
+                    bad++;
+                    live[i] = false;
+                }
+            }
+            cur[i] = out[i];
+            in[i] = (duet_seq_input_t){seq[i], 1, &cur[i], DUET_LOGITS_LAST};
+        }
+    }
+    printf("  %s: %d tokens compared (HF margin >= %.2g), %d mismatches\n", label, compared,
+           (double)margin_min, bad);
+    if (bad == 0 && compared < min_compared)
+        bad = -1;
+    duet_engine_destroy(&e);
+    return bad;
+}
+
 /* Each prompt alone, then all together. Returns the worst difference. */
 REF_FN float ref_check_prefill(duet_backend_t *be, const duet_model_t *m, const ref_set_t *r,
                                bool together)
