@@ -54,6 +54,7 @@
 #include "model/kvcache.h"
 #include "model/mkmodel.h"
 #include "model/model.h"
+#include "bench/bench_checkpoint.h"
 
 /* llama.cpp on this shape (bf16 GGUF, CPU, 2 threads), from the issue. */
 #define LLAMA_B1_TPS 34.0
@@ -251,46 +252,7 @@ static double read_bw_forked(int threads, size_t bytes, int reps)
     return r == (ssize_t)sizeof(v) ? v : -1;
 }
 
-/* ---- the checkpoint ------------------------------------------------------ */
-
-static void show_progress(void *arg, size_t done, size_t total)
-{
-    int *last = arg;
-    int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
-    if (pct / 10 == *last / 10)
-        return;
-    *last = pct;
-    fprintf(stderr, "  %3d%% of %.2f GB\n", pct, (double)total / 1e9);
-}
-
-/* Write the bench preset into dir unless a complete one is there (the stamp
- * file is written last). */
-static duet_status_t ensure_checkpoint(const char *dir)
-{
-    char stamp[4096];
-    snprintf(stamp, sizeof(stamp), "%s/bench_model.complete", dir);
-    if (access(stamp, R_OK) == 0)
-        return DUET_OK;
-    duet_mkmodel_opts_t o;
-    duet_status_t st = duet_mkmodel_preset("bench", &o);
-    if (st)
-        return st;
-    int last = -10;
-    o.progress = show_progress;
-    o.progress_arg = &last;
-    fprintf(stderr, "writing the bench checkpoint (%.2f GB) to %s, once ...\n",
-            (double)duet_mkmodel_bytes(&o) / 1e9, dir);
-    double t0 = duet_now_s();
-    if ((st = duet_mkmodel_write(dir, &o)))
-        return st;
-    FILE *f = fopen(stamp, "w");
-    if (!f)
-        return duet_errorf(DUET_ERR_IO, "%s: %s", stamp, strerror(errno));
-    fprintf(f, "bench preset, %llu parameters\n", (unsigned long long)duet_mkmodel_params(&o));
-    fclose(f);
-    fprintf(stderr, "  written in %.1f s\n", duet_now_s() - t0);
-    return DUET_OK;
-}
+/* ---- the checkpoint (written by bench_checkpoint.h) ---------------------- */
 
 static size_t checkpoint_file_bytes(const char *dir, const duet_mkmodel_opts_t *o)
 {
@@ -592,7 +554,7 @@ int main(int argc, char **argv)
     duet_mkmodel_opts_t mo;
     duet_mkmodel_preset("bench", &mo);
 
-    if (ensure_checkpoint(o.dir)) {
+    if (bench_ensure_checkpoint(o.dir)) {
         fprintf(stderr, "bench_model: writing the checkpoint: %s\n", duet_error());
         goto out;
     }

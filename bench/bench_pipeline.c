@@ -56,6 +56,7 @@
 #include "model/kvcache.h"
 #include "model/mkmodel.h"
 #include "model/model.h"
+#include "bench/bench_checkpoint.h"
 
 #define MAX_BATCH 256
 #define MAX_MS 8
@@ -106,30 +107,6 @@ static int parse_list(const char *s, int *out, int cap)
         s = *end ? end + 1 : end;
     }
     return *s ? -1 : n;
-}
-
-/* ---- the checkpoint ------------------------------------------------------ */
-
-static duet_status_t ensure_checkpoint(const char *dir)
-{
-    char stamp[4096];
-    snprintf(stamp, sizeof(stamp), "%s/bench_model.complete", dir);
-    if (access(stamp, R_OK) == 0)
-        return DUET_OK;
-    duet_mkmodel_opts_t o;
-    duet_status_t st = duet_mkmodel_preset("bench", &o);
-    if (st)
-        return st;
-    fprintf(stderr, "writing the bench checkpoint (%.2f GB) to %s, once ...\n",
-            (double)duet_mkmodel_bytes(&o) / 1e9, dir);
-    if ((st = duet_mkmodel_write(dir, &o)))
-        return st;
-    FILE *f = fopen(stamp, "w");
-    if (!f)
-        return duet_errorf(DUET_ERR_IO, "%s: %s", stamp, strerror(errno));
-    fprintf(f, "bench preset, %llu parameters\n", (unsigned long long)duet_mkmodel_params(&o));
-    fclose(f);
-    return DUET_OK;
 }
 
 /* ---- (a) the engine -------------------------------------------------------- */
@@ -552,7 +529,7 @@ int main(int argc, char **argv)
             return 2;
         }
     if (!o.model) {
-        if (ensure_checkpoint(bench_dir)) {
+        if (bench_ensure_checkpoint(bench_dir)) {
             fprintf(stderr, "bench_pipeline: writing the checkpoint: %s\n", duet_error());
             return 1;
         }
