@@ -192,7 +192,7 @@ typedef struct duet_node_config {
      * from virtual time 0 (simulation). */
     duet_fault_plan_t *faults;
     uint32_t heartbeat_ms;     /* default 100 */
-    uint32_t heartbeat_misses; /* peer is down after this many silent intervals; default 5 */
+    uint32_t heartbeat_misses; /* peer is down after this many silent intervals; default 3 */
     uint32_t
         credit_window; /* messages a sender may have unprocessed at one receiver; default 256 */
     uint32_t credit_timeout_ms; /* a sender blocked this long without credit resets; default 1000 */

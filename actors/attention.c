@@ -37,6 +37,7 @@
 #include "model/kvcache.h"
 
 #define MOD "attn"
+#define DATA_TAG 3 /* sys.timer tag: look again for a round's data (combine_ready) */
 
 typedef struct ub_state {
     duet_ubatch_t *ub;
@@ -49,6 +50,7 @@ typedef struct ub_state {
     int layer, sparse_j;
     bool begun, done, waiting;
     uint64_t round;
+    uint64_t data_since; /* actor time the wait for the round's data began (0: not yet) */
     uint8_t *got;       /* [N] */
     uint32_t *got_rows; /* [N] */
     int n_got;
@@ -90,10 +92,13 @@ typedef struct attn {
     } * *q; /* [N] */
     int *q_n, *q_cap;
     bool ready_sent, stepped, acked;
+    bool sched_mon;  /* the scheduler is monitored (from its first ack) */
+    bool sched_lost; /* it went down in this epoch: pipe.resync until a new one */
     uint64_t startup_timer;
     uint64_t epoch; /* data-plane epoch */
     /* routing table */
     bool have_table;
+    bool data_armed; /* a DATA_TAG timer is pending */
     uint64_t table_version;
     uint32_t *off;
     int32_t *shards;
@@ -411,6 +416,7 @@ static duet_status_t advance(duet_actor_t *self, attn_t *s, int i)
         o->rounds++;
         duet_obs_ev(o, 'X', DUET_TR_DISPATCH, t1, t2 - t1, 0, (int64_t)round, l, i, u->d.n_rows);
         u->waiting = true;
+        u->data_since = 0;
         u->round = round;
         u->n_got = 0;
         memset(u->got, 0, (size_t)s->g->n_expert_shards);
@@ -453,8 +459,8 @@ static duet_status_t complete(duet_actor_t *self, attn_t *s, int i)
     const int N = s->g->n_expert_shards;
     uint64_t t0 = duet_now_ns();
     int64_t rows_in = 0;
-    duet_status_t st =
-        duet_m2n_recv(s->a.combine, u->round, (int64_t)s->g->round_timeout_ms * 1000000);
+    /* combine_ready waited for the data (duet__pipe_data_wait) */
+    duet_status_t st = duet_m2n_recv(s->a.combine, u->round, 0);
     if (st)
         return duet_error_wrap(st, "round %llu results", (unsigned long long)u->round);
     for (int d = 0; d < N; d++) {
@@ -622,6 +628,39 @@ static duet_status_t on_step(duet_actor_t *self, attn_t *s, const duet_pipe_step
     return DUET_OK;
 }
 
+/* The N2M ring releases rounds in order, and control messages may arrive
+ * out of order (delay, other senders): combine the oldest awaited round
+ * while every expert shard's pipe.result for it is in. Its data may still
+ * be on the wire: then come back on a timer (DATA_TAG), serving the
+ * mailbox meanwhile. */
+static duet_status_t combine_ready(duet_actor_t *self, attn_t *s)
+{
+    while (s->busy) {
+        int lo = -1;
+        for (int k = 0; k < s->g->m; k++)
+            if (s->ubs[k].waiting && (lo < 0 || s->ubs[k].round < s->ubs[lo].round))
+                lo = k;
+        if (lo < 0 || s->ubs[lo].n_got < s->n_live_e)
+            break;
+        ub_state_t *u = &s->ubs[lo];
+        if (duet__pipe_data_wait(self, s->a.combine, u->round, &u->data_since,
+                                 s->g->round_timeout_ms) == DUET_ERR_AGAIN) {
+            if (!s->data_armed &&
+                duet_timer_start_ns(self, DUET_PIPE_DATA_RETRY_NS, 0, DATA_TAG, NULL) == DUET_OK)
+                s->data_armed = true;
+            if (s->data_armed)
+                break;
+        }
+        duet_status_t st = complete(self, s, lo);
+        if (st && s->busy) {
+            char why[1200];
+            snprintf(why, sizeof(why), "micro-batch %d: %s", lo, duet_error());
+            return step_fail(self, s, why);
+        }
+    }
+    return DUET_OK;
+}
+
 static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_result_t *r)
 {
     char why[1200];
@@ -651,23 +690,7 @@ static duet_status_t on_result(duet_actor_t *self, attn_t *s, const duet_pipe_re
     s->last_progress = duet_actor_now_ns(self);
     if (++u->n_got < s->n_live_e)
         return DUET_OK;
-    /* The N2M ring releases rounds in order, and control messages may
-     * arrive out of order (delay, other senders): combine the oldest
-     * awaited round while it is complete. */
-    while (s->busy) {
-        int lo = -1;
-        for (int k = 0; k < s->g->m; k++)
-            if (s->ubs[k].waiting && (lo < 0 || s->ubs[k].round < s->ubs[lo].round))
-                lo = k;
-        if (lo < 0 || s->ubs[lo].n_got < s->n_live_e)
-            break;
-        duet_status_t st = complete(self, s, lo);
-        if (st && s->busy) {
-            snprintf(why, sizeof(why), "micro-batch %d: %s", lo, duet_error());
-            return step_fail(self, s, why);
-        }
-    }
-    return DUET_OK;
+    return combine_ready(self, s);
 }
 
 static duet_status_t maybe_ready(duet_actor_t *self, attn_t *s)
@@ -792,6 +815,7 @@ static duet_status_t reset_epoch(duet_actor_t *self, attn_t *s, const duet_pipe_
     for (int d = 0; d < N; d++) /* rounds of the old epoch are void */
         s->q_n[d] = 0;
     s->ready_sent = s->acked = s->stepped = false;
+    s->sched_lost = false;
     s->broken = false;
     s->why[0] = 0;
     s->iter = 0;
@@ -822,6 +846,10 @@ static duet_status_t startup_tick(duet_actor_t *self, attn_t *s)
         duet_pipe_ready_t r = {.shard = s->a.shard, .epoch = s->epoch};
         duet_send(self, "scheduler", &duet_pipe_msg_ready, &r);
     }
+    if (s->sched_lost) { /* until the router starts a new epoch */
+        duet_pipe_resync_t rs = {.shard = s->a.shard, .epoch = s->epoch, .why = "scheduler down"};
+        duet_send(self, "router", &duet_pipe_msg_resync, &rs);
+    }
     return DUET_OK;
 }
 
@@ -844,10 +872,13 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
         return on_result(self, s, res);
     const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
     if (sq) {
+        uint64_t queued = 0;
+        for (int d = 0; d < s->g->n_expert_shards; d++)
+            queued += (uint64_t)s->q_n[d];
         duet__pipe_reply_stats(
             self, s->a.obs, sq, (uint64_t)duet_kvcache_open_seqs(s->kv),
             (uint64_t)(duet_kvcache_total_blocks(s->kv) - duet_kvcache_free_blocks(s->kv)),
-            s->epoch);
+            s->epoch, s->a.dispatch, s->a.combine, queued);
         return DUET_OK;
     }
     const duet_pipe_step_t *step = duet_pipe_msg_step_body(msg);
@@ -901,12 +932,28 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
     if (ack) { /* the scheduler heard our pipe.ready */
         if (ack->epoch == s->epoch)
             s->acked = s->ready_sent;
+        /* from now on its death (a restart loses its requests) resets the
+         * epoch: every shard reports ready to the new one */
+        if (!s->sched_mon && duet_monitor(self, "scheduler", NULL) == DUET_OK)
+            s->sched_mon = true;
         return DUET_OK;
     }
     const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
     if (rs)
         return on_reset(self, s, rs);
     const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
+    if (dn && !strcmp(dn->actor, "scheduler")) {
+        /* a restarted scheduler knows none of our sequences nor our
+         * iteration: a new epoch makes every shard report ready to it, and
+         * its keep_only list then frees what its predecessor left here */
+        DUET_LOG_I(MOD, "%s: the scheduler is down (%s): asking for a new epoch",
+                   duet_actor_name(self), dn->reason);
+        s->sched_mon = false;
+        s->sched_lost = true;
+        duet_pipe_resync_t rq = {.shard = s->a.shard, .epoch = s->epoch, .why = "scheduler down"};
+        duet_send(self, "router", &duet_pipe_msg_resync, &rq);
+        return DUET_OK;
+    }
     if (dn) {
         int k = -1;
         if (sscanf(dn->actor, "expert/%d", &k) != 1 || k < 0 || k >= s->g->n_expert_shards ||
@@ -936,6 +983,10 @@ static duet_status_t attn_handle(duet_actor_t *self, void *state, const duet_msg
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
     if (tm && tm->tag == 1)
         return startup_tick(self, s);
+    if (tm && tm->tag == DATA_TAG) {
+        s->data_armed = false;
+        return combine_ready(self, s);
+    }
     if (tm) {
         uint64_t now = duet_actor_now_ns(self);
         if (s->busy && now - s->last_progress > (uint64_t)s->g->round_timeout_ms * 1000000) {

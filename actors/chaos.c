@@ -369,19 +369,34 @@ duet_status_t duet_chaos_run(const duet_chaos_config_t *cc, const duet_chaos_ref
     if (o->sched_left)
         problem(o, "after drain the scheduler still has %u running, %u waiting, %llu KV blocks",
                 ps.running, ps.waiting, (unsigned long long)ps.kv_blocks_used);
-    for (int a = 0; a < cc->pipe.n_attention; a++) {
+    for (int k = 0; k < cc->pipe.n_attention + cc->pipe.n_expert_shards; k++) {
         char name[32];
-        snprintf(name, sizeof(name), "attn/%d", a);
+        if (k < cc->pipe.n_attention)
+            snprintf(name, sizeof(name), "attn/%d", k);
+        else
+            snprintf(name, sizeof(name), "expert/%d", k - cc->pipe.n_attention);
         duet_pipe_actor_stats_t as;
         if (duet_pipe_actor_stats(p, name, &as, 1000)) {
             /* a shard that is not running (crashed, not restarted) holds nothing */
             continue;
         }
+        o->shards_checked++;
         o->leaked_kv_blocks += as.kv_blocks_used;
         o->leaked_kv_seqs += as.kv_seqs;
         if (as.kv_seqs || as.kv_blocks_used)
             problem(o, "after drain %s holds %llu KV sequences, %llu blocks", name,
                     (unsigned long long)as.kv_seqs, (unsigned long long)as.kv_blocks_used);
+        o->leaked_dp_slots += as.dp_slots_held;
+        o->leaked_dp_credits += as.dp_credits_out + as.dp_inflight;
+        o->leaked_ctl_queued += as.ctl_queued;
+        if (as.dp_slots_held || as.dp_credits_out || as.dp_inflight || as.ctl_queued)
+            problem(o,
+                    "after drain %s (data-plane epoch %llu) holds %llu data-plane slots, %llu "
+                    "credits not returned, %llu writes in flight, %llu round messages waiting "
+                    "for credit",
+                    name, (unsigned long long)as.epoch, (unsigned long long)as.dp_slots_held,
+                    (unsigned long long)as.dp_credits_out, (unsigned long long)as.dp_inflight,
+                    (unsigned long long)as.ctl_queued);
     }
     /* the plan's faults: counts, detection, stall per fault */
     if (plan) {
@@ -436,7 +451,8 @@ out:
 bool duet_chaos_ok(const duet_chaos_result_t *r)
 {
     return !r->lost && !r->hung && !r->mismatched && !r->order_errors && !r->terminal_errors &&
-           !r->leaked_kv_blocks && !r->leaked_kv_seqs && !r->sched_left && !r->detect_late;
+           !r->leaked_kv_blocks && !r->leaked_kv_seqs && !r->sched_left && !r->detect_late &&
+           !r->leaked_dp_slots && !r->leaked_dp_credits && !r->leaked_ctl_queued;
 }
 
 void duet_chaos_random_plan(uint64_t seed, const duet_pipe_config_t *pc, double start_ms,
@@ -461,7 +477,12 @@ void duet_chaos_random_plan(uint64_t seed, const duet_pipe_config_t *pc, double 
         int w = 0;
         switch (kind) {
         case 0:
-        case 1: w = snprintf(buf + n, cap - n, "crash actor=expert/%d at=%.3fms\n", e, at); break;
+        case 1: /* an expert shard, or (half of case 1) the scheduler */
+            if (kind == 1 && dur % 2 == 0)
+                w = snprintf(buf + n, cap - n, "crash actor=scheduler at=%.3fms\n", at);
+            else
+                w = snprintf(buf + n, cap - n, "crash actor=expert/%d at=%.3fms\n", e, at);
+            break;
         case 2: w = snprintf(buf + n, cap - n, "crash actor=attn/%d at=%.3fms\n", a, at); break;
         case 3:
             w = snprintf(buf + n, cap - n, "stall actor=expert/%d at=%.3fms for=%ums\n", e, at,
@@ -543,9 +564,12 @@ void duet_chaos_print(FILE *f, const duet_chaos_result_t *r)
             (unsigned long long)r->restarts);
     fprintf(f,
             "after drain: %llu KV sequences / %llu blocks held by attention shards, %llu left "
-            "at the scheduler\n",
+            "at the scheduler; data plane of %d shards: %llu slots held, %llu credits out, "
+            "%llu round messages waiting for credit\n",
             (unsigned long long)r->leaked_kv_seqs, (unsigned long long)r->leaked_kv_blocks,
-            (unsigned long long)r->sched_left);
+            (unsigned long long)r->sched_left, r->shards_checked,
+            (unsigned long long)r->leaked_dp_slots, (unsigned long long)r->leaked_dp_credits,
+            (unsigned long long)r->leaked_ctl_queued);
     if (r->detect_ms >= 0)
         fprintf(f, "detection: first crash -> new epoch in %.1f ms%s\n", r->detect_ms,
                 r->detect_late ? " (LATE)" : "");

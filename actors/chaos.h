@@ -15,7 +15,10 @@
  *     by the deadline) requests;
  *   - after drain: no request running or queued at the scheduler, zero KV
  *     blocks reserved there, zero KV sequences and blocks held by every
- *     attention shard;
+ *     attention shard; in every attention and expert shard's data-plane
+ *     groups (M2N dispatch, N2M combine) zero slots holding unreleased
+ *     rounds, zero credits not returned and zero writes in flight, and no
+ *     round message waiting for actor credit;
  *   - detection: the first crash to the first new data-plane epoch: at
  *     once for a crash the runtime reports (DOWN), else 3 missed heartbeats
  *     after the last one heard, so at most 4 heartbeat intervals (checked
@@ -23,8 +26,8 @@
  *     delays it);
  *   - stall: per fault, the longest gap in the token stream in the window
  *     after it (and the fault-free run's longest gap, for comparison).
- * Not checked here: data-plane slots and actor credits (they are rebuilt
- * with every epoch, not observable from outside). */
+ * (Data-plane groups are rebuilt with every epoch: what the check sees is
+ * the last epoch's, which must end with nothing held.) */
 #ifndef DUET_ACTORS_CHAOS_H
 #define DUET_ACTORS_CHAOS_H
 
@@ -61,6 +64,10 @@ typedef struct duet_chaos_result {
     uint64_t faults[DUET_FAULT_KIND_COUNT]; /* injected, by kind */
     uint64_t replays, epochs, restarts;
     uint64_t leaked_kv_blocks, leaked_kv_seqs; /* attention shards after drain */
+    uint64_t leaked_dp_slots;   /* data-plane slots holding unreleased rounds, all shards */
+    uint64_t leaked_dp_credits; /* credits not returned + writes in flight, all shards */
+    uint64_t leaked_ctl_queued; /* round messages still waiting for actor credit */
+    int shards_checked;         /* shards that answered the after-drain check */
     uint64_t sched_left;                       /* running + waiting + KV blocks at the scheduler */
     double detect_ms;                          /* first crash -> new epoch; -1: no crash */
     bool detect_late;                          /* > 3 heartbeat intervals */
@@ -92,7 +99,7 @@ DUET_API duet_status_t duet_chaos_run(const duet_chaos_config_t *c, const duet_c
 /* Nothing lost, hung, mismatched, misnumbered, leaked or detected late. */
 DUET_API bool duet_chaos_ok(const duet_chaos_result_t *r);
 /* A random plan for `seed`: 1-3 faults among crash / stall / straggler of
- * an expert or attention shard, drops, duplicates and reorders of the
+ * an expert or attention shard, a crash of the scheduler, drops, duplicates and reorders of the
  * pipeline's round messages, and a partition cutting one shard's node off
  * from the others for 60-960 ms, placed in [start_ms, start_ms + span_ms). */
 DUET_API void duet_chaos_random_plan(uint64_t seed, const duet_pipe_config_t *pc, double start_ms,

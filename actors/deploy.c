@@ -42,8 +42,10 @@ typedef struct cstream {
     int32_t next;        /* stream messages taken in order */
     int32_t asked;       /* `next` a resend was last asked at (-1: none) */
     bool acked, done;    /* the submit arrived; the stream ended */
+    bool again;          /* the scheduler restarted: submit every tick until acknowledged */
     uint64_t sent_ns;    /* last pipe.submit (0: not yet stamped) */
     duet_pipe_submit_t m; /* a copy (prompt, eos_ids owned; reply_to static) */
+    int32_t *gen;         /* [max_new] the tokens taken (a re-submission carries them) */
 } cstream_t;
 
 struct duet_pipe {
@@ -76,6 +78,10 @@ struct duet_pipe {
     size_t n_res, cap_res;
     cstream_t *cs;
     size_t n_cs, cap_cs;
+    bool client_mon;     /* the client actor monitors the scheduler */
+    uint64_t sched_inc;  /* newest scheduler incarnation heard from */
+    uint64_t sched_dead; /* incarnations up to this one are down: their late
+                            acks and tokens do not acknowledge a re-submission */
     /* observability: [A] attention, [S] expert shards, scheduler */
     duet_obs_t *obs;
     int n_obs;
@@ -109,6 +115,8 @@ static pres_t *res_find(duet_pipe_t *p, uint64_t req)
 }
 
 #define CLIENT_TICK 11
+#define CLIENT_TICK_SOON 12 /* once, just after the scheduler went down */
+#define CLIENT_SOON_MS 2    /* its supervisor has started it again by then */
 #define CLIENT_RESUBMIT_NS 300000000ull
 
 static duet_status_t client_start(duet_actor_t *self, void *arg, void **state_out)
@@ -121,6 +129,7 @@ static void cs_drop(duet_pipe_t *p, size_t i)
 {
     duet_free(p->cs[i].m.prompt.data);
     duet_free(p->cs[i].m.eos_ids.data);
+    duet_free(p->cs[i].gen);
     p->cs[i] = p->cs[--p->n_cs];
 }
 
@@ -133,7 +142,7 @@ static void client_ack(duet_actor_t *self, uint64_t req, int32_t next, bool rese
 
 /* Stream bookkeeping of a pipe.token; false: not to be taken (a duplicate,
  * out of order, or of a finished stream). Under p->mu. */
-static bool client_take(duet_actor_t *self, duet_pipe_t *p, const duet_pipe_token_t *t)
+static bool client_take(duet_actor_t *self, duet_pipe_t *p, const duet_pipe_token_t *t, bool live)
 {
     size_t i = 0;
     for (; i < p->n_cs && p->cs[i].req != t->req; i++)
@@ -143,7 +152,8 @@ static bool client_take(duet_actor_t *self, duet_pipe_t *p, const duet_pipe_toke
         return false;
     }
     cstream_t *c = &p->cs[i];
-    c->acked = true;
+    if (live)
+        c->acked = true;
     if (t->index < c->next || c->done) { /* a duplicate: the scheduler is behind */
         client_ack(self, t->req, c->next, false);
         return false;
@@ -155,6 +165,8 @@ static bool client_take(duet_actor_t *self, duet_pipe_t *p, const duet_pipe_toke
         }
         return false;
     }
+    if (!(t->error && t->error[0]) && c->gen && c->next < c->m.max_new)
+        c->gen[c->next] = t->token;
     c->next++;
     c->done = t->done || (t->error && t->error[0]);
     if (c->done) {
@@ -176,8 +188,11 @@ static void client_tick(duet_actor_t *self, duet_pipe_t *p)
             continue;
         if (!c->sent_ns) {
             c->sent_ns = now ? now : 1;
-        } else if (now > c->sent_ns + CLIENT_RESUBMIT_NS) {
-            c->sent_ns = now;
+        } else if (c->again || now > c->sent_ns + CLIENT_RESUBMIT_NS) {
+            /* after a scheduler restart: every tick until acknowledged, with
+             * the tokens we have, so that it goes on from there */
+            c->sent_ns = now ? now : 1;
+            c->m.generated = (duet_array_t){c->gen, c->gen ? (size_t)c->next : 0};
             if (duet_send(self, "scheduler", &duet_pipe_msg_submit, &c->m))
                 DUET_LOG_D(MOD, "pipe.submit again: %s", duet_error());
         }
@@ -189,14 +204,48 @@ static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_m
 {
     duet_pipe_t *p = state;
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
-    if (tm && tm->tag == CLIENT_TICK) {
+    if (tm && (tm->tag == CLIENT_TICK || tm->tag == CLIENT_TICK_SOON)) {
         client_tick(self, p);
         return DUET_OK;
+    }
+    const duet_sys_down_t *dn = duet_msg_body(msg, &duet_msg_sys_down);
+    if (dn) {
+        if (strcmp(dn->actor, "scheduler"))
+            return DUET_OK;
+        /* the scheduler stopped (its supervisor starts it again, with no
+         * requests): every open stream goes to it again at the next tick,
+         * with the tokens already here, until acknowledged */
+        pthread_mutex_lock(&p->mu);
+        p->client_mon = false;
+        p->sched_dead = p->sched_inc;
+        int n = 0;
+        for (size_t i = 0; i < p->n_cs; i++)
+            if (!p->cs[i].done) {
+                p->cs[i].acked = false;
+                p->cs[i].again = true;
+                if (!p->cs[i].sent_ns)
+                    p->cs[i].sent_ns = 1;
+                n++;
+            }
+        pthread_mutex_unlock(&p->mu);
+        if (n && duet_timer_start(self, CLIENT_SOON_MS, 0, CLIENT_TICK_SOON, NULL))
+            DUET_LOG_D(MOD, "timer: %s", duet_error()); /* the 100 ms tick does it */
+        DUET_LOG_I(MOD, "the scheduler is down (%s): %d requests submitted again", dn->reason, n);
+        return DUET_OK;
+    }
+    bool from_sched = duet_pipe_msg_ack_body(msg) || duet_pipe_msg_token_body(msg);
+    bool live = !from_sched || msg->env.epoch > p->sched_dead; /* not a dead one's */
+    if (from_sched && live && msg->env.epoch > p->sched_inc)
+        p->sched_inc = msg->env.epoch;
+    if (!p->client_mon && from_sched && live) {
+        /* it answers: watch it from now on (a restart re-submits) */
+        if (duet_monitor(self, "scheduler", NULL) == DUET_OK)
+            p->client_mon = true;
     }
     const duet_pipe_ack_t *ak = duet_pipe_msg_ack_body(msg);
     if (ak) { /* the scheduler has the submit */
         pthread_mutex_lock(&p->mu);
-        for (size_t i = 0; i < p->n_cs; i++)
+        for (size_t i = 0; i < p->n_cs && live; i++)
             if (p->cs[i].req == ak->req)
                 p->cs[i].acked = true;
         pthread_mutex_unlock(&p->mu);
@@ -215,7 +264,7 @@ static duet_status_t client_handle(duet_actor_t *self, void *state, const duet_m
     if (!t)
         return DUET_OK;
     pthread_mutex_lock(&p->mu);
-    bool take = client_take(self, p, t);
+    bool take = client_take(self, p, t, live);
     pthread_mutex_unlock(&p->mu);
     if (!take)
         return DUET_OK;
@@ -261,6 +310,22 @@ int duet__pipe_grank(const uint32_t *alive, int i)
 int duet__pipe_count(const uint32_t *alive, int n)
 {
     return duet__pipe_grank(alive, n);
+}
+
+duet_status_t duet__pipe_data_wait(duet_actor_t *self, duet_m2n_t *g, uint64_t round,
+                                   uint64_t *since, uint32_t timeout_ms)
+{
+    uint64_t now = duet_actor_now_ns(self), limit = (uint64_t)timeout_ms * 1000000ull;
+    if (!*since)
+        *since = now ? now : 1;
+    uint64_t waited = now > *since ? now - *since : 0;
+    if (waited >= limit)
+        return DUET_OK;
+    uint64_t slice = limit - waited < DUET_PIPE_DATA_SLICE_NS ? limit - waited
+                                                               : DUET_PIPE_DATA_SLICE_NS;
+    duet_status_t st = duet_m2n_recv(g, round, (int64_t)slice);
+    duet_error_clear();
+    return st == DUET_ERR_TIMEOUT ? DUET_ERR_AGAIN : DUET_OK;
 }
 
 duet_status_t duet__pipe_dp_open(const char *provider, const char *host, duet_rdma_sim_t *rsim,
@@ -322,9 +387,25 @@ duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer
 
 void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
                             const duet_pipe_stats_req_t *req, uint64_t kv_seqs,
-                            uint64_t kv_blocks_used, uint64_t epoch)
+                            uint64_t kv_blocks_used, uint64_t epoch, duet_m2n_t *disp,
+                            duet_m2n_t *comb, uint64_t ctl_queued)
 {
+    duet_m2n_usage_t u[2] = {{0}};
+    duet_m2n_t *gs[2] = {disp, comb};
+    for (int k = 0; k < 2; k++)
+        if (gs[k]) {
+            /* credits that arrived count as returned; a failure is the
+             * round's business, not this report's */
+            if (duet_m2n_progress(gs[k]))
+                DUET_LOG_D(MOD, "%s: data-plane progress: %s", duet_actor_name(self),
+                           duet_error());
+            duet_m2n_usage(gs[k], &u[k]);
+        }
     duet_pipe_actor_stats_t r = {.cookie = req->cookie,
+                                 .dp_slots_held = u[0].slots_held + u[1].slots_held,
+                                 .dp_credits_out = u[0].credits_out + u[1].credits_out,
+                                 .dp_inflight = (uint64_t)u[0].inflight + u[1].inflight,
+                                 .ctl_queued = ctl_queued,
                                  .actor = (char *)duet_actor_name(self),
                                  .busy_ns = obs->busy_ns,
                                  .rounds = obs->rounds,
@@ -460,12 +541,9 @@ static duet_status_t make_nodes(duet_pipe_t *p)
                                  .registry = p->reg,
                                  .faults = p->faults,
                                  .heartbeat_ms = c->heartbeat_ms,
-                                 /* simulated: a silent peer is down after 3 missed
-                                  * heartbeats; real threads keep the runtime's 5
-                                  * (a loaded host must not look dead) */
-                                 .heartbeat_misses = c->heartbeat_misses ? c->heartbeat_misses
-                                                     : sim               ? 3
-                                                                         : 0,
+                                 /* 0: the runtime's 3 (a silent peer is down after
+                                  * 3 missed heartbeats, simulated or not) */
+                                 .heartbeat_misses = c->heartbeat_misses,
                                  /* credits lent to a shard that crashed do not
                                   * come back: give up on them soon */
                                  .credit_timeout_ms = 50};
@@ -712,8 +790,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
                                       .obs = &p->obs[A + S]};
     duet_spawn_opts_t thr = {.mode = DUET_RUN_THREAD};
     duet_node_t *sn = p->nodes[p->sched_ni];
-    if (sn && ((st = duet_spawn(sn, "client", &client_ops, p, NULL)) ||
-               (st = duet_spawn(sn, "scheduler", &duet__pipe_scheduler_ops, &p->sarg, NULL))))
+    if (sn && (st = duet_spawn(sn, "client", &client_ops, p, NULL)))
         goto err;
     for (int s = 0; s < S; s++)
         p->earg[s] = (duet_pipe_expert_arg_t){
@@ -746,14 +823,15 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
             .corrupt_countdown = cfg->corrupt_write && a == 0 ? &p->corrupt_countdown : NULL};
     atomic_store(&p->corrupt_countdown, (int)cfg->corrupt_write);
     /* children per node in spawn order: expert shards, attention shards,
-     * router (its first table makes the attention shards ready) */
-    p->children = duet_calloc((size_t)(A + S + 1), sizeof(duet_child_spec_t));
+     * scheduler, router (its first table makes the attention shards ready) */
+    const int NC = A + S + 2;
+    p->children = duet_calloc((size_t)NC, sizeof(duet_child_spec_t));
     p->sups = duet_calloc((size_t)p->n_nodes, sizeof(duet_sup_spec_t));
     if (!p->children || !p->sups) {
         st = DUET_ERR_NOMEM;
         goto err;
     }
-    for (int i = 0; i < A + S + 1; i++) {
+    for (int i = 0; i < NC; i++) {
         duet_child_spec_t *c = &p->children[i];
         char *nm = duet_calloc(1, 32);
         if (!nm) {
@@ -769,6 +847,10 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
             snprintf(nm, 32, "attn/%d", i - S);
             *c = (duet_child_spec_t){nm, &duet__pipe_attention_ops, &p->aarg[i - S], thr,
                                      DUET_RESTART_PERMANENT};
+        } else if (i == S + A) {
+            snprintf(nm, 32, "scheduler");
+            *c = (duet_child_spec_t){nm, &duet__pipe_scheduler_ops, &p->sarg,
+                                     (duet_spawn_opts_t){0}, DUET_RESTART_PERMANENT};
         } else {
             snprintf(nm, 32, "router");
             *c = (duet_child_spec_t){nm, &duet__pipe_router_ops, &p->rarg, (duet_spawn_opts_t){0},
@@ -777,7 +859,7 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
     }
     {
         /* group the children by node: sort a copy so each node's run is contiguous */
-        duet_child_spec_t *sorted = duet_calloc((size_t)(A + S + 1), sizeof(duet_child_spec_t));
+        duet_child_spec_t *sorted = duet_calloc((size_t)NC, sizeof(duet_child_spec_t));
         if (!sorted) {
             st = DUET_ERR_NOMEM;
             goto err;
@@ -785,8 +867,11 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
         int k = 0;
         for (int ni = 0; ni < p->n_nodes; ni++) {
             int first = k;
-            for (int i = 0; i < A + S + 1; i++) {
-                int at = i < S ? p->exp_ni[i] : i < S + A ? p->attn_ni[i - S] : p->router_ni;
+            for (int i = 0; i < NC; i++) {
+                int at = i < S       ? p->exp_ni[i]
+                         : i < S + A ? p->attn_ni[i - S]
+                         : i == S + A ? p->sched_ni
+                                      : p->router_ni;
                 if (at == ni)
                     sorted[k++] = p->children[i];
             }
@@ -914,7 +999,7 @@ void duet_pipe_destroy(duet_pipe_t **p_p)
     duet_free(p->cs);
     for (size_t i = 0; i < p->n_res; i++)
         duet_free(p->res[i].tok);
-    for (int i = 0; p->children && i < p->A + p->S + 1; i++)
+    for (int i = 0; p->children && i < p->A + p->S + 2; i++)
         duet_free((void *)p->children[i].name);
     duet_free(p->children);
     duet_free(p->sups);
@@ -990,9 +1075,11 @@ duet_status_t duet_pipe_submit_sampled(duet_pipe_t *p, uint64_t req, const int32
         c->m = m;
         c->m.prompt.data = duet_malloc(sizeof(int32_t) * (n > 0 ? (size_t)n : 1));
         c->m.eos_ids.data = duet_malloc(sizeof(int32_t) * (m.eos_ids.count + 1));
-        if (!c->m.prompt.data || !c->m.eos_ids.data) {
+        c->gen = duet_malloc(sizeof(int32_t) * (max_new > 0 ? (size_t)max_new : 1));
+        if (!c->m.prompt.data || !c->m.eos_ids.data || !c->gen) {
             duet_free(c->m.prompt.data);
             duet_free(c->m.eos_ids.data);
+            duet_free(c->gen);
             st = DUET_ERR_NOMEM;
         } else {
             if (n > 0)
@@ -1118,6 +1205,14 @@ duet_status_t duet_pipe_kill_router(duet_pipe_t *p)
     if (!nd)
         return duet_errorf(DUET_ERR_INVALID, "the router does not run in this process");
     return duet_kill(nd, "router", "killed");
+}
+
+duet_status_t duet_pipe_kill_scheduler(duet_pipe_t *p)
+{
+    duet_node_t *nd = p->nodes[p->sched_ni];
+    if (!nd)
+        return duet_errorf(DUET_ERR_INVALID, "the scheduler does not run in this process");
+    return duet_kill(nd, "scheduler", "killed");
 }
 
 duet_status_t duet_pipe_restart_expert(duet_pipe_t *p, int shard)

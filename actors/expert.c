@@ -47,6 +47,7 @@
 typedef struct pend {
     bool used;
     uint64_t round;
+    uint64_t data_since; /* actor time the wait for its data began (0: not yet) */
     int layer;
     int n_got;
     char error[256];
@@ -79,6 +80,7 @@ typedef struct expert {
     size_t *glen;              /* [kmax * M] */
     int32_t *rtot;             /* [kmax] rows of each round of a group */
     bool kick_armed;           /* a KICK_TAG timer is pending */
+    bool data_armed;           /* a DATA_TAG timer is pending */
     uint8_t *wired;            /* [M] */
     uint64_t epoch;            /* data-plane epoch */
     uint32_t *alive_a;         /* [M] attention shards in the epoch */
@@ -197,6 +199,7 @@ static duet_status_t send_results(duet_actor_t *self, expert_t *s, uint64_t roun
  * (iteration, layer) group, r = (iter·S + j)·m + i, that are complete when
  * the first of them is about to run. A group of one is the plain round. */
 #define KICK_TAG 2 /* sys.timer tag: run the rounds deferred behind the mailbox */
+#define DATA_TAG 3 /* sys.timer tag: look again for a round's data (run_ready) */
 /* auto coalescing: on when one layer's held expert weights are at least
  * this big (beyond the caches: each expert pass streams them) */
 #define COALESCE_AUTO_BYTES (16.0 * 1024 * 1024)
@@ -251,7 +254,8 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *const *p
         snprintf(err, sizeof(err), "%s", p->error);
         goto fail;
     }
-    if ((st = duet_m2n_recv(s->a.dispatch, r, (int64_t)s->g->round_timeout_ms * 1000000))) {
+    /* run_ready waited for the data (duet__pipe_data_wait) */
+    if ((st = duet_m2n_recv(s->a.dispatch, r, 0))) {
         k = 1;
         snprintf(err, sizeof(err), "%s: round %llu data: %s", duet_actor_name(self),
                  (unsigned long long)r, duet_error());
@@ -487,6 +491,16 @@ static duet_status_t run_ready(duet_actor_t *self, expert_t *s, bool kicked)
             if (s->kick_armed)
                 break;
         }
+        /* its data may still be on the wire: come back on a timer, serving
+         * the mailbox (a new epoch, a DOWN) meanwhile */
+        if (!q->error[0] && duet__pipe_data_wait(self, s->a.dispatch, q->round, &q->data_since,
+                                                 s->g->round_timeout_ms) == DUET_ERR_AGAIN) {
+            if (!s->data_armed &&
+                duet_timer_start_ns(self, DUET_PIPE_DATA_RETRY_NS, 0, DATA_TAG, NULL) == DUET_OK)
+                s->data_armed = true;
+            if (s->data_armed)
+                break;
+        }
         int k = pick_group(s, q, ps);
         duet_status_t st = run_round(self, s, ps, k);
         for (int i = 0; i < k; i++)
@@ -513,6 +527,7 @@ static duet_status_t on_dispatch(duet_actor_t *self, expert_t *s, const duet_pip
     if (!p->used) {
         p->used = true;
         p->round = d->round;
+        p->data_since = 0;
         p->layer = d->layer;
         p->n_got = 0;
         p->error[0] = 0;
@@ -558,7 +573,11 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
         return on_dispatch(self, s, d);
     const duet_pipe_stats_req_t *sq = duet_pipe_msg_stats_req_body(msg);
     if (sq) {
-        duet__pipe_reply_stats(self, s->a.obs, sq, 0, 0, s->epoch);
+        uint64_t queued = 0;
+        for (int a = 0; a < s->M; a++)
+            queued += (uint64_t)s->q_n[a];
+        duet__pipe_reply_stats(self, s->a.obs, sq, 0, 0, s->epoch, s->a.dispatch, s->a.combine,
+                               queued);
         return DUET_OK;
     }
     const duet_pipe_reset_t *rs = duet_pipe_msg_reset_body(msg);
@@ -577,6 +596,10 @@ static duet_status_t expert_handle(duet_actor_t *self, void *state, const duet_m
     const duet_sys_timer_t *tm = duet_msg_body(msg, &duet_msg_sys_timer);
     if (tm && tm->tag == KICK_TAG) {
         s->kick_armed = false;
+        return run_ready(self, s, true);
+    }
+    if (tm && tm->tag == DATA_TAG) {
+        s->data_armed = false;
         return run_ready(self, s, true);
     }
     if (tm) { /* keep-alive: the router's view of this shard */

@@ -135,11 +135,27 @@ void duet__pipe_dp_close(duet_rdma_ctx_t **ctx, duet_m2n_t **disp, duet_m2n_t **
 duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer,
                                     const duet_pipe_wire_t *w);
 /* Send peer `peer` (actor `to`) this shard's info for it. */
-/* Answer a pipe.stats_req with this actor's counters. Best effort: a bad
- * reply_to is logged, never an error that would stop the actor. */
+/* Whether round `round`'s data has all arrived at receiver `g`, waiting a
+ * short slice at most. A round's control messages take another path than
+ * its data and can overtake it; a receiver that blocked here for the whole
+ * round timeout would not serve its mailbox (a new epoch, a DOWN) until
+ * then. *since (actor time; 0 = not waiting yet) keeps when the wait began
+ * across calls. DUET_OK: go on (the data is in, or the wait is over and
+ * the caller's duet_m2n_recv(.., 0) says what is missing); DUET_ERR_AGAIN:
+ * not yet, call again after DUET_PIPE_DATA_RETRY_NS (a timer). */
+#define DUET_PIPE_DATA_SLICE_NS 2000000ull
+#define DUET_PIPE_DATA_RETRY_NS 1000000ull
+duet_status_t duet__pipe_data_wait(duet_actor_t *self, duet_m2n_t *g, uint64_t round,
+                                   uint64_t *since, uint32_t timeout_ms);
+/* Answer a pipe.stats_req with this actor's counters, and the slots and
+ * credits in use in its data-plane groups (disp, comb may be NULL; they get
+ * a progress call first) and its round messages queued for actor credit.
+ * Best effort: a bad reply_to is logged, never an error that would stop
+ * the actor. */
 void duet__pipe_reply_stats(duet_actor_t *self, const duet_obs_t *obs,
                             const duet_pipe_stats_req_t *req, uint64_t kv_seqs,
-                            uint64_t kv_blocks_used, uint64_t epoch);
+                            uint64_t kv_blocks_used, uint64_t epoch, duet_m2n_t *disp,
+                            duet_m2n_t *comb, uint64_t ctl_queued);
 duet_status_t duet__pipe_dp_send_wire(duet_actor_t *self, const char *to, uint64_t epoch,
                                       int my_rank, int peer, duet_m2n_t *disp, duet_m2n_t *comb);
 

@@ -84,10 +84,20 @@
  *     on it once its supervisor restarted it and it rejoined);
  *   - router dies: restarted by its supervisor, rebuilt from the reports;
  *     requests in flight finish;
- *   - scheduler dies: NOT recovered here: the requests' state (context,
- *     tokens streamed) lives only in the scheduler; its clients' requests
- *     get no further tokens and must be submitted again by the client (the
- *     gateway). It is not supervised;
+ *   - scheduler dies: its supervisor (the one of its node) restarts it
+ *     with no requests. The client actor monitors the scheduler; on DOWN it
+ *     submits every unfinished request again (repeated until acknowledged)
+ *     with the tokens it already has (pipe.submit.generated): the new
+ *     scheduler queues it as a prefill of prompt + those tokens, continuing
+ *     at the next index, exactly like a replay. Each attention shard
+ *     monitors the scheduler too (from its first acknowledged pipe.ready);
+ *     on DOWN it asks the router for a new epoch (pipe.resync, repeated
+ *     every 50 ms until one comes), so every shard reports pipe.ready
+ *     again, to the new scheduler, which answers the first ready of each
+ *     shard with pipe.free{keep_only} of its own requests there: the
+ *     sequences of the old scheduler's requests are freed. A pipe.ack
+ *     {next = INT32_MAX} for a request the scheduler still runs (the
+ *     client had the whole stream from the old scheduler) ends it silently;
  *   - lost, duplicated, delayed messages: round messages are deduplicated
  *     by (epoch, round, sender); a duplicate pipe.step (same iteration) is
  *     dropped; a lost one, or a lost answer, fails the step by timeout and
@@ -129,6 +139,10 @@ typedef struct duet_pipe_submit {
     float top_p;
     uint64_t seed;
     duet_array_t eos_ids; /* int32: more end ids (optional; any of eos, eos_ids ends it) */
+    /* int32 (optional): the tokens the client already has, 0..count-1 of
+     * the stream (a re-submission after the scheduler restarted): the
+     * request continues at index count, recomputing prompt + these */
+    duet_array_t generated;
 } duet_pipe_submit_t;
 
 static const duet_field_t duet_pipe_submit_fields[] = {
@@ -142,6 +156,8 @@ static const duet_field_t duet_pipe_submit_fields[] = {
     DUET_FIELD(duet_pipe_submit_t, top_p, DUET_F_F32),
     DUET_FIELD(duet_pipe_submit_t, seed, DUET_F_U64),
     {"eos_ids", DUET_F_ARR_I32, (uint32_t)offsetof(duet_pipe_submit_t, eos_ids), 64, true, NULL},
+    {"generated", DUET_F_ARR_I32, (uint32_t)offsetof(duet_pipe_submit_t, generated), 1 << 20, true,
+     NULL},
 };
 
 typedef struct duet_pipe_token {
@@ -473,6 +489,12 @@ typedef struct duet_pipe_actor_stats {
     uint64_t kv_seqs;        /* attention: KV sequences open now */
     uint64_t kv_blocks_used; /* attention: KV blocks in use now */
     uint64_t epoch;          /* data-plane epoch the actor is in */
+    /* data plane of its current epoch (duet_m2n_usage over its dispatch and
+     * combine groups, after a progress call): zero once idle */
+    uint64_t dp_slots_held;  /* writes arrived in rounds not yet released */
+    uint64_t dp_credits_out; /* rounds written whose credit has not come back */
+    uint64_t dp_inflight;    /* writes posted, not completed */
+    uint64_t ctl_queued;     /* round messages waiting for actor credit (sys.writable) */
 } duet_pipe_actor_stats_t;
 
 static const duet_field_t duet_pipe_actor_stats_fields[] = {
@@ -486,6 +508,10 @@ static const duet_field_t duet_pipe_actor_stats_fields[] = {
     DUET_FIELD_OPT(duet_pipe_actor_stats_t, kv_seqs, DUET_F_U64),
     DUET_FIELD_OPT(duet_pipe_actor_stats_t, kv_blocks_used, DUET_F_U64),
     DUET_FIELD_OPT(duet_pipe_actor_stats_t, epoch, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, dp_slots_held, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, dp_credits_out, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, dp_inflight, DUET_F_U64),
+    DUET_FIELD_OPT(duet_pipe_actor_stats_t, ctl_queued, DUET_F_U64),
 };
 
 /* Message descriptors: one per type for the whole program (the codec's
@@ -635,8 +661,8 @@ typedef struct duet_pipe_config {
     bool checksum;
     uint32_t corrupt_write;
     /* Node heartbeats (failure detection): heartbeat_ms 0 = the runtime's
-     * 100 ms; a peer is down after heartbeat_misses silent intervals (0: 3
-     * under the simulation, the runtime's 5 on real threads). */
+     * 100 ms; a peer is down after heartbeat_misses silent intervals (0:
+     * the runtime's 3). */
     uint32_t heartbeat_ms;
     uint32_t heartbeat_misses;
     /* Expert round coalescing: when an expert shard is about to compute
@@ -701,6 +727,9 @@ DUET_API duet_node_t *duet_pipe_sched_node(duet_pipe_t *p);
 DUET_API duet_status_t duet_pipe_kill_attention(duet_pipe_t *p, int shard);
 /* Kill the router (fault injection; restarted unless no_restart). */
 DUET_API duet_status_t duet_pipe_kill_router(duet_pipe_t *p);
+/* Kill the scheduler (fault injection; restarted unless no_restart: the
+ * client re-submits its open requests, they finish). */
+DUET_API duet_status_t duet_pipe_kill_scheduler(duet_pipe_t *p);
 /* Kill expert shard s (fault injection; restarted unless no_restart). */
 DUET_API duet_status_t duet_pipe_kill_expert(duet_pipe_t *p, int shard);
 /* Start expert shard s again after it stopped (as a supervisor would; with

@@ -49,7 +49,8 @@ typedef struct sys_monitor {
 } sys_monitor_t;
 
 typedef struct sys_credit {
-    uint64_t total; /* messages consumed so far from this sender (cumulative: loss-tolerant) */
+    uint64_t total; /* every message from this sender up to this seq is consumed (cumulative:
+                       loss-tolerant) */
 } sys_credit_t;
 
 typedef struct sys_heartbeat {
@@ -239,13 +240,23 @@ typedef struct pending_call {
     size_t len;
 } pending_call_t;
 
-/* Credits. Sender side: `sent` messages sent to peer, `acked` of them known
- * consumed (from the receiver's cumulative sys.credit), so sent - acked are
- * in flight and at most credit_window may be. Receiver side: `sent` counts
- * messages consumed from peer, `acked` the total last reported. */
+/* Credits, counted in the sender's sequence numbers (env.seq), so that
+ * neither side's restart puts the two accounts out of step.
+ * Sender side: `fly` holds the seqs of the credited messages sent to peer
+ * and not yet known consumed, oldest first (at most credit_window); the
+ * receiver's sys.credit{hi} says every message up to seq hi is consumed
+ * (or gone), which covers what a dead incarnation of the receiver never
+ * consumed as soon as its next incarnation consumes a later message.
+ * `epoch`: the receiver's incarnation, from its credits.
+ * Receiver side: `epoch` is the sender's incarnation, `hi` the highest seq
+ * consumed from it, `unreported` the messages consumed since the last
+ * sys.credit. */
 typedef struct credit_ent {
     char peer[DUET_NAME_MAX];
-    uint64_t sent, acked, epoch, blocked_since;
+    uint64_t epoch, blocked_since;
+    uint64_t *fly; /* [credit_window] ring */
+    uint32_t fly_head, fly_n;
+    uint64_t hi, unreported;
     bool blocked;
 } credit_ent_t;
 
@@ -512,6 +523,8 @@ static void actor_unref(duet_actor_t *a)
             duet_free(a->dedup[i].reply);
     duet_free(a->dedup);
     duet_free(a->calls);
+    for (size_t i = 0; i < a->ncredits; i++)
+        duet_free(a->credits[i].fly);
     duet_free(a->credits);
     duet_free(a->consumed);
     duet_free(a->watchers);
@@ -1402,15 +1415,43 @@ static bool direct_ok(duet_node_t *n, const char *node, const char *direct)
     return strncmp(addr, direct, k) == 0 && strncmp(direct + k, ".L", 2) == 0;
 }
 
+/* Every watcher here of `actor` (an incarnation that is gone: a newer one
+ * runs) gets DOWN/EXIT `reason`. */
+static void node_target_down(duet_node_t *n, const char *actor, const char *reason)
+{
+    for (;;) {
+        remote_mon_t rm;
+        bool found = false;
+        pthread_mutex_lock(&n->lock);
+        for (size_t i = 0; i < n->nrmons; i++)
+            if (strcmp(n->rmons[i].target, actor) == 0) {
+                rm = n->rmons[i];
+                n->rmons[i] = n->rmons[--n->nrmons];
+                found = true;
+                break;
+            }
+        pthread_mutex_unlock(&n->lock);
+        if (!found)
+            return;
+        duet_sys_down_t d = {rm.ref, rm.target, (char *)reason};
+        sys_send(n, rm.target, rm.watcher, rm.link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d,
+                 0);
+    }
+}
+
 static void registry_learn(duet_node_t *n, const sys_registry_t *r)
 {
     char cur[DUET_NAME_MAX];
     uint64_t epoch = 0;
-    if (duet_registry_find(n->reg, r->actor, cur, &epoch) && strcmp(cur, r->node) == 0 &&
-        epoch > r->epoch)
+    bool known = duet_registry_find(n->reg, r->actor, cur, &epoch);
+    if (known && strcmp(cur, r->node) == 0 && epoch > r->epoch)
         return; /* an older incarnation's news, overtaken */
     const char *d = r->direct && r->direct[0] && direct_ok(n, r->node, r->direct) ? r->direct : "";
     duet__registry_update_direct(n->reg, r->actor, r->node, r->epoch, d);
+    /* a new incarnation: the one watched here died (a restart can be faster
+     * than the heartbeats that would have said so) */
+    if (known && epoch && r->epoch > epoch)
+        node_target_down(n, r->actor, "restarted");
 }
 
 static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len)
@@ -1781,20 +1822,28 @@ static credit_ent_t *cred_find(credit_ent_t **arr, size_t *n, size_t *cap, const
     return e;
 }
 
-static void return_credit(duet_actor_t *a, const char *from)
+/* Message `m` (credited) from a sender is consumed. */
+static void return_credit(duet_actor_t *a, const duet_env_t *m)
 {
     duet_node_t *n = a->node;
-    credit_ent_t *e = cred_find(&a->consumed, &a->nconsumed, &a->capconsumed, from);
+    credit_ent_t *e = cred_find(&a->consumed, &a->nconsumed, &a->capconsumed, m->from);
     if (!e)
         return;
-    e->sent++;
+    if (e->epoch != m->epoch) { /* a new incarnation of the sender: its seqs start over */
+        e->epoch = m->epoch;
+        e->hi = 0;
+        e->unreported = 0;
+    }
+    if (m->seq > e->hi)
+        e->hi = m->seq;
     uint64_t batch = n->cfg.credit_window / 4 ? n->cfg.credit_window / 4 : 1;
-    if (e->sent - e->acked >= batch) {
-        e->acked = e->sent;
-        sys_credit_t c = {e->sent};
+    if (++e->unreported >= batch) {
+        e->unreported = 0;
+        sys_credit_t c = {e->hi};
+        const char *from = m->from;
         duet_env_t env;
         env_init(&env, DUET_MSG_SYS_CREDIT, a->name, from);
-        env.epoch = a->inc; /* a new incarnation resets the sender's account */
+        env.epoch = a->inc; /* whose credit: the sender tells our restarts apart */
         duet_buf_t b = {0};
         if (!encode(n, &env, &c, &b))
             route(n, &env, b.data, b.len);
@@ -1865,15 +1914,13 @@ static void handle_msg(duet_actor_t *a, duet_msg_t *m)
         credit_ent_t *ce = cred_find(&a->credits, &a->ncredits, &a->capcredits, e->from);
         if (!ce)
             return;
-        if (ce->epoch && e->epoch != ce->epoch) {
-            ce->acked = ce->sent; /* the receiver restarted: what was in flight is gone */
-        } else {
-            uint64_t t = c->total < ce->sent ? c->total : ce->sent; /* dups count once */
-            if (t > ce->acked)
-                ce->acked = t;
+        /* every message up to seq c->total is consumed, or gone */
+        while (ce->fly_n && ce->fly[ce->fly_head] <= c->total) {
+            ce->fly_head = (ce->fly_head + 1) % n->cfg.credit_window;
+            ce->fly_n--;
         }
         ce->epoch = e->epoch;
-        if (ce->blocked && ce->sent - ce->acked < n->cfg.credit_window) {
+        if (ce->blocked && ce->fly_n < n->cfg.credit_window) {
             ce->blocked = false;
             duet_sys_writable_t w = {(char *)e->from};
             deliver_local_sys(a, &duet_msg_sys_writable, e->from, &w, 0);
@@ -1954,7 +2001,7 @@ static void handle_msg(duet_actor_t *a, duet_msg_t *m)
                         route(n, &re, d->reply, d->reply_len);
                 }
                 if (e->flags & DUET_ENV_F_CREDIT)
-                    return_credit(a, e->from);
+                    return_credit(a, e);
                 return;
             }
         }
@@ -1973,7 +2020,7 @@ static void handle_msg(duet_actor_t *a, duet_msg_t *m)
     a->cur_req = NULL;
     a->cur_dedup = NULL;
     if (e->flags & DUET_ENV_F_CREDIT)
-        return_credit(a, e->from);
+        return_credit(a, e);
 }
 
 static void defer(duet_actor_t *a, qent_t *q)
@@ -2114,7 +2161,7 @@ static void timer_fire(atimer_t *t)
                 continue;
             DUET_LOG_W(MOD, "%s: no credit from %s for %u ms: resetting its window", a->name,
                        ce->peer, a->node->cfg.credit_timeout_ms);
-            ce->acked = ce->sent;
+            ce->fly_n = 0;
             ce->blocked = false;
             char peer[DUET_NAME_MAX];
             snprintf(peer, sizeof(peer), "%s", ce->peer);
@@ -2725,6 +2772,12 @@ duet_status_t duet_node_send(duet_node_t *n, const char *from, const char *to,
     return st;
 }
 
+static void fly_push(duet_node_t *n, credit_ent_t *ce, uint64_t seq)
+{
+    ce->fly[(ce->fly_head + ce->fly_n) % n->cfg.credit_window] = seq;
+    ce->fly_n++;
+}
+
 static credit_ent_t *take_credit(duet_actor_t *a, const char *to, duet_status_t *st)
 {
     duet_node_t *n = a->node;
@@ -2733,7 +2786,23 @@ static credit_ent_t *take_credit(duet_actor_t *a, const char *to, duet_status_t 
         *st = duet_errorf(DUET_ERR_NOMEM, "credits");
         return NULL;
     }
-    if (ce->sent - ce->acked >= n->cfg.credit_window) {
+    if (!ce->fly && !(ce->fly = duet_calloc(n->cfg.credit_window, sizeof(uint64_t)))) {
+        *st = duet_errorf(DUET_ERR_NOMEM, "credits");
+        return NULL;
+    }
+    if (ce->fly_n >= n->cfg.credit_window) {
+        /* a receiver that restarted never credits what its dead incarnation
+         * held: once the registry knows the new one, that is all gone */
+        char rnode[DUET_NAME_MAX];
+        uint64_t inc = 0;
+        if (ce->epoch && duet_registry_find(n->reg, to, rnode, &inc) && inc && inc != ce->epoch) {
+            ce->fly_n = 0;
+            ce->epoch = inc;
+            *st = DUET_OK;
+            return ce;
+        }
+    }
+    if (ce->fly_n >= n->cfg.credit_window) {
         if (!ce->blocked) {
             /* if no credit comes back (receiver restarted, credit lost to a
              * fault) the account is reset after credit_timeout_ms */
@@ -2773,7 +2842,7 @@ duet_status_t duet_send(duet_actor_t *a, const char *to, const duet_msg_type_t *
     if (a->txbuf.cap > 65536)
         duet_buf_cleanup(&a->txbuf); /* do not keep a large message's buffer */
     if (!st && ce)
-        ce->sent++;
+        fly_push(a->node, ce, env.seq);
     return st;
 }
 
@@ -2809,7 +2878,7 @@ duet_status_t duet_call(duet_actor_t *a, const char *to, const duet_msg_type_t *
         return st;
     }
     if (ce)
-        ce->sent++;
+        fly_push(a->node, ce, env.seq);
     pending_call_t *pc = &a->calls[a->ncalls++];
     memset(pc, 0, sizeof(*pc));
     pc->seq = env.seq;
@@ -3031,7 +3100,7 @@ duet_status_t duet_node_create(const duet_node_config_t *cfg, duet_node_t **node
     if (!n->cfg.heartbeat_ms)
         n->cfg.heartbeat_ms = 100;
     if (!n->cfg.heartbeat_misses)
-        n->cfg.heartbeat_misses = 5;
+        n->cfg.heartbeat_misses = 3;
     if (!n->cfg.credit_window)
         n->cfg.credit_window = 256;
     if (!n->cfg.credit_timeout_ms)

@@ -39,6 +39,15 @@
  * restarted before its death was noticed, or the step's answer was lost)
  * fails that step at once.
  *
+ * A restart (the scheduler runs under its node's supervisor) starts with
+ * no requests: the client re-submits each open one with the tokens it has
+ * (pipe.submit.generated), queued here as a replay that continues at the
+ * next index; the attention shards, seeing the old scheduler DOWN, move to
+ * a new epoch and report ready again, and the first ready of each is
+ * answered with its keep_only list, freeing the old scheduler's KV there.
+ * A pipe.ack that says the client has the whole stream of a request still
+ * running here (it got the end from the old scheduler) ends it silently.
+ *
  * The client stream (pipeline.h, pipe.ack): pipe.submit is acknowledged
  * and deduplicated by request id (finished ids are remembered); a finished
  * request stays until its client acknowledged the whole stream (or its
@@ -706,6 +715,9 @@ static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_s
     else if (r->n_prompt < 1 || r->max_new < 1)
         snprintf(err, sizeof(err), "request %llu: empty prompt or max_new < 1",
                  (unsigned long long)r->id);
+    else if (m->generated.count >= (size_t)r->max_new)
+        snprintf(err, sizeof(err), "request %llu: re-submitted with %zu tokens of %d",
+                 (unsigned long long)r->id, m->generated.count, r->max_new);
     else if (need > s->a.kv_blocks || (int64_t)r->n_prompt + r->max_new > s->a.max_seq_len)
         snprintf(err, sizeof(err),
                  "request %llu: %d prompt + %d new tokens do not fit one attention shard "
@@ -720,6 +732,16 @@ static duet_status_t on_submit(duet_actor_t *self, sched_t *s, const duet_pipe_s
             return DUET_ERR_NOMEM;
         }
         memcpy(r->prompt, m->prompt.data, sizeof(int32_t) * (size_t)r->n_prompt);
+        /* a re-submission (we restarted): the client has these; the
+         * request goes on after them, recomputing their KV like a replay */
+        const int32_t *gen = m->generated.data;
+        for (size_t k = 0; k < m->generated.count; k++) {
+            r->prompt[r->n_prompt + r->n_gen] = gen[k];
+            r->gen[r->n_gen++] = gen[k];
+        }
+        r->acked = r->n_gen;
+        if (r->n_gen)
+            atomic_fetch_add(&s->a.counters->replays, 1);
     }
     if (duet_vec_reserve((void **)&s->req, &s->cap_req, s->n_req + 1, sizeof(sreq_t *))) {
         req_free(r);
@@ -768,6 +790,14 @@ static duet_status_t on_ack(duet_actor_t *self, sched_t *s, const duet_pipe_ack_
         sreq_t *r = s->req[i];
         if (r->id != a->req)
             continue;
+        if (a->next == INT32_MAX && r->state != REQ_DONE && !r->canceled) {
+            /* the client has the whole stream (from a scheduler before a
+             * restart): nothing more to send, end it */
+            r->orphan = true;
+            DUET_LOG_D(MOD, "req %llu: its client has all of it: ended",
+                       (unsigned long long)r->id);
+            return on_cancel(self, s, r->id);
+        }
         if (a->next > r->acked)
             r->acked = a->next;
         if (a->resend && a->next < n_out(r))
@@ -851,9 +881,10 @@ static duet_status_t sched_dispatch(duet_actor_t *self, sched_t *s, const duet_m
         /* first ready, or back in a new epoch: iterations restart at 0 */
         if (!sh->monitored && duet_monitor(self, to, NULL) == DUET_OK)
             sh->monitored = true;
-        if (sh->ready || sh->min_epoch > 0) {
-            /* back after a failure: whatever KV it holds that is not ours
-             * goes (a lost pipe.free, requests replayed elsewhere) */
+        {
+            /* first ready, or back after a failure: whatever KV it holds
+             * that is not ours goes (a lost pipe.free, requests replayed
+             * elsewhere, those of a scheduler before a restart) */
             size_t nk = 0;
             for (size_t i = 0; i < s->n_req && nk < 256; i++)
                 if (s->req[i]->state == REQ_RUNNING && s->req[i]->shard == rd->shard)

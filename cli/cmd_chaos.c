@@ -21,8 +21,9 @@ static void usage(FILE *f)
                "reference), then under the fault plan. Reports requests completed, ended with\n"
                "an error, lost (no answer by the deadline), hung (started, not done by the\n"
                "deadline), token mismatches against the reference, tokens misnumbered,\n"
-               "leaked KV after drain, how fast the first crash was acted on, and the stall\n"
-               "each fault caused (longest gap in the token stream after it). Exit status 1 if\n"
+               "leaked KV, data-plane slots and credits after drain, how fast the first crash\n"
+               "was acted on, and the stall each fault caused (longest gap in the token\n"
+               "stream after it). Exit status 1 if\n"
                "anything was lost, hung, mismatched, misnumbered or leaked.\n"
                "\n"
                "PLAN is a fault-plan file (or the rules themselves), one rule a line:\n"
@@ -37,11 +38,14 @@ static void usage(FILE *f)
                "options:\n"
                "  --faults PLAN      the fault plan (none: only the reference checks)\n"
                "  --seed S           workload and fault seed (default 1)\n"
+               "  --plan-seed P      seed of the plan's probabilities and of the simulated\n"
+               "                     network (default: S; a campaign's failing seed prints it)\n"
                "  --requests N       requests (default 8)\n"
                "  --max-tokens T     tokens per request (default 16)\n"
                "  --sim              single-threaded on the simulated network, reproducible\n"
                "  --campaign K       K runs with seeds S, S+1, ..., each with a random plan\n"
-               "                     of 1-3 faults (crashes, stalls, stragglers, partitions;\n"
+               "                     of 1-3 faults (crashes of shards and of the scheduler,\n"
+               "                     stalls, stragglers, partitions;\n"
                "                     drop/dup/reorder of pipe.dispatch, pipe.result,\n"
                "                     pipe.token, pipe.submit, pipe.free, pipe.ack); prints the\n"
                "                     first failing seed with its plan (implies no --faults)\n"
@@ -86,10 +90,11 @@ static char *read_plan(const char *arg)
 
 int duet_cmd_chaos(int argc, char **argv)
 {
-    enum { O_FAULTS = 256, O_SEED, O_REQ, O_SIM, O_CAMP, O_DEAD, O_MAXT, O_RTO };
+    enum { O_FAULTS = 256, O_SEED, O_REQ, O_SIM, O_CAMP, O_DEAD, O_MAXT, O_RTO, O_PSEED };
     static const struct option longopts[] = {
         {"faults", required_argument, NULL, O_FAULTS},
         {"seed", required_argument, NULL, O_SEED},
+        {"plan-seed", required_argument, NULL, O_PSEED},
         {"requests", required_argument, NULL, O_REQ},
         {"sim", no_argument, NULL, O_SIM},
         {"campaign", required_argument, NULL, O_CAMP},
@@ -101,7 +106,8 @@ int duet_cmd_chaos(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *faults_arg = NULL, *model = NULL;
-    unsigned long long seed = 1;
+    unsigned long long seed = 1, plan_seed = 0;
+    bool have_plan_seed = false;
     long requests = 8, campaign = 0, deadline = 60000, maxt = 16, rto = 500;
     bool sim = false;
     int c;
@@ -112,12 +118,21 @@ int duet_cmd_chaos(int argc, char **argv)
         switch (c) {
         case O_FAULTS: faults_arg = optarg; break;
         case O_SEED:
-            seed = strtoull(optarg, &end, 10);
-            if (*end) {
-                fprintf(stderr, "duet chaos: --seed %s: not a number\n", optarg);
+        case O_PSEED: {
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end || !*optarg) {
+                fprintf(stderr, "duet chaos: %s %s: not a number\n",
+                        c == O_SEED ? "--seed" : "--plan-seed", optarg);
                 return 2;
             }
+            if (c == O_SEED) {
+                seed = v;
+            } else {
+                plan_seed = v;
+                have_plan_seed = true;
+            }
             break;
+        }
         case O_REQ:
         case O_CAMP:
         case O_DEAD:
@@ -204,7 +219,7 @@ int duet_cmd_chaos(int argc, char **argv)
     printf("reference: %d requests x %ld tokens in %.1f ms from %.1f ms%s\n", (int)requests, maxt,
            run_ms, start_ms, sim ? " (virtual time)" : "");
     if (!campaign) {
-        if (duet_chaos_run(&cc, ref, plan, seed, &res)) {
+        if (duet_chaos_run(&cc, ref, plan, have_plan_seed ? plan_seed : seed, &res)) {
             fprintf(stderr, "duet chaos: %s\n", duet_error());
             rc = 2;
             goto out;
@@ -215,11 +230,13 @@ int duet_cmd_chaos(int argc, char **argv)
         goto out;
     }
     uint64_t tot[DUET_FAULT_KIND_COUNT] = {0}, lost = 0, hung = 0, mism = 0, errored = 0,
-             replays = 0, epochs = 0;
+             replays = 0, epochs = 0, sched_crashes = 0;
     for (long k = 0; k < campaign; k++) {
         uint64_t s = seed + (uint64_t)k;
         char rp[2048];
         duet_chaos_random_plan(s, &cc.pipe, start_ms, run_ms, rp, sizeof(rp));
+        for (const char *q = rp; (q = strstr(q, "crash actor=scheduler")); q++)
+            sched_crashes++;
         if (duet_chaos_run(&cc, ref, rp, s, &res)) {
             fprintf(stderr, "duet chaos: seed %llu: %s\nplan:\n%s", (unsigned long long)s,
                     duet_error(), rp);
@@ -246,9 +263,9 @@ int duet_cmd_chaos(int argc, char **argv)
         if (!duet_chaos_ok(&res)) {
             printf("seed %llu FAILED; its plan:\n%s", (unsigned long long)s, rp);
             duet_chaos_print(stdout, &res);
-            printf("replay: duet chaos %s --seed %llu --requests %ld --max-tokens %ld%s "
-                   "--faults PLANFILE\n",
-                   path, (unsigned long long)s, requests, maxt, sim ? " --sim" : "");
+            printf("replay: duet chaos %s --seed %llu --plan-seed %llu --requests %ld "
+                   "--max-tokens %ld%s --faults PLANFILE\n",
+                   path, seed, (unsigned long long)s, requests, maxt, sim ? " --sim" : "");
             rc = 1;
             break;
         }
@@ -258,6 +275,7 @@ int duet_cmd_chaos(int argc, char **argv)
         if (tot[i])
             printf(" %s %llu", duet_fault_kind_name((duet_fault_kind_t)i),
                    (unsigned long long)tot[i]);
+    printf(" (of the crashes, %llu of the scheduler)", (unsigned long long)sched_crashes);
     printf("; requests lost %llu, hung %llu, mismatched %llu, ended with error %llu; %llu "
            "replays, %llu epochs\n",
            (unsigned long long)lost, (unsigned long long)hung, (unsigned long long)mism,

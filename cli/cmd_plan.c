@@ -6,6 +6,8 @@
  * per-expert load counts when given). */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,37 @@
 #include "cli/cli.h"
 #include "topology/plan.h"
 #include "topology/topology.h"
+
+#define CMD "plan"
+
+/* Checked option values: the whole string a number within [lo, hi], or a
+ * message that names the option, the value and the range. */
+static bool num_opt(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno == ERANGE || !isfinite(d) || d < lo || d > hi) {
+        fprintf(stderr, "duet %s: %s '%s': expected a number in %g..%g\n", CMD, opt, v, lo, hi);
+        return false;
+    }
+    *out = d;
+    return true;
+}
+
+static bool int_opt(const char *opt, const char *v, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno == ERANGE || x < lo || x > hi) {
+        fprintf(stderr, "duet %s: %s '%s': expected a whole number in %ld..%ld\n", CMD, opt, v, lo,
+                hi);
+        return false;
+    }
+    *out = (int)x;
+    return true;
+}
 
 static void usage(FILE *f)
 {
@@ -184,14 +217,26 @@ int duet_cmd_plan(int argc, char **argv)
             model = argv[++i];
         else if (!strcmp(a, "--hardware") && more)
             hwfile = argv[++i];
-        else if (!strcmp(a, "--slo-tbt") && more)
-            slo_ms = atof(argv[++i]);
-        else if (!strcmp(a, "--ctx") && more)
-            o.ctx = atof(argv[++i]);
-        else if (!strcmp(a, "--m") && more) {
+        else if (!strcmp(a, "--slo-tbt") && more) {
+            if (!num_opt(a, argv[++i], 1e-3, 1e7, &slo_ms))
+                return 2;
+        } else if (!strcmp(a, "--ctx") && more) {
+            if (!num_opt(a, argv[++i], 1, 1e9, &o.ctx))
+                return 2;
+        } else if (!strcmp(a, "--m") && more) {
             const char *v = argv[++i];
-            if (sscanf(v, "%d-%d", &o.min_m, &o.max_m) != 2) {
-                o.min_m = o.max_m = atoi(v);
+            char lo[32], hi[32];
+            const char *dash = strchr(v, '-');
+            if (dash && dash != v && (size_t)(dash - v) < sizeof(lo) && strlen(dash + 1) < sizeof(hi)) {
+                snprintf(lo, sizeof(lo), "%.*s", (int)(dash - v), v);
+                snprintf(hi, sizeof(hi), "%s", dash + 1);
+                if (!int_opt("--m (MIN)", lo, 1, 16, &o.min_m) ||
+                    !int_opt("--m (MAX)", hi, 1, 16, &o.max_m))
+                    return 2;
+            } else if (!int_opt(a, v, 1, 16, &o.min_m)) {
+                return 2;
+            } else {
+                o.max_m = o.min_m;
             }
         } else if (!strcmp(a, "--colocated"))
             o.colocated = true;
@@ -201,11 +246,13 @@ int duet_cmd_plan(int argc, char **argv)
             o.only_expert = argv[++i];
         else if (!strcmp(a, "--loads") && more)
             loads = argv[++i];
-        else if (!strcmp(a, "--replicas") && more)
-            replicas = atoi(argv[++i]);
-        else if (!strcmp(a, "--top") && more)
-            top = atoi(argv[++i]);
-        else if (!strcmp(a, "--out") && more)
+        else if (!strcmp(a, "--replicas") && more) {
+            if (!int_opt(a, argv[++i], 0, 4096, &replicas))
+                return 2;
+        } else if (!strcmp(a, "--top") && more) {
+            if (!int_opt(a, argv[++i], 0, 1000, &top))
+                return 2;
+        } else if (!strcmp(a, "--out") && more)
             out = argv[++i];
         else if (!strcmp(a, "--rank") && more) {
             const char *v = argv[++i];

@@ -4,6 +4,8 @@
  * T_e = k3·b + k4, combine, logits, the data plane's transfer time per
  * message size for each provider, and — from a short real deployment run
  * with a trace — the control latency T_c and the pipeline's overheads. */
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,25 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "topology/plan.h"
+
+#define CMD "profile"
+
+/* Checked option values: the whole string a number within [lo, hi], or a
+ * message that names the option, the value and the range. */
+static bool int_opt(const char *opt, const char *v, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno == ERANGE || x < lo || x > hi) {
+        fprintf(stderr, "duet %s: %s '%s': expected a whole number in %ld..%ld\n", CMD, opt, v, lo,
+                hi);
+        return false;
+    }
+    *out = (int)x;
+    return true;
+}
+
 
 static void usage(FILE *f)
 {
@@ -20,7 +41,9 @@ static void usage(FILE *f)
            "Measure attention and expert compute times (least-squares fits T_a = k1*b + k2,\n"
            "T_e = k3*b + k4), combine and logits, the data plane's transfer time per message\n"
            "size, and (unless --no-calibrate) the control latency and pipeline overheads from a\n"
-           "short real run (1 attention shard, 1 expert shard, m = 1). Writes JSON to FILE\n"
+           "short real run (1 attention shard, 1 expert shard, m = 1), with the router's choices\n"
+           "on that run's tokens; also the memory contention of expert rounds running at once\n"
+           "on 1..cores threads. Writes JSON to FILE\n"
            "(default profile.json). --model defaults to the bundled demo model.\n");
 }
 
@@ -49,12 +72,16 @@ int duet_cmd_profile(int argc, char **argv)
             o.model_dir = argv[++i];
         else if (!strcmp(a, "--backend") && more)
             o.backend = argv[++i];
-        else if (!strcmp(a, "--threads") && more)
-            o.threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--threads") && more) {
+            if (!int_opt(a, argv[++i], 1, 256, &o.threads))
+                return 2;
+        }
         else if (!strcmp(a, "--providers") && more)
             o.providers = argv[++i];
-        else if (!strcmp(a, "--repeats") && more)
-            o.repeats = atoi(argv[++i]);
+        else if (!strcmp(a, "--repeats") && more) {
+            if (!int_opt(a, argv[++i], 1, 64, &o.repeats))
+                return 2;
+        }
         else if (!strcmp(a, "--out") && more)
             out = argv[++i];
         else if (!strcmp(a, "--quick"))
@@ -115,6 +142,13 @@ int duet_cmd_profile(int argc, char **argv)
     printf("attention  T_a = %.3f us * b + %.3f us   (+%.4f us per token per context token)\n",
            p.k1 * 1e6, p.k2 * 1e6, p.k_ctx * 1e6);
     printf("expert     T_e = %.3f us * b + %.3f us\n", p.k3 * 1e6, p.k4 * 1e6);
+    printf("memory     concurrent expert rounds, CPU time against one alone:");
+    for (int k = 1; k <= p.n_contention; k++)
+        printf(" %d: x%.2f", k, p.contention[k - 1]);
+    printf("\n");
+    if (p.route_seqs > 0)
+        printf("routing    %d sequences x %d decode steps of the router's choices recorded\n",
+               p.route_seqs, p.route_steps);
     printf("combine    %.3f us * rows + %.3f us; logits %.3f us * b + %.3f us\n", p.combine.a * 1e6,
            p.combine.b * 1e6, p.logits.a * 1e6, p.logits.b * 1e6);
     for (int i = 0; i < p.n_links; i++) {

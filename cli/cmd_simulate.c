@@ -4,6 +4,8 @@
  * throughput, time between tokens and utilisation per role; --trace writes
  * the simulated pipeline as a Chrome/Perfetto trace with the same event
  * names as a real run's trace. */
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,25 @@
 #include "cli/cli.h"
 #include "topology/plan.h"
 #include "topology/topology.h"
+
+#define CMD "simulate"
+
+/* Checked option values: the whole string a number within [lo, hi], or a
+ * message that names the option, the value and the range. */
+static bool int_opt(const char *opt, const char *v, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno == ERANGE || x < lo || x > hi) {
+        fprintf(stderr, "duet %s: %s '%s': expected a whole number in %ld..%ld\n", CMD, opt, v, lo,
+                hi);
+        return false;
+    }
+    *out = (int)x;
+    return true;
+}
+
 
 static void usage(FILE *f)
 {
@@ -22,7 +43,10 @@ static void usage(FILE *f)
             "the deployment's token budget, at most 64 per attention shard) with prompts of\n"
             "--prompt-len tokens (8) decoding --tokens tokens (32) each. Shards share the\n"
             "profile's CPU cores unless --dedicated (every shard on its own device: a deployment\n"
-            "at a scale this host cannot run). --trace writes a Chrome/Perfetto trace.\n");
+            "at a scale this host cannot run); on shared cores, expert rounds running at once\n"
+            "slow each other by the profile's measured memory contention. Expert shards get the\n"
+            "rows of the profile's recorded routes (even shares if it has none). --trace writes\n"
+            "a Chrome/Perfetto trace.\n");
 }
 
 int duet_cmd_simulate(int argc, char **argv)
@@ -40,13 +64,16 @@ int duet_cmd_simulate(int argc, char **argv)
             prof = argv[++i];
         else if (!strcmp(a, "--trace") && more)
             trace = argv[++i];
-        else if (!strcmp(a, "--requests") && more)
-            requests = atoi(argv[++i]);
-        else if (!strcmp(a, "--prompt-len") && more)
-            prompt = atoi(argv[++i]);
-        else if (!strcmp(a, "--tokens") && more)
-            tokens = atoi(argv[++i]);
-        else if (!strcmp(a, "--provider") && more)
+        else if (!strcmp(a, "--requests") && more) {
+            if (!int_opt(a, argv[++i], 1, 1000000, &requests))
+                return 2;
+        } else if (!strcmp(a, "--prompt-len") && more) {
+            if (!int_opt(a, argv[++i], 1, 1000000, &prompt))
+                return 2;
+        } else if (!strcmp(a, "--tokens") && more) {
+            if (!int_opt(a, argv[++i], 3, 1000000, &tokens))
+                return 2;
+        } else if (!strcmp(a, "--provider") && more)
             provider = argv[++i];
         else if (!strcmp(a, "--dedicated"))
             dedicated = true;
@@ -124,6 +151,12 @@ int duet_cmd_simulate(int argc, char **argv)
            A, S, set->micro_batches, requests);
     printf("profile %s (%s, %d cores%s)\n", prof, p.host, p.cores,
            dedicated ? ", dedicated devices" : "");
+    if (!dedicated)
+        printf("shared cores: concurrent expert rounds x%.2f slower (2 at once, measured)\n",
+               duet_profile_contention(&p, 2));
+    printf("expert rows per shard: %s\n",
+           p.route_seqs > 0 ? "replayed from the profile's recorded routes"
+                            : "even shares (the profile has no recorded routes)");
     printf("throughput      %.1f tokens/s (decode)\n", res.tokens_per_s);
     printf("time between tokens  p50 %.3f ms  p90 %.3f ms  p99 %.3f ms\n", res.tbt_p50 * 1e3,
            res.tbt_p90 * 1e3, res.tbt_p99 * 1e3);

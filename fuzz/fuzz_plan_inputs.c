@@ -44,6 +44,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (p && duet_profile_load(path, p) == DUET_OK) {
             (void)duet_profile_t_attn(p, 8, 128);
             (void)duet_profile_t_expert(p, 16);
+            for (int k = 1; k <= DUET_PROF_MAX_READERS + 1; k++)
+                if (!(duet_profile_contention(p, k) >= 1.0) || !isfinite(duet_profile_contention(p, k)))
+                    abort();
+            long n_ids = (long)p->route_seqs * p->route_steps * p->n_sparse * p->top_k;
+            if (p->route_seqs < 0 || n_ids > DUET_PROF_MAX_ROUTE_IDS)
+                abort();
+            for (long i = 0; i < n_ids; i++)
+                if (p->routes[i] < 0 || p->routes[i] >= p->n_experts)
+                    abort();
+            /* a small deployment simulates from it (recorded routes replayed) */
+            if (p->n_sparse <= 8 && p->n_experts <= 64) {
+                duet_plan_run_t r = {.n_attention = 1,
+                                     .n_expert_shards = 2,
+                                     .micro_batches = 2,
+                                     .requests = 4,
+                                     .prompt_len = 4,
+                                     .new_tokens = 3};
+                duet_sim_result_t res;
+                (void)duet_sim_profile(p, &r, NULL, &res);
+            }
         } else if (p && !duet_error()[0]) {
             abort();
         }

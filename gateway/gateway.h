@@ -3,7 +3,9 @@
  * Serves, on one TCP address (127.0.0.1 unless told otherwise):
  *   POST /v1/completions, POST /v1/chat/completions  (JSON or SSE stream)
  *   GET  /v1/models, /v1/models/{id}, /health, /metrics
- * over HTTP/1.1 (libmicrohttpd, one thread per connection). Each accepted
+ * over HTTP/1.1 (libmicrohttpd: one event-loop thread writes every
+ * connection; streams wait suspended, and a token resumes its connection —
+ * see server.c). Each accepted
  * completion is tokenized here, submitted to a duet_gw_engine_t (engine.h) as
  * n independent requests, and the engine's tokens are detokenized, matched
  * against stop strings and written out as they arrive.
@@ -31,7 +33,9 @@
  *
  * /metrics adds duet_gateway_emit_latency_seconds: on streams, from a
  * token reaching the gateway (the engine's on_token) to its SSE bytes being
- * written to the socket — the gateway's own overhead.
+ * written to the socket (observed when libmicrohttpd asks for the next bytes,
+ * which it does once the previous ones are sent) — the gateway's own
+ * overhead.
  *
  * Threads: create() starts the server; callbacks of the engine may run on
  * any thread. destroy() stops accepting, cancels what is in flight and waits
@@ -48,6 +52,15 @@
 extern "C" {
 #endif
 
+/* Scheduling of the gateway's event-loop thread (see gateway/server.c). */
+typedef enum duet_gateway_sched {
+    /* raise it where the process may: SCHED_FIFO 1, else nice -10, else a
+     * short EEVDF slice; the environment variable DUET_GATEWAY_SCHED=normal
+     * (or =auto) overrides this field */
+    DUET_GATEWAY_SCHED_AUTO = 0,
+    DUET_GATEWAY_SCHED_NORMAL = 1, /* leave it as created */
+} duet_gateway_sched_t;
+
 typedef struct duet_gateway_opts {
     const char *host;                /* IPv4 address to bind; NULL: "127.0.0.1" */
     uint16_t port;                   /* 0: an ephemeral port (see duet_gateway_port) */
@@ -59,6 +72,7 @@ typedef struct duet_gateway_opts {
     unsigned conn_timeout_s;         /* idle connection timeout; 0: 60 */
     unsigned request_timeout_s;      /* longest request; 0: 3600 */
     unsigned max_connections;        /* 0: 1000 */
+    duet_gateway_sched_t loop_sched; /* AUTO: raise the event loop's priority */
 } duet_gateway_opts_t;
 
 typedef struct duet_gateway duet_gateway_t;

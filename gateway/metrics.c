@@ -31,6 +31,7 @@ void duet__gw_metrics_init(duet__gw_metrics_t *m)
     m->e2e.n_bounds = DUET_ARRAY_LEN(e2e_bounds);
     m->emit.bounds = emit_bounds;
     m->emit.n_bounds = DUET_ARRAY_LEN(emit_bounds);
+    for(int i=0;i<3;i++){m->dbg[i].bounds=emit_bounds;m->dbg[i].n_bounds=DUET_ARRAY_LEN(emit_bounds);}
 }
 
 void duet__gw_metrics_cleanup(duet__gw_metrics_t *m)
@@ -185,7 +186,7 @@ duet_status_t duet__gw_metrics_render(duet__gw_metrics_t *m, const char *model,
         hist(out, "duet_gateway_emit_latency_seconds",
              "Gateway overhead on streams: from a token reaching the gateway (the engine's "
              "callback) to its SSE bytes being written to the socket.",
-             model, &m->emit))
+             model, &m->emit) || hist(out,"dbg_wake","x",model,&m->dbg[0])|| hist(out,"dbg_fmt","x",model,&m->dbg[1])|| hist(out,"dbg_write","x",model,&m->dbg[2]))
         goto out;
 
     /* duet's own */

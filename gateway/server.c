@@ -1,16 +1,22 @@
 /* server — HTTP handling of the gateway (see gateway.h for the contract).
  *
- * Threading: libmicrohttpd runs one thread per connection. A completion
- * request is parsed, tokenized and submitted on that thread; the engine's
- * callbacks (any thread) only append token ids to the job under job->mu and
- * bump job->efd (an eventfd). The connection thread waits in poll() on
- *   job->efd      new tokens / finishes,
- *   the socket    POLLRDHUP: the client closed -> cancel,
- *   gw->stop_fd   the gateway is shutting down,
- * and does all detokenization, stop-string matching and JSON/SSE writing
- * itself, so the detokenizers never cross threads. Non-streaming requests
- * wait in the access handler; streaming ones in the response's content
- * reader, which returns each SSE chunk as soon as it exists.
+ * Threading: one event loop writes every response. libmicrohttpd runs one
+ * internal thread on epoll; every connection's HTTP parsing, request
+ * handling (parse, tokenize, submit) and SSE writing happens there, so the
+ * detokenizers never cross threads. A completion that has nothing to send
+ * suspends its connection (MHD_suspend_connection, from the access handler
+ * or the stream's content reader). The engine's callbacks (any thread) only
+ * append token ids to the job under job->mu and, if the connection is
+ * suspended, resume it (MHD_resume_connection): the loop wakes once for a
+ * burst of tokens and writes each stream's bytes in the same pass, with no
+ * per-connection thread hand-off (one thread per connection made the token
+ * -> socket time a scheduler wake-up of hundreds of threads on few cores).
+ *
+ * A watcher thread ticks every GW_WATCH_MS: it polls the sockets of live
+ * completions for the client going away (POLLRDHUP / POLLHUP / POLLERR) and
+ * resumes connections whose client left or whose request deadline passed,
+ * so that a suspended request notices both within one tick. Shutdown
+ * resumes every suspended connection; none suspends again.
  *
  * Lifetime: a job is shared by the connection and the engine: it holds one
  * reference for the connection and one per engine request until that
@@ -30,8 +36,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,7 +48,7 @@
 #include "gateway/request.h"
 
 #define GW_MOD "gateway"
-#define GW_POLL_MS 1000       /* longest single wait; bounds every loop iteration */
+#define GW_WATCH_MS 100       /* watcher tick: disconnects and deadlines seen within it */
 #define GW_STREAM_BLOCK 32768 /* bytes per content-reader call */
 /* Request heads: libmicrohttpd answers heads larger than its per-connection
  * memory with its own HTML 431/414, so that memory is made well larger than
@@ -58,14 +67,21 @@ struct duet_gateway {
     size_t max_body;
     unsigned request_timeout_s;
     duet_gw_chat_style_t chat_style;
+    duet_gateway_sched_t loop_sched;
     char *bos_str; /* token strings for the INST template, may be NULL */
     char *eos_str;
     int32_t stop_ids[DUET_GW_ENGINE_MAX_STOP_IDS]; /* end-of-sequence ids */
     uint32_t n_stop_ids;
     int32_t im_end_id; /* ChatML end of turn, -1 if none */
     uint32_t vocab;
-    int stop_fd; /* eventfd, made readable once at shutdown */
     atomic_bool stopping;
+    /* completions with a job, for the watcher and shutdown */
+    pthread_mutex_t conns_mu;
+    pthread_cond_t conns_cv;
+    struct gw_conn *conns;
+    bool watch_quit;
+    bool watch_started;
+    pthread_t watcher;
     uint16_t port;
     uint64_t id_nonce;
     atomic_uint_fast64_t id_counter;
@@ -110,8 +126,13 @@ typedef struct gw_choice {
 struct gw_job {
     duet_gateway_t *gw;
     pthread_mutex_t mu;
-    int efd;
     atomic_int refs;
+    /* under mu: the connection (NULL once it completed), whether it is
+     * suspended waiting for the engine, and whether the engine has news the
+     * connection has not pumped yet */
+    struct MHD_Connection *mc;
+    bool suspended;
+    bool news;
     duet_gw_request_t req;
     gw_choice_t *choices;
     uint32_t n;
@@ -132,6 +153,7 @@ struct gw_job {
      * handed to libmicrohttpd did (observed at the reader's next call,
      * which libmicrohttpd makes once those bytes are written) */
     double pump_t, emit_pending_t, emit_inflight_t;
+    double dbg_wake, dbg_ret;
 };
 
 typedef enum gw_wait {
@@ -163,18 +185,21 @@ static void job_unref(gw_job_t *job)
     duet_free(job->choices);
     duet_gw_request_cleanup(&job->req);
     duet_buf_cleanup(&job->out);
-    if (job->efd >= 0)
-        close(job->efd);
     pthread_mutex_destroy(&job->mu);
     duet_free(job);
     live_add(gw, -1);
 }
 
-static void job_wake(gw_job_t *job)
+/* Wake the job's connection: resume it if it is suspended. Caller holds
+ * job->mu (so that a suspend, which checks `news` under it, cannot miss the
+ * wake-up). */
+static void job_wake_locked(gw_job_t *job)
 {
-    uint64_t one = 1;
-    ssize_t r = write(job->efd, &one, sizeof(one));
-    (void)r; /* EAGAIN means the counter is already non-zero: still woken */
+    job->news = true;
+    if (job->suspended && job->mc) {
+        job->suspended = false;
+        MHD_resume_connection(job->mc);
+    }
 }
 
 static void on_token(void *user, int32_t token)
@@ -195,13 +220,13 @@ static void on_token(void *user, int32_t token)
     job->first_token_seen = true;
     double prev = c->last_token_t;
     c->last_token_t = now;
+    job_wake_locked(job);
     pthread_mutex_unlock(&job->mu);
     atomic_fetch_add_explicit(&gw->metrics.generation_tokens, 1, memory_order_relaxed);
     if (first)
         duet__gw_hist_observe(&gw->metrics.ttft, now - job->t_arrival);
     if (prev > 0)
         duet__gw_hist_observe(&gw->metrics.itl, now - prev);
-    job_wake(job);
 }
 
 static void on_finish(void *user, duet_gw_engine_finish_t reason, duet_status_t status,
@@ -215,8 +240,8 @@ static void on_finish(void *user, duet_gw_engine_finish_t reason, duet_status_t 
     c->eng_status = status;
     snprintf(c->eng_detail, sizeof(c->eng_detail), "%s",
              detail && *detail ? detail : duet_status_str(status));
+    job_wake_locked(job);
     pthread_mutex_unlock(&job->mu);
-    job_wake(job);
     job_unref(job); /* the engine's reference */
 }
 
@@ -232,33 +257,6 @@ static void job_cancel_all(gw_job_t *job)
         if (live)
             (void)job->gw->engine->ops->cancel(job->gw->engine, c->engine_id);
     }
-}
-
-/* Wait for an engine event, the client going away, shutdown, or `deadline`. */
-static gw_wait_t job_wait(gw_job_t *job, int sock, double deadline)
-{
-    double left = deadline - duet_now_s();
-    if (left <= 0)
-        return GW_WAIT_TIMEOUT;
-    int ms = left * 1000.0 > GW_POLL_MS ? GW_POLL_MS : (int)(left * 1000.0) + 1;
-    struct pollfd p[3] = {
-        {.fd = job->efd, .events = POLLIN},
-        {.fd = job->gw->stop_fd, .events = POLLIN},
-        {.fd = sock, .events = POLLRDHUP},
-    };
-    int r = poll(p, sock >= 0 ? 3 : 2, ms);
-    if (r < 0 && errno != EINTR)
-        return GW_WAIT_DISCONNECT;
-    if (r <= 0)
-        return duet_now_s() >= deadline ? GW_WAIT_TIMEOUT : GW_WAIT_EVENT;
-    if (p[1].revents)
-        return GW_WAIT_SHUTDOWN;
-    if (sock >= 0 && (p[2].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
-        return GW_WAIT_DISCONNECT;
-    uint64_t v;
-    ssize_t rr = read(job->efd, &v, sizeof(v));
-    (void)rr;
-    return GW_WAIT_EVENT;
 }
 
 /* ---- text: detokenize, stop strings ------------------------------------ */
@@ -333,6 +331,9 @@ static bool job_pump(gw_job_t *job)
 {
     duet_gateway_t *gw = job->gw;
     bool all_done = true;
+    pthread_mutex_lock(&job->mu);
+    job->news = false; /* what arrives from here on wakes the connection again */
+    pthread_mutex_unlock(&job->mu);
     for (uint32_t i = 0; i < job->n; i++) {
         gw_choice_t *c = &job->choices[i];
         if (c->done)
@@ -615,6 +616,48 @@ static void job_stream_emit_chunks(gw_job_t *job, bool all_done)
     }
 }
 
+/* ---- the event loop's scheduling ---------------------------------------- */
+
+/* struct sched_attr of sched_setattr(2) (its first version, 48 bytes) */
+struct gw_sched_attr {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+};
+
+/* Make the calling thread (libmicrohttpd's event loop) run as soon as a
+ * token wakes it, ahead of the engine's compute threads: one loop writes
+ * every stream, so its wake-up latency is every token's latency. In order,
+ * what the process is allowed: SCHED_FIFO priority 1 (CAP_SYS_NICE or
+ * RLIMIT_RTPRIO; it only runs when a socket or a token is ready, and the
+ * kernel's RT throttling bounds it), else nice -10, else a 0.1 ms EEVDF
+ * slice request (Linux >= 6.12, unprivileged: a short slice wakes sooner).
+ * Once per thread; DUET_GATEWAY_SCHED_NORMAL leaves it alone. */
+static void loop_thread_tune(duet_gateway_t *gw)
+{
+    static _Thread_local bool tuned;
+    if (tuned)
+        return;
+    tuned = true;
+    if (gw->loop_sched == DUET_GATEWAY_SCHED_NORMAL)
+        return;
+    const char *how = "normal priority (no permission to raise it)";
+    struct sched_param sp = {.sched_priority = 1};
+    if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0) {
+        how = "SCHED_FIFO priority 1";
+    } else if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) == 0) {
+        how = "nice -10";
+    } else {
+        struct gw_sched_attr a = {
+            .size = sizeof(a), .sched_policy = SCHED_OTHER, .sched_runtime = 100000};
+        if (syscall(SYS_sched_setattr, 0, &a, 0) == 0)
+            how = "a 0.1 ms scheduler slice";
+    }
+    DUET_LOG_I(GW_MOD, "event loop thread: %s", how);
+}
+
 /* ---- HTTP plumbing ------------------------------------------------------ */
 
 typedef enum gw_route {
@@ -633,7 +676,166 @@ typedef struct gw_conn {
     gw_job_t *job;
     int sock;
     double deadline;
+    atomic_bool peer_gone; /* the watcher saw the client hang up */
+    bool listed;           /* in gw->conns */
+    struct gw_conn *prev, *next;
 } gw_conn_t;
+
+/* Suspend the connection until the engine's next event, unless one is
+ * pending already or the request must end anyway (shutdown, client gone).
+ * Only from the access handler or the content reader. */
+static bool job_suspend(gw_conn_t *cn)
+{
+    gw_job_t *job = cn->job;
+    bool suspended = false;
+    pthread_mutex_lock(&job->mu);
+    if (!job->news && !atomic_load(&cn->gw->stopping) && !atomic_load(&cn->peer_gone)) {
+        job->suspended = true;
+        MHD_suspend_connection(cn->mc);
+        suspended = true;
+    }
+    pthread_mutex_unlock(&job->mu);
+    return suspended;
+}
+
+/* Resume the job's connection if it is suspended (watcher, shutdown). Not
+ * under conns_mu: libmicrohttpd's own lock is only ever taken inside
+ * job->mu, never inside conns_mu. */
+static void job_kick(gw_job_t *job)
+{
+    pthread_mutex_lock(&job->mu);
+    if (job->suspended && job->mc) {
+        job->suspended = false;
+        MHD_resume_connection(job->mc);
+    }
+    pthread_mutex_unlock(&job->mu);
+}
+
+static void conn_list(gw_conn_t *cn)
+{
+    duet_gateway_t *gw = cn->gw;
+    pthread_mutex_lock(&gw->conns_mu);
+    cn->prev = NULL;
+    cn->next = gw->conns;
+    if (gw->conns)
+        gw->conns->prev = cn;
+    gw->conns = cn;
+    cn->listed = true;
+    pthread_mutex_unlock(&gw->conns_mu);
+}
+
+static void conn_unlist(gw_conn_t *cn)
+{
+    duet_gateway_t *gw = cn->gw;
+    pthread_mutex_lock(&gw->conns_mu);
+    if (cn->listed) {
+        if (cn->prev)
+            cn->prev->next = cn->next;
+        else
+            gw->conns = cn->next;
+        if (cn->next)
+            cn->next->prev = cn->prev;
+        cn->listed = false;
+    }
+    pthread_mutex_unlock(&gw->conns_mu);
+}
+
+/* The watcher: every GW_WATCH_MS, one poll() over the sockets of the live
+ * completions; a client that hung up or a request past its deadline gets
+ * its connection resumed, and the handler or reader ends it. */
+static bool now_past(const gw_conn_t *cn, double now)
+{
+    return now >= cn->deadline;
+}
+
+/* The jobs of the listed connections that `pick` selects, each with a
+ * reference the caller drops (job_unref); conns_mu held. */
+static size_t conns_pick_jobs(duet_gateway_t *gw, gw_job_t **out, size_t cap,
+                              bool (*pick)(gw_conn_t *cn, void *arg), void *arg)
+{
+    size_t k = 0;
+    for (gw_conn_t *cn = gw->conns; cn && k < cap; cn = cn->next) {
+        if (pick && !pick(cn, arg))
+            continue;
+        atomic_fetch_add(&cn->job->refs, 1);
+        out[k++] = cn->job;
+    }
+    return k;
+}
+
+static void kick_and_unref(gw_job_t **jobs, size_t k)
+{
+    for (size_t i = 0; i < k; i++) {
+        job_kick(jobs[i]);
+        job_unref(jobs[i]);
+    }
+}
+
+typedef struct watch_pick {
+    struct pollfd *pfd;
+    size_t i, n;
+    double now;
+} watch_pick_t;
+
+/* the connections are visited in the order they were polled */
+static bool watch_pick(gw_conn_t *cn, void *arg)
+{
+    watch_pick_t *w = arg;
+    if (w->i >= w->n)
+        return now_past(cn, w->now);
+    struct pollfd *p = &w->pfd[w->i++];
+    bool gone = p->fd >= 0 && (p->revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+    if (gone)
+        atomic_store(&cn->peer_gone, true);
+    return gone || now_past(cn, w->now);
+}
+
+static void *watch_main(void *arg)
+{
+    duet_gateway_t *gw = arg;
+    struct pollfd *pfd = NULL;
+    gw_job_t **jobs = NULL;
+    size_t cap = 0;
+    pthread_mutex_lock(&gw->conns_mu);
+    while (!gw->watch_quit) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += GW_WATCH_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        (void)pthread_cond_timedwait(&gw->conns_cv, &gw->conns_mu, &until);
+        if (gw->watch_quit)
+            break;
+        size_t n = 0, live = 0;
+        for (gw_conn_t *cn = gw->conns; cn; cn = cn->next)
+            live++;
+        if (live > cap) {
+            size_t nc = live + live / 2 + 16;
+            struct pollfd *np = realloc(pfd, nc * sizeof(*np));
+            if (np)
+                pfd = np;
+            gw_job_t **nj = realloc(jobs, nc * sizeof(*nj));
+            if (nj)
+                jobs = nj;
+            if (np && nj)
+                cap = nc;
+        }
+        for (gw_conn_t *cn = gw->conns; cn && n < cap; cn = cn->next)
+            pfd[n++] = (struct pollfd){.fd = cn->sock, .events = POLLRDHUP};
+        /* the sockets stay open while listed: on_completed unlists first */
+        if (n && poll(pfd, (nfds_t)n, 0) < 0)
+            n = 0;
+        watch_pick_t w = {.pfd = pfd, .n = n, .now = duet_now_s()};
+        size_t k = conns_pick_jobs(gw, jobs, cap, watch_pick, &w);
+        pthread_mutex_unlock(&gw->conns_mu);
+        kick_and_unref(jobs, k);
+        pthread_mutex_lock(&gw->conns_mu);
+    }
+    pthread_mutex_unlock(&gw->conns_mu);
+    free(pfd);
+    free(jobs);
+    return NULL;
+}
 
 static void count_status(duet_gateway_t *gw, unsigned status)
 {
@@ -806,7 +1008,7 @@ static enum MHD_Result start_job(gw_conn_t *cn)
     if (!job)
         return queue_errorf(mc, gw, 500, "server_error", NULL, NULL, "out of memory");
     job->gw = gw;
-    job->efd = -1;
+    job->mc = mc;
     atomic_init(&job->refs, 1);
     pthread_mutex_init(&job->mu, NULL);
     live_add(gw, +1);
@@ -839,10 +1041,9 @@ static enum MHD_Result start_job(gw_conn_t *cn)
     }
     next_id(gw, kind == DUET_GW_CHAT ? "chatcmpl" : "cmpl", job->id, sizeof(job->id));
     job->prompt_tokens = n_ids;
-    job->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     job->n = req->n;
     job->choices = duet_calloc(job->n, sizeof(gw_choice_t));
-    if (job->efd < 0 || !job->choices) {
+    if (!job->choices) {
         ret = queue_errorf(mc, gw, 500, "server_error", NULL, NULL, "out of resources");
         goto out_unref;
     }
@@ -912,6 +1113,22 @@ out_unref:
     return ret;
 }
 
+/* End the job for shutdown or its deadline, if either applies (streams:
+ * an SSE error event and [DONE]). Returns the message, or NULL. */
+static const char *job_end_reason(gw_conn_t *cn, char *buf, size_t n)
+{
+    if (atomic_load(&cn->gw->stopping))
+        return "the server is shutting down";
+    if (duet_now_s() >= cn->deadline) {
+        snprintf(buf, n, "request timed out after %u s", cn->gw->request_timeout_s);
+        return buf;
+    }
+    return NULL;
+}
+
+/* libmicrohttpd calls this when the bytes returned last time are written
+ * (or at the start); it returns the next SSE bytes, or suspends the
+ * connection and returns 0 when there are none yet. */
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     gw_conn_t *cn = cls;
@@ -919,6 +1136,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     if (job->emit_inflight_t > 0) { /* what we returned last time is written */
         double dt = duet_now_s() - job->emit_inflight_t;
+        duet__gw_hist_observe(&cn->gw->metrics.dbg[2], duet_now_s() - job->dbg_ret);
         job->emit_inflight_t = 0;
         duet__gw_hist_observe(&cn->gw->metrics.emit, dt);
     }
@@ -933,33 +1151,32 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
                 job->out.len = 0;
                 job->out_off = 0;
                 job->emit_inflight_t = job->emit_pending_t;
+                if (job->emit_pending_t > 0) { job->dbg_ret = duet_now_s();
+                  duet__gw_hist_observe(&cn->gw->metrics.dbg[1], job->dbg_ret - job->dbg_wake);}
                 job->emit_pending_t = 0;
             }
             return (ssize_t)n;
         }
         if (job->stream_ended)
             return MHD_CONTENT_READER_END_OF_STREAM;
+        if (atomic_load(&cn->peer_gone))
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* on_completed cancels */
+        char msg[96];
+        const char *why = job_end_reason(cn, msg, sizeof(msg));
+        if (why) {
+            job_cancel_all(job);
+            job_record_end(job, false);
+            sse_error_and_done(job, why);
+            continue;
+        }
+        job->dbg_wake = duet_now_s();
         bool all_done = job_pump(job);
+        if (job->pump_t > 0) duet__gw_hist_observe(&cn->gw->metrics.dbg[0], job->dbg_wake - job->pump_t);
         job_stream_emit(job, all_done);
         if (job->out.len > job->out_off)
             continue;
-        switch (job_wait(job, cn->sock, cn->deadline)) {
-        case GW_WAIT_EVENT: break;
-        case GW_WAIT_DISCONNECT: return MHD_CONTENT_READER_END_WITH_ERROR;
-        case GW_WAIT_SHUTDOWN:
-            job_cancel_all(job);
-            job_record_end(job, false);
-            sse_error_and_done(job, "the server is shutting down");
-            break;
-        case GW_WAIT_TIMEOUT: {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "request timed out after %u s", cn->gw->request_timeout_s);
-            job_cancel_all(job);
-            job_record_end(job, false);
-            sse_error_and_done(job, msg);
-            break;
-        }
-        }
+        if (job_suspend(cn))
+            return 0; /* resumed by the engine's next callback or the watcher */
     }
 }
 
@@ -983,6 +1200,8 @@ static enum MHD_Result run_stream(gw_conn_t *cn)
     return ret;
 }
 
+/* A non-streaming completion: called when it starts and again each time
+ * its connection is resumed; suspends until the job is done. */
 static enum MHD_Result run_blocking(gw_conn_t *cn)
 {
     gw_job_t *job = cn->job;
@@ -990,22 +1209,18 @@ static enum MHD_Result run_blocking(gw_conn_t *cn)
     for (;;) {
         if (job_pump(job))
             break;
-        switch (job_wait(job, cn->sock, cn->deadline)) {
-        case GW_WAIT_EVENT: continue;
-        case GW_WAIT_DISCONNECT: return MHD_NO; /* completion callback cancels */
-        case GW_WAIT_SHUTDOWN:
+        if (atomic_load(&cn->peer_gone))
+            return MHD_NO; /* on_completed cancels */
+        char msg[96];
+        const char *why = job_end_reason(cn, msg, sizeof(msg));
+        if (why) {
             job_cancel_all(job);
             job_record_end(job, false);
-            return queue_errorf(cn->mc, gw, 503, "server_error", NULL, NULL,
-                                "the server is shutting down");
-        case GW_WAIT_TIMEOUT: {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "request timed out after %u s", gw->request_timeout_s);
-            job_cancel_all(job);
-            job_record_end(job, false);
-            return queue_errorf(cn->mc, gw, 504, "server_error", NULL, NULL, msg);
+            return queue_errorf(cn->mc, gw, atomic_load(&gw->stopping) ? 503 : 504,
+                                "server_error", NULL, NULL, why);
         }
-        }
+        if (job_suspend(cn))
+            return MHD_YES; /* called again once resumed */
     }
     for (uint32_t i = 0; i < job->n; i++) {
         if (job->choices[i].error) {
@@ -1090,6 +1305,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     duet_gateway_t *gw = cls;
     gw_conn_t *cn = *con_cls;
     (void)version;
+    loop_thread_tune(gw);
 
     if (!cn) { /* first call: headers only */
         if (strlen(url) > GW_MAX_URL) {
@@ -1197,14 +1413,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
                  gw->max_body);
         return queue_errorf(mc, gw, 413, "invalid_request_error", NULL, NULL, msg);
     }
-    if (cn->job) /* a response is already queued */
-        return MHD_YES;
+    if (cn->job) /* a stream's response is queued; a blocking one was resumed */
+        return cn->job->req.stream ? MHD_YES : run_blocking(cn);
     if (atomic_load(&gw->stopping))
         return queue_errorf(mc, gw, 503, "server_error", NULL, NULL, "the server is shutting down");
     enum MHD_Result r = start_job(cn);
     if (!cn->job)
         return r;
     cn->deadline = cn->job->t_arrival + (double)gw->request_timeout_s;
+    conn_list(cn);
     return cn->job->req.stream ? run_stream(cn) : run_blocking(cn);
 }
 
@@ -1217,8 +1434,13 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!cn)
         return;
     *con_cls = NULL;
+    conn_unlist(cn); /* before the socket closes: the watcher polls it */
     if (cn->job) {
         gw_job_t *job = cn->job;
+        pthread_mutex_lock(&job->mu); /* the engine must not resume it any more */
+        job->mc = NULL;
+        job->suspended = false;
+        pthread_mutex_unlock(&job->mu);
         bool unfinished = false;
         for (uint32_t i = 0; i < job->n; i++)
             if (!job->choices[i].done)
@@ -1260,6 +1482,18 @@ static char *token_str_dup(const duet_tokenizer_t *tok, int32_t id)
     return s ? duet_strndup(s, len) : NULL;
 }
 
+static void watch_stop(duet_gateway_t *gw)
+{
+    if (!gw->watch_started)
+        return;
+    pthread_mutex_lock(&gw->conns_mu);
+    gw->watch_quit = true;
+    pthread_cond_broadcast(&gw->conns_cv);
+    pthread_mutex_unlock(&gw->conns_mu);
+    pthread_join(gw->watcher, NULL);
+    gw->watch_started = false;
+}
+
 duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engine_t *engine,
                                   const duet_tokenizer_t *tok, duet_gateway_t **gw_out)
 {
@@ -1271,10 +1505,11 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
         return duet_errorf(DUET_ERR_NOMEM, "gateway: out of memory");
     gw->engine = engine;
     gw->tok = tok;
-    gw->stop_fd = -1;
     duet__gw_metrics_init(&gw->metrics);
     pthread_mutex_init(&gw->live_mu, NULL);
     pthread_cond_init(&gw->live_cv, NULL);
+    pthread_mutex_init(&gw->conns_mu, NULL);
+    pthread_cond_init(&gw->conns_cv, NULL);
 
     st = engine->ops->info(engine, &gw->info);
     if (st) {
@@ -1299,6 +1534,12 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
         gw->info.vocab_size ? gw->info.vocab_size : (uint32_t)duet_tokenizer_vocab_size(tok);
     gw->max_body = opts->max_body_bytes ? opts->max_body_bytes : (1u << 20);
     gw->request_timeout_s = opts->request_timeout_s ? opts->request_timeout_s : 3600;
+    gw->loop_sched = opts->loop_sched;
+    const char *sched_env = getenv("DUET_GATEWAY_SCHED");
+    if (sched_env && !strcmp(sched_env, "normal"))
+        gw->loop_sched = DUET_GATEWAY_SCHED_NORMAL;
+    else if (sched_env && !strcmp(sched_env, "auto"))
+        gw->loop_sched = DUET_GATEWAY_SCHED_AUTO;
     gw->chat_style = opts->chat_style != DUET_GW_CHAT_AUTO
                          ? opts->chat_style
                          : duet_gw_chat_detect(tok, opts->model_dir);
@@ -1312,11 +1553,11 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
     gw->im_end_id = duet_tokenizer_token_id(tok, "<|im_end|>");
     gw->id_nonce = duet_now_ns() ^ ((uint64_t)getpid() << 32);
 
-    gw->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (gw->stop_fd < 0) {
-        st = duet_errorf(DUET_ERR_IO, "gateway: eventfd: %s", strerror(errno));
+    if (pthread_create(&gw->watcher, NULL, watch_main, gw) != 0) {
+        st = duet_errorf(DUET_ERR_IO, "gateway: cannot start the watcher thread");
         goto err_free;
     }
+    gw->watch_started = true;
 
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(opts->port)};
     const char *host = opts->host && *opts->host ? opts->host : "127.0.0.1";
@@ -1324,8 +1565,9 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
         st = duet_errorf(DUET_ERR_INVALID, "gateway: host '%s' is not an IPv4 address", host);
         goto err_free;
     }
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    /* one internal thread on epoll writes every connection (see the top) */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
     gw->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, gw, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(opts->conn_timeout_s ? opts->conn_timeout_s : 60),
@@ -1352,8 +1594,9 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
     return DUET_OK;
 
 err_free:
-    if (gw->stop_fd >= 0)
-        close(gw->stop_fd);
+    watch_stop(gw);
+    pthread_cond_destroy(&gw->conns_cv);
+    pthread_mutex_destroy(&gw->conns_mu);
     duet_free(gw->bos_str);
     duet_free(gw->eos_str);
     duet_free(gw->api_key);
@@ -1377,10 +1620,26 @@ void duet_gateway_destroy(duet_gateway_t **gw_p)
     duet_gateway_t *gw = *gw_p;
     *gw_p = NULL;
     atomic_store(&gw->stopping, true);
-    uint64_t one = 1;
-    ssize_t w = write(gw->stop_fd, &one, sizeof(one)); /* every waiter wakes and ends */
-    (void)w;
-    MHD_stop_daemon(gw->mhd); /* joins the connection threads */
+    /* every suspended request wakes and ends (none suspends again: they
+     * check `stopping` under their job's lock); libmicrohttpd must not see a
+     * suspended connection when it stops */
+    pthread_mutex_lock(&gw->conns_mu);
+    size_t live = 0;
+    for (gw_conn_t *cn = gw->conns; cn; cn = cn->next)
+        live++;
+    gw_job_t **jobs = duet_calloc(live ? live : 1, sizeof(*jobs));
+    if (jobs) {
+        size_t k = conns_pick_jobs(gw, jobs, live, NULL, NULL);
+        pthread_mutex_unlock(&gw->conns_mu);
+        kick_and_unref(jobs, k);
+        duet_free(jobs);
+    } else { /* out of memory: kick under the lock (the loop still runs) */
+        for (gw_conn_t *cn = gw->conns; cn; cn = cn->next)
+            job_kick(cn->job);
+        pthread_mutex_unlock(&gw->conns_mu);
+    }
+    MHD_stop_daemon(gw->mhd); /* joins its thread, closes every connection */
+    watch_stop(gw);
 
     /* Jobs still referenced by the engine: their cancel was sent; wait (a
      * bounded time) for the engine's on_finish so no callback hits freed
@@ -1401,7 +1660,8 @@ void duet_gateway_destroy(duet_gateway_t **gw_p)
                    gw->live_jobs);
         return;
     }
-    close(gw->stop_fd);
+    pthread_cond_destroy(&gw->conns_cv);
+    pthread_mutex_destroy(&gw->conns_mu);
     duet_free(gw->bos_str);
     duet_free(gw->eos_str);
     duet_free(gw->api_key);

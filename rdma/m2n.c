@@ -574,3 +574,19 @@ duet_status_t duet_m2n_release(duet_m2n_t *g, uint64_t round)
     flush_credits(g);
     return DUET_OK;
 }
+
+void duet_m2n_usage(const duet_m2n_t *g, duet_m2n_usage_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!g)
+        return;
+    if (g->p.is_sender) {
+        out->inflight = g->inflight;
+        for (uint32_t d = 0; d < g->n_peers; d++)
+            if (g->peers[d].sent_hi > g->peers[d].released)
+                out->credits_out += g->peers[d].sent_hi - g->peers[d].released;
+        return;
+    }
+    for (uint32_t k = 0; k < g->p.slots; k++)
+        out->slots_held += g->n_arrived[k];
+}

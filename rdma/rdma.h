@@ -248,6 +248,18 @@ DUET_API size_t duet_m2n_missing(const duet_m2n_t *m2n, uint64_t round, uint32_t
 DUET_API duet_status_t duet_m2n_release(duet_m2n_t *m2n, uint64_t round);
 /* Handle whatever completions are ready without waiting. */
 DUET_API duet_status_t duet_m2n_progress(duet_m2n_t *m2n);
+/* Slots and credits in use, read-only (leak checks after a drain; call
+ * duet_m2n_progress first so that credits that arrived are counted).
+ * Receiver: slots_held = writes that arrived in rounds not yet released.
+ * Sender: credits_out = rounds written to a receiver and not yet released
+ * by it (summed over receivers), inflight = writes posted and not
+ * completed. All zero once every round written was consumed. */
+typedef struct duet_m2n_usage {
+    uint64_t slots_held;
+    uint64_t credits_out;
+    uint32_t inflight;
+} duet_m2n_usage_t;
+DUET_API void duet_m2n_usage(const duet_m2n_t *m2n, duet_m2n_usage_t *out);
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "base/base.h"
 
@@ -36,6 +37,11 @@ extern "C" {
 
 #define DUET_PROF_MAX_PTS 64
 #define DUET_PROF_MAX_PROV 4
+#define DUET_PROF_MAX_READERS 8
+#define DUET_PROF_MAX_ROUTE_IDS 16384
+/* Profile file format this build writes; it reads 1 (no contention table)
+ * and 2. */
+#define DUET_PROFILE_FORMAT 2
 
 /* y = a·x + b with the points it was fitted to. */
 typedef struct duet_prof_fit {
@@ -68,6 +74,15 @@ typedef struct duet_profile {
      * scaled by it, so a simulation can follow what the host gives now. */
     double single_rate, slowdown;
     int threads; /* compute threads per actor the figures were taken with */
+    /* Memory contention between concurrent expert rounds (a shared host):
+     * contention[k - 1] = CPU time of an expert-group FFN while k threads
+     * each stream their own experts' weights at once, over the same work
+     * alone (>= 1; contention[0] = 1). CPU time, not wall time: a thread
+     * waiting for memory is on its core, one waiting for a core is not, so
+     * this is the bandwidth share apart from the core share (`parallel`).
+     * n_contention = entries measured; 0 (a format-1 profile): none. */
+    int n_contention;
+    double contention[DUET_PROF_MAX_READERS];
     int hidden, n_layers, n_sparse, n_experts, top_k;
     /* attention half of one layer for b tokens at context ctx_ref:
      * k1·b + k2; extra per token per context token: k_ctx */
@@ -93,6 +108,15 @@ typedef struct duet_profile {
     double attn_scale, exp_scale, logit_scale, comb_fix;
     int n_links;
     duet_prof_link_t links[DUET_PROF_MAX_PROV];
+    /* The router's choices on a real decode (the calibration run's tokens
+     * replayed through the model): routes[((q·route_steps + t)·n_sparse +
+     * j)·top_k + x] = the x-th expert that step t of sequence q chose at
+     * sparse layer j. Expert shards of one round get unequal rows (a few
+     * tokens, a skewed router) and the round waits for the slowest: the
+     * simulator replays these instead of even shares. route_seqs = 0: none
+     * recorded (even shares). */
+    int route_seqs, route_steps;
+    int16_t routes[DUET_PROF_MAX_ROUTE_IDS];
 } duet_profile_t;
 
 /* Least-squares fit of y = a·x + b over f->x/f->y[0..n). */
@@ -135,6 +159,16 @@ DUET_API duet_status_t duet_profile_measure(const duet_profile_opts_t *o, duet_p
 DUET_API duet_status_t duet_profile_measure_parallel(duet_profile_t *p, const char *model_dir,
                                                      double seconds);
 
+/* Memory contention (p->contention): k = 1..min(cores, 8) threads run
+ * decode-sized expert-group FFNs over disjoint sets of the model's experts
+ * (every sparse layer, as expert shards do) for `seconds` each, interleaved
+ * `repeats` times; the least CPU time per call of each k over k = 1's. */
+DUET_API duet_status_t duet_profile_measure_contention(duet_profile_t *p, const char *model_dir,
+                                                       double seconds, int repeats);
+/* The contention factor for k concurrent expert rounds (1 for k <= 1 or
+ * when not measured; the last measured entry beyond the table). */
+DUET_API double duet_profile_contention(const duet_profile_t *p, int k);
+
 /* ---- a CPU deployment run for real (calibration and checks) -------------- */
 
 typedef struct duet_plan_run {
@@ -148,6 +182,7 @@ typedef struct duet_plan_run {
     int new_tokens;         /* tokens generated per request */
     const char *provider;   /* "shm" (default) */
     const char *trace_path; /* NULL: none (calibration writes its own) */
+    int32_t *tokens_out;    /* [requests · new_tokens] the generated tokens (NULL: not kept) */
 } duet_plan_run_t;
 
 /* Decode throughput measured: tokens generated after every request had its
@@ -160,7 +195,9 @@ typedef struct duet_plan_measured {
 
 DUET_API duet_status_t duet_plan_run_measure(const duet_plan_run_t *r, duet_plan_measured_t *out);
 /* Run r with a trace and fill p's calibrated terms (disp_fix, exp_fix, t_c,
- * t_step) from the trace, against p's fitted compute terms. */
+ * t_step) from the trace, against p's fitted compute terms; and p's routes:
+ * the run's generated tokens replayed through the model (teacher forcing,
+ * one sequence at a time) with the router's choices recorded. */
 DUET_API duet_status_t duet_profile_calibrate(duet_profile_t *p, const duet_plan_run_t *r);
 
 /* ---- hardware and models --------------------------------------------------- */
@@ -253,7 +290,26 @@ typedef struct duet_sim_cfg {
                                time (the rest wait, first come first served), each at
                                speed cores / round(cores) <= 1; 0 = every actor has
                                its own device */
+    /* Memory contention on the shared cores (only with cores > 0): while k
+     * expert rounds hold a core at once, each runs contention[k - 1] times
+     * slower (k beyond n_contention: the last entry; NULL or 0 entries:
+     * none). A round's remaining work is re-timed whenever k changes. */
+    const double *contention;
+    int n_contention;
     const char *trace_path; /* Chrome trace of the simulated run; NULL = none */
+    /* Recorded routes (duet_profile_t.routes; NULL: every shard gets its
+     * share of tokens_ub · top_k rows). With them, `requests` sequences
+     * decode, micro-batch i of attention shard a holds the sequences q with
+     * q mod (n_a·m) = a·m + i, sequence q's token at iteration t routes as
+     * recorded sequence q mod route_seqs at step t mod route_steps, and an
+     * expert shard's round costs Σ t_expert(rows of each of its experts).
+     * shard_experts / shard_n_experts: the experts each shard holds (NULL:
+     * expert e on shard e mod S); a replicated expert's rows are split
+     * evenly between its copies. */
+    const int16_t *routes;
+    int route_seqs, route_steps, requests;
+    const int *const *shard_experts;
+    const int *shard_n_experts;
 } duet_sim_cfg_t;
 
 typedef struct duet_sim_result {

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "actors/pipeline.h"
@@ -196,7 +197,11 @@ duet_status_t duet_profile_save(const duet_profile_t *p, const char *path)
     json_object_set_new(host, "threads", json_integer(p->threads));
     json_object_set_new(host, "parallel", json_real(p->parallel));
     json_object_set_new(host, "single_rate", json_real(p->single_rate));
-    json_object_set_new(r, "duet_profile", json_integer(1));
+    json_t *cont = json_array();
+    for (int i = 0; i < p->n_contention && i < DUET_PROF_MAX_READERS; i++)
+        json_array_append_new(cont, json_real(p->contention[i]));
+    json_object_set_new(host, "expert_contention", cont);
+    json_object_set_new(r, "duet_profile", json_integer(DUET_PROFILE_FORMAT));
     json_object_set_new(r, "host", host);
     json_t *mo = json_object();
     json_object_set_new(mo, "dir", json_string(p->model));
@@ -252,6 +257,17 @@ duet_status_t duet_profile_save(const duet_profile_t *p, const char *path)
         json_array_append_new(links, o);
     }
     json_object_set_new(r, "data_plane", links);
+    if (p->route_seqs > 0) {
+        json_t *ro = json_object(), *ids = json_array();
+        size_t n = (size_t)p->route_seqs * (size_t)p->route_steps * (size_t)p->n_sparse *
+                   (size_t)p->top_k;
+        for (size_t i = 0; i < n && i < DUET_PROF_MAX_ROUTE_IDS; i++)
+            json_array_append_new(ids, json_integer(p->routes[i]));
+        json_object_set_new(ro, "sequences", json_integer(p->route_seqs));
+        json_object_set_new(ro, "steps", json_integer(p->route_steps));
+        json_object_set_new(ro, "experts", ids);
+        json_object_set_new(r, "routing", ro);
+    }
     int rc = json_dump_file(r, path, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
     json_decref(r);
     if (rc)
@@ -317,6 +333,20 @@ duet_status_t duet_profile_load(const char *path, duet_profile_t *out)
     duet_profile_t p;
     memset(&p, 0, sizeof(p));
     duet_status_t st = DUET_OK;
+    /* format 1 (no key or 1): no contention table, read as none; 2: with it */
+    json_t *ver = json_object_get(r, "duet_profile");
+    json_int_t format = json_is_integer(ver) ? json_integer_value(ver) : ver ? -1 : 1;
+    if (format < 1 || format > DUET_PROFILE_FORMAT) {
+        if (json_is_integer(ver))
+            st = duet_errorf(DUET_ERR_INVALID,
+                             "profile %s: format 'duet_profile' = %lld; this duet reads formats "
+                             "1..%d (a newer duet wrote it, or run `duet profile` again)",
+                             path, (long long)format, DUET_PROFILE_FORMAT);
+        else
+            st = duet_errorf(DUET_ERR_INVALID,
+                             "profile %s: 'duet_profile' (the format) is not an integer", path);
+        goto out;
+    }
     json_t *host = json_object_get(r, "host"), *mo = json_object_get(r, "model"),
            *k = json_object_get(r, "coefficients"), *cal = json_object_get(r, "pipeline");
     if (!json_is_object(host) || !json_is_object(mo) || !json_is_object(k) ||
@@ -371,12 +401,70 @@ duet_status_t duet_profile_load(const char *path, duet_profile_t *out)
                          path);
         goto out;
     }
+    json_t *cont = json_object_get(host, "expert_contention");
+    if (format >= 2 && !json_is_array(cont)) {
+        st = duet_errorf(DUET_ERR_INVALID,
+                         "profile %s: format %d needs host.expert_contention (an array)", path,
+                         (int)format);
+        goto out;
+    }
+    if (format >= 2) {
+        size_t ci;
+        json_t *cv;
+        json_array_foreach(cont, ci, cv)
+        {
+            double f = json_number_value(cv);
+            if (ci >= DUET_PROF_MAX_READERS || !json_is_number(cv) || !isfinite(f) || f < 0.5 ||
+                f > 100) {
+                st = duet_errorf(DUET_ERR_INVALID,
+                                 "profile %s: host.expert_contention[%zu] %s (expected at most %d "
+                                 "factors in 0.5..100)",
+                                 path, ci, ci >= DUET_PROF_MAX_READERS ? "is one too many" :
+                                                                        "is out of range",
+                                 DUET_PROF_MAX_READERS);
+                goto out;
+            }
+            p.contention[ci] = f;
+            p.n_contention = (int)ci + 1;
+        }
+    }
     if (p.n_experts < 1 || p.top_k < 1 || p.top_k > p.n_experts || p.hidden < 1) {
         st = duet_errorf(DUET_ERR_INVALID,
                          "profile %s: model shape (experts %d, top_k %d, "
                          "hidden %d) is not valid",
                          path, p.n_experts, p.top_k, p.hidden);
         goto out;
+    }
+    json_t *ro = json_object_get(r, "routing");
+    if (ro) { /* optional: without it the simulator gives every shard its share */
+        int seqs = 0, steps = 0;
+        json_t *ids = json_object_get(ro, "experts");
+        if ((st = jint(ro, path, "sequences", &seqs)) || (st = jint(ro, path, "steps", &steps)))
+            goto out;
+        size_t want = (size_t)seqs * (size_t)steps * (size_t)p.n_sparse * (size_t)p.top_k;
+        if (!json_is_array(ids) || seqs < 1 || steps < 1 || p.n_sparse < 1 ||
+            want > DUET_PROF_MAX_ROUTE_IDS ||
+            json_array_size(ids) != want) {
+            st = duet_errorf(DUET_ERR_INVALID,
+                             "profile %s: routing: expected %d sequences x %d steps x %d sparse "
+                             "layers x top-%d expert ids (at most %d), found %zu",
+                             path, seqs, steps, p.n_sparse, p.top_k, DUET_PROF_MAX_ROUTE_IDS,
+                             json_array_size(ids));
+            goto out;
+        }
+        for (size_t q = 0; q < want; q++) {
+            json_t *v = json_array_get(ids, q);
+            json_int_t e = json_is_integer(v) ? json_integer_value(v) : -1;
+            if (e < 0 || e >= p.n_experts || e > INT16_MAX) {
+                st = duet_errorf(DUET_ERR_INVALID,
+                                 "profile %s: routing.experts[%zu] is not an expert of 0..%d",
+                                 path, q, p.n_experts - 1);
+                goto out;
+            }
+            p.routes[q] = (int16_t)e;
+        }
+        p.route_seqs = seqs;
+        p.route_steps = steps;
     }
     json_t *links = json_object_get(r, "data_plane");
     size_t i;
@@ -863,6 +951,10 @@ duet_status_t duet_profile_measure(const duet_profile_opts_t *o, duet_profile_t 
     progress(o, "parallel capacity", 0, 1);
     if ((st = duet_profile_measure_parallel(p, o->model_dir, o->quick ? 0.2 : 0.5)))
         goto out;
+    progress(o, "memory contention", 0, 1);
+    if ((st = duet_profile_measure_contention(p, o->model_dir, o->quick ? 0.1 : 0.25,
+                                              o->quick ? 3 : 5)))
+        goto out;
     /* until calibrated: T_c from the data plane's small-message latency */
     p->t_c = p->n_links ? p->links[0].lat : 0;
     *out = *p;
@@ -979,6 +1071,181 @@ out:
     return st;
 }
 
+/* ---- memory contention between expert shards ------------------------------------ *
+ * An expert round of a decode micro-batch streams its experts' weights for
+ * a few rows each: memory-bound. Two shards on two cores run at the same
+ * time and share the memory system; each then gets less than the
+ * single-thread bandwidth the expert fit saw. Thread i of k runs the
+ * rounds of a shard holding experts {e : e % K == i} (K = the most threads
+ * measured), so every k does the same work per thread. The figure is the
+ * thread's CPU time per round (memory stalls are on-core time; waiting for
+ * a core is not) against k = 1's: the bandwidth share apart from the core
+ * share. */
+
+typedef struct cont_arg {
+    const duet_model_t *model;
+    int idx, stride, rows;
+    uint64_t until;
+    long rounds;
+    double cpu_s;
+    duet_status_t st;
+    pthread_barrier_t *bar;
+} cont_arg_t;
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *cont_thread(void *arg)
+{
+    cont_arg_t *ca = arg;
+    duet_backend_t *be = NULL;
+    duet_experts_t *ex = NULL;
+    float *x = NULL, *y = NULL;
+    const duet_config_t *cfg = &ca->model->cfg;
+    duet_backend_opts_t bo = {.n_threads = 1};
+    int32_t eids[256], cnt[256];
+    int g = 0;
+    bool met = false;
+    for (int e = ca->idx; e < cfg->n_experts && g < 256; e += ca->stride) {
+        eids[g] = e;
+        cnt[g] = ca->rows;
+        g++;
+    }
+    int32_t rows = g * ca->rows;
+    if (g == 0)
+        goto out;
+    if ((ca->st = duet_backend_open("cpu", &bo, &be)) ||
+        (ca->st = duet_experts_create(be, ca->model, rows, &ex)) ||
+        (ca->st = be->ops->buf_alloc(be, (size_t)rows * cfg->hidden * 4, (void **)&x)) ||
+        (ca->st = be->ops->buf_alloc(be, (size_t)rows * cfg->hidden * 4, (void **)&y)))
+        goto out;
+    be->ops->buf_zero(be, x, (size_t)rows * cfg->hidden * 4);
+    for (int l = 0; l < cfg->n_layers; l++) /* first touch, outside the timing */
+        if (cfg->sparse_layer[l] && (ca->st = duet_experts_forward(ex, l, g, eids, cnt, x, y)))
+            goto out;
+    if (ca->bar) {
+        pthread_barrier_wait(ca->bar);
+        met = true;
+    }
+    double c0 = thread_cpu_s();
+    while (duet_now_ns() < __atomic_load_n(&ca->until, __ATOMIC_RELAXED)) {
+        for (int l = 0; l < cfg->n_layers; l++) {
+            if (!cfg->sparse_layer[l])
+                continue;
+            if ((ca->st = duet_experts_forward(ex, l, g, eids, cnt, x, y)))
+                goto out;
+            ca->rounds++;
+        }
+    }
+    ca->cpu_s = thread_cpu_s() - c0;
+out:
+    if (ca->bar && !met)
+        pthread_barrier_wait(ca->bar);
+    if (x)
+        be->ops->buf_free(be, x);
+    if (y)
+        be->ops->buf_free(be, y);
+    duet_experts_destroy(&ex);
+    duet_backend_close(&be);
+    return NULL;
+}
+
+/* k threads (idx 0..k-1 of stride K) for span ns: CPU seconds per round,
+ * mean over the threads. */
+static duet_status_t cont_once(const duet_model_t *model, int k, int K, uint64_t span,
+                               double *per_round)
+{
+    cont_arg_t ca[DUET_PROF_MAX_READERS];
+    pthread_t th[DUET_PROF_MAX_READERS];
+    pthread_barrier_t bar;
+    duet_status_t st = DUET_OK;
+    pthread_barrier_init(&bar, NULL, (unsigned)k + 1);
+    for (int i = 0; i < k; i++)
+        ca[i] = (cont_arg_t){
+            .model = model, .idx = i, .stride = K, .rows = 4, .until = UINT64_MAX, .bar = &bar};
+    int started = 0;
+    for (; started < k; started++)
+        if (pthread_create(&th[started], NULL, cont_thread, &ca[started]))
+            break;
+    if (started < k) { /* meet the barrier for the threads that did not start */
+        st = duet_errorf(DUET_ERR_INTERNAL, "contention: cannot start thread %d", started);
+        for (int i = started; i < k; i++)
+            ca[i].st = st;
+        pthread_barrier_destroy(&bar);
+        pthread_barrier_init(&bar, NULL, (unsigned)started + 1);
+    }
+    pthread_barrier_wait(&bar);
+    uint64_t until = duet_now_ns() + span;
+    for (int i = 0; i < started; i++)
+        __atomic_store_n(&ca[i].until, until, __ATOMIC_RELAXED);
+    double sum = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        if (ca[i].st && !st)
+            st = ca[i].st;
+        if (!st && ca[i].rounds == 0)
+            st = duet_errorf(DUET_ERR_INTERNAL, "contention: thread %d ran no round", i);
+        if (!st)
+            sum += ca[i].cpu_s / (double)ca[i].rounds;
+    }
+    pthread_barrier_destroy(&bar);
+    if (!st)
+        *per_round = sum / k;
+    return st;
+}
+
+duet_status_t duet_profile_measure_contention(duet_profile_t *p, const char *model_dir,
+                                              double seconds, int repeats)
+{
+    duet_model_t *model = NULL;
+    duet_status_t st = duet_model_load(model_dir, NULL, &model);
+    if (st)
+        return st;
+    int K = p->cores > 1 ? p->cores : 1;
+    if (K > DUET_PROF_MAX_READERS)
+        K = DUET_PROF_MAX_READERS;
+    if (K > model->cfg.n_experts)
+        K = model->cfg.n_experts;
+    if (repeats < 1)
+        repeats = 1;
+    uint64_t span = (uint64_t)(seconds * 1e9);
+    double best[DUET_PROF_MAX_READERS];
+    for (int k = 0; k < K; k++)
+        best[k] = INFINITY;
+    /* interleaved: a burst of other load hits every k a little */
+    for (int q = 0; q < repeats && !st; q++)
+        for (int k = 1; k <= K && !st; k++) {
+            double t = 0;
+            if (!(st = cont_once(model, k, K, span, &t)) && t < best[k - 1])
+                best[k - 1] = t;
+        }
+    if (!st) {
+        p->n_contention = K;
+        p->contention[0] = 1;
+        for (int k = 2; k <= K; k++) {
+            double f = best[k - 1] / best[0];
+            /* fewer readers cannot make memory faster: below 1 is noise */
+            p->contention[k - 1] = f > p->contention[k - 2] ? f : p->contention[k - 2];
+        }
+    }
+    duet_model_destroy(&model);
+    return st;
+}
+
+double duet_profile_contention(const duet_profile_t *p, int k)
+{
+    if (k <= 1 || p->n_contention < 1)
+        return 1.0;
+    if (k > p->n_contention)
+        k = p->n_contention;
+    double f = p->contention[k - 1];
+    return f >= 1 ? f : 1.0;
+}
+
 /* ---- a real deployment -------------------------------------------------------------- */
 
 typedef struct tok_log {
@@ -986,6 +1253,7 @@ typedef struct tok_log {
     int R, T;
     int *count;      /* [R] tokens so far */
     uint64_t *times; /* [R * T] arrival of token k of request r */
+    int32_t *ids;    /* [R * T] the tokens (NULL: not kept) */
     int done;
     bool error;
 } tok_log_t;
@@ -1001,12 +1269,20 @@ static void on_token(void *user, const duet_pipe_token_t *t)
             l->error = true;
         if (t->index >= 0 && t->index < l->T && l->count[r] <= t->index) {
             l->times[(size_t)r * (size_t)l->T + (size_t)t->index] = now;
+            if (l->ids)
+                l->ids[(size_t)r * (size_t)l->T + (size_t)t->index] = t->token;
             l->count[r] = t->index + 1;
         }
         if (t->done)
             l->done++;
     }
     pthread_mutex_unlock(&l->mu);
+}
+
+/* Token i of request q's prompt in a measured run. */
+static int32_t run_prompt_token(int q, int i, int vocab)
+{
+    return 1 + (q * 31 + i * 7) % (vocab - 1);
 }
 
 duet_status_t duet_plan_run_measure(const duet_plan_run_t *r, duet_plan_measured_t *out)
@@ -1036,7 +1312,7 @@ duet_status_t duet_plan_run_measure(const duet_plan_run_t *r, duet_plan_measured
         for (int s = 0; s < S; s++)
             rows[s] = ids[s];
     }
-    tok_log_t lg = {.R = R, .T = T};
+    tok_log_t lg = {.R = R, .T = T, .ids = r->tokens_out};
     pthread_mutex_init(&lg.mu, NULL);
     lg.count = calloc((size_t)R, sizeof(int));
     lg.times = calloc((size_t)R * (size_t)T, sizeof(uint64_t));
@@ -1069,7 +1345,7 @@ duet_status_t duet_plan_run_measure(const duet_plan_run_t *r, duet_plan_measured
         goto out;
     for (int q = 0; q < R; q++) {
         for (int i = 0; i < r->prompt_len; i++)
-            prompt[i] = 1 + (q * 31 + i * 7) % (vocab - 1);
+            prompt[i] = run_prompt_token(q, i, vocab);
         if ((st = duet_pipe_submit(pipe, (uint64_t)q + 1, prompt, r->prompt_len, T, -1)))
             goto out;
     }
@@ -1131,6 +1407,134 @@ out:
     return st;
 }
 
+/* ---- the router's choices on a real decode -------------------------------------------- *
+ * The run's prompts and generated tokens go through the whole model again,
+ * one sequence at a time (teacher forcing: the same inputs as the decode
+ * steps, so the same routes up to rounding); the experts each decode step's
+ * input token chose at every sparse layer are kept in p->routes. */
+static duet_status_t record_routes(duet_profile_t *p, const duet_plan_run_t *r,
+                                   const int32_t *gen)
+{
+    duet_backend_t *be = NULL;
+    duet_model_t *model = NULL;
+    duet_kvcache_t *kv = NULL;
+    duet_fwd_t *fwd = NULL;
+    duet_ubatch_t *ub = NULL;
+    duet_experts_t *ex = NULL;
+    duet_dispatch_t disp = {0};
+    float *xg = NULL, *yg = NULL;
+    int32_t *toks = NULL, *gid = NULL, *gcnt = NULL;
+    duet_status_t st;
+    duet_backend_opts_t bo = {.n_threads = 1};
+    int P = r->prompt_len, T = r->new_tokens;
+    int n = P + T - 1; /* the inputs of every step: prompt, then tokens 0..T-2 */
+    p->route_seqs = p->route_steps = 0;
+    if ((st = duet_backend_open("cpu", &bo, &be)) ||
+        (st = duet_model_load(r->model_dir, NULL, &model)))
+        goto out;
+    const duet_config_t *cfg = &model->cfg;
+    int L = 0, K = cfg->top_k, E = cfg->n_experts;
+    for (int l = 0; l < cfg->n_layers; l++)
+        L += cfg->sparse_layer[l] ? 1 : 0;
+    int steps = T - 1; /* decode steps 1..T-1 (step 0 is the prefill) */
+    int per_seq = steps * L * K;
+    int seqs = per_seq > 0 ? DUET_PROF_MAX_ROUTE_IDS / per_seq : 0;
+    if (seqs > r->requests)
+        seqs = r->requests;
+    if (seqs < 1 || L < 1 || E > 32767 || n > 4096) {
+        st = DUET_OK; /* nothing to record that fits: even shares */
+        goto out;
+    }
+    if (be->ops->weights_prepare && (st = be->ops->weights_prepare(be, model)) &&
+        st != DUET_ERR_UNSUPPORTED)
+        goto out;
+    duet_kvcache_opts_t ko = {.max_seqs = 2, .n_blocks = (n + 15) / 16 + 4};
+    duet_fwd_opts_t fo = {.max_tokens = n, .max_seqs = 2};
+    int32_t rows = n * K;
+    toks = malloc(sizeof(int32_t) * (size_t)n);
+    gid = malloc(sizeof(int32_t) * (size_t)E);
+    gcnt = malloc(sizeof(int32_t) * (size_t)E);
+    if (!toks || !gid || !gcnt) {
+        st = DUET_ERR_NOMEM;
+        goto out;
+    }
+    if ((st = duet_kvcache_create(be, cfg, &ko, &kv)) ||
+        (st = duet_fwd_create(be, model, kv, &fo, &fwd)) || (st = duet_ubatch_create(fwd, &ub)) ||
+        (st = duet_experts_create(be, model, rows, &ex)) ||
+        (st = duet_dispatch_init(&disp, E, rows)) ||
+        (st = be->ops->buf_alloc(be, (size_t)rows * cfg->hidden * 4, (void **)&xg)) ||
+        (st = be->ops->buf_alloc(be, (size_t)rows * cfg->hidden * 4, (void **)&yg)))
+        goto out;
+    for (int q = 0; q < seqs; q++) {
+        int32_t seq = -1;
+        for (int i = 0; i < P; i++)
+            toks[i] = run_prompt_token(q, i, cfg->vocab);
+        for (int i = 0; i + 1 < T; i++)
+            toks[P + i] = gen[(size_t)q * (size_t)T + (size_t)i];
+        if ((st = duet_kvcache_seq_open(kv, &seq)))
+            goto out;
+        duet_seq_input_t in = {seq, n, toks, DUET_LOGITS_NONE};
+        if ((st = duet_fwd_begin(fwd, ub, 1, &in)))
+            goto seq_out;
+        for (int l = 0, j = 0; l < cfg->n_layers; l++) {
+            const int32_t *ids;
+            const float *wts;
+            int32_t k;
+            if ((st = duet_fwd_attention(fwd, ub, l)))
+                goto seq_out;
+            if (!duet_ubatch_routes(ub, &ids, &wts, &k))
+                continue;
+            /* input token P + t - 1 is decode step t's (t = 1..T-1) */
+            for (int t = 1; t < T; t++)
+                for (int x = 0; x < K; x++)
+                    p->routes[(((size_t)q * (size_t)steps + (size_t)(t - 1)) * (size_t)L +
+                               (size_t)j) * (size_t)K + (size_t)x] =
+                        (int16_t)ids[(size_t)(P + t - 1) * (size_t)k + (size_t)x];
+            j++;
+            if ((st = duet_dispatch_build(&disp, ids, wts, n, k)))
+                goto seq_out;
+            int32_t ng = 0;
+            for (int32_t x = 0; x < E; x++)
+                if (disp.count[x] > 0) {
+                    gid[ng] = x;
+                    gcnt[ng] = disp.count[x];
+                    ng++;
+                }
+            if ((st = be->ops->gather_rows(be, duet_ubatch_normed(ub), cfg->hidden,
+                                           disp.row_token, disp.n_rows, xg)) ||
+                (st = duet_experts_forward(ex, l, ng, gid, gcnt, xg, yg)) ||
+                (st = duet_fwd_combine(fwd, ub, l, yg, disp.row_token, disp.row_weight,
+                                       disp.n_rows)))
+                goto seq_out;
+        }
+        duet_fwd_abort(fwd, ub); /* nothing to keep */
+    seq_out:
+        duet_kvcache_seq_close(kv, seq);
+        if (st)
+            goto out;
+    }
+    p->route_seqs = seqs;
+    p->route_steps = steps;
+out:
+    if (xg)
+        be->ops->buf_free(be, xg);
+    if (yg)
+        be->ops->buf_free(be, yg);
+    duet_dispatch_cleanup(&disp);
+    duet_experts_destroy(&ex);
+    duet_ubatch_destroy(&ub);
+    duet_fwd_destroy(&fwd);
+    duet_kvcache_destroy(&kv);
+    duet_model_destroy(&model);
+    duet_backend_close(&be);
+    free(toks);
+    free(gid);
+    free(gcnt);
+    if (st)
+        p->route_seqs = p->route_steps = 0;
+    return st;
+}
+
 /* ---- calibration from a real run's trace ------------------------------------------ *
  * Means, not medians: throughput is a sum of times, and on a shared machine
  * the slow tail (a preempted computation, a late wake-up) is part of it. */
@@ -1170,8 +1574,17 @@ duet_status_t duet_profile_calibrate(duet_profile_t *p, const duet_plan_run_t *r
     snprintf(tpath, sizeof(tpath), "/tmp/duet-calib-%d.json", (int)getpid());
     duet_plan_run_t r = *r0;
     r.trace_path = tpath;
+    /* the routes: once (the run is greedy, its tokens are the same each time) */
+    int32_t *gen = NULL;
+    if (p->route_seqs == 0 && r.requests > 0 && r.new_tokens > 0 &&
+        !(gen = calloc((size_t)r.requests * (size_t)r.new_tokens, sizeof(int32_t))))
+        return DUET_ERR_NOMEM;
+    r.tokens_out = gen;
     duet_plan_measured_t meas;
     duet_status_t st = duet_plan_run_measure(&r, &meas);
+    if (!st && gen)
+        st = record_routes(p, &r, gen);
+    free(gen);
     if (st)
         return st;
     p->calib_tps = meas.decode_tps;

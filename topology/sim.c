@@ -201,13 +201,20 @@ typedef struct eshard {
     bool busy;
     long cur;
     double busy_s;
+    double rows; /* rows of the round in progress */
 } eshard_t;
 
 /* One computation in progress per actor (actor k < A: attention shard k,
  * else expert shard k - A), running or waiting for a core. */
 typedef struct job {
     bool on;
-    double work, left, start;
+    bool running;  /* holds a core (or its own device) */
+    double work;   /* at speed 1 */
+    double left;   /* work left at t_last */
+    double start;  /* when it got its core */
+    double rate;   /* work per second now */
+    double t_last; /* when left / rate were last set */
+    long ver;      /* its EV_JOB_DONE events: only the latest counts */
 } job_t;
 
 typedef struct sim {
@@ -218,12 +225,15 @@ typedef struct sim {
     eshard_t *es;
     job_t *jobs;
     int slots, running; /* shared cores: how many, how many busy */
+    int exp_running;    /* expert rounds holding a core (memory contention) */
     double speed;
     int *waitq; /* computations waiting for a core, FIFO */
     int wh, wn;
     heap_t h;
     tbuf_t tr;
     double share_default;
+    double *frac;  /* with routes: [S · E] share of expert x's rows shard e runs */
+    double *grows; /* with routes: [E] scratch, rows per expert of one round */
 } sim_t;
 
 static double share_of(const sim_t *s, int e)
@@ -268,12 +278,47 @@ static double attn_work(sim_t *s, int a, int i, double *parts)
     return comb + att + disp + lg;
 }
 
-static double exp_work(sim_t *s, int e)
+/* Rows per expert that shard e runs in round r, from the recorded routes of
+ * the sequences in that round's micro-batches (every attention shard's).
+ * Returns the shard's rows. */
+static double routed_rows(sim_t *s, int e, long r)
 {
     const duet_sim_cfg_t *c = s->c;
-    double rows = c->tokens_ub * c->top_k * s->A * share_of(s, e);
-    int g = groups_of(s, e);
-    double t = c->t_expert ? g * c->t_expert(c->user, rows / g) : 0.0;
+    int E = c->n_experts, K = c->top_k, L = s->L, m = s->m, A = s->A;
+    long it = r / ((long)L * m);
+    int j = (int)((r / m) % L), i = (int)(r % m);
+    double *g = s->grows;
+    const double *fr = s->frac + (size_t)e * (size_t)E;
+    memset(g, 0, (size_t)E * sizeof(double));
+    for (int a = 0; a < A; a++)
+        for (int q = a * m + i; q < c->requests; q += A * m) {
+            size_t tok = (size_t)(q % c->route_seqs) * (size_t)c->route_steps +
+                         (size_t)(it % c->route_steps);
+            const int16_t *ids = c->routes + (tok * (size_t)L + (size_t)j) * (size_t)K;
+            for (int x = 0; x < K; x++)
+                g[ids[x]] += fr[ids[x]];
+        }
+    double rows = 0;
+    for (int x = 0; x < E; x++)
+        rows += g[x];
+    return rows;
+}
+
+static double exp_work(sim_t *s, int e, long r)
+{
+    const duet_sim_cfg_t *c = s->c;
+    double t = 0;
+    if (s->frac) { /* recorded routes: each expert over its own rows */
+        s->es[e].rows = routed_rows(s, e, r);
+        for (int x = 0; x < c->n_experts && c->t_expert; x++)
+            if (s->grows[x] > 0)
+                t += c->t_expert(c->user, s->grows[x]);
+    } else {
+        double rows = c->tokens_ub * c->top_k * s->A * share_of(s, e);
+        int g = groups_of(s, e);
+        s->es[e].rows = rows;
+        t = c->t_expert ? g * c->t_expert(c->user, rows / g) : 0.0;
+    }
     if (c->t_exp_fix)
         t += c->t_exp_fix(c->user, s->A);
     t += s->A * c->t_c_core; /* waking for the A dispatches it waited for */
@@ -299,14 +344,80 @@ static void core_init(sim_t *s)
         s->speed = 1;
 }
 
+/* Slow-down of each of k expert rounds holding cores at once. */
+static double contention_of(const sim_t *s, int k)
+{
+    const duet_sim_cfg_t *c = s->c;
+    if (s->slots == 0 || !c->contention || c->n_contention < 1 || k <= 1)
+        return 1.0;
+    double f = c->contention[(k < c->n_contention ? k : c->n_contention) - 1];
+    return f > 1 ? f : 1.0;
+}
+
+static double rate_of(const sim_t *s, int k)
+{
+    if (s->slots == 0)
+        return 1.0;
+    return k >= s->A ? s->speed / contention_of(s, s->exp_running) : s->speed;
+}
+
+/* (Re)time job k from now at its current rate. */
+static duet_status_t job_schedule(sim_t *s, int k, double now)
+{
+    job_t *j = &s->jobs[k];
+    j->t_last = now;
+    j->ver++;
+    return heap_push(&s->h, now + j->left / j->rate, EV_JOB_DONE, k, 0, j->ver);
+}
+
+/* The number of expert rounds on cores changed: every running round
+ * continues at the new rate from what it has left. */
+static duet_status_t exp_rerate(sim_t *s, double now)
+{
+    duet_status_t st;
+    for (int k = s->A; k < s->A + s->S; k++) {
+        job_t *j = &s->jobs[k];
+        if (!j->on || !j->running)
+            continue;
+        double r = rate_of(s, k);
+        if (r == j->rate)
+            continue;
+        j->left -= (now - j->t_last) * j->rate;
+        if (j->left < 0)
+            j->left = 0;
+        j->rate = r;
+        if ((st = job_schedule(s, k, now)))
+            return st;
+    }
+    return DUET_OK;
+}
+
+/* Job k gets a core (or its own device) now. */
+static duet_status_t job_run(sim_t *s, int k, double now)
+{
+    job_t *j = &s->jobs[k];
+    j->running = true;
+    j->start = now;
+    if (k >= s->A && s->slots > 0) {
+        s->exp_running++;
+        duet_status_t st = exp_rerate(s, now); /* the others slow down */
+        if (st)
+            return st;
+    }
+    j->rate = rate_of(s, k);
+    return job_schedule(s, k, now);
+}
+
 static duet_status_t job_start(sim_t *s, int k, double work, double now)
 {
-    s->jobs[k] = (job_t){true, work, work, now};
+    job_t *j = &s->jobs[k];
+    long ver = j->ver;
+    *j = (job_t){.on = true, .work = work, .left = work, .start = now, .ver = ver};
     if (s->slots == 0)
-        return heap_push(&s->h, now + work, EV_JOB_DONE, k, 0, 0);
+        return job_run(s, k, now);
     if (s->running < s->slots) {
         s->running++;
-        return heap_push(&s->h, now + work / s->speed, EV_JOB_DONE, k, 0, 0);
+        return job_run(s, k, now);
     }
     s->waitq[(s->wh + s->wn++) % (s->A + s->S)] = k;
     return DUET_OK;
@@ -334,7 +445,7 @@ static duet_status_t start_exp(sim_t *s, int e, double now)
         return DUET_OK;
     x->busy = true;
     x->cur = x->next;
-    double dur = exp_work(s, e);
+    double dur = exp_work(s, e, x->cur);
     x->busy_s += dur;
     return job_start(s, s->A + e, dur, now);
 }
@@ -416,7 +527,7 @@ static duet_status_t on_exp_done(sim_t *s, int e, double t0, double now)
         for (int a = 0; a < s->A; a++)
             tr_add(&s->tr, 'f', "m2n", s->A + e + 1, t0, 0, 0, 0, 0, 0, flow_id(0, r, a, e));
         tr_add(&s->tr, 'X', "expert", s->A + e + 1, t0, now - t0, r, layer, ub,
-               (long)(s->c->tokens_ub * s->c->top_k * s->A * share_of(s, e)), 0);
+               (long)(x->rows + 0.5), 0);
         for (int a = 0; a < s->A; a++)
             tr_add(&s->tr, 's', "n2m", s->A + e + 1, now, 0, 0, 0, 0, 0, flow_id(1, r, a, e));
     }
@@ -435,15 +546,20 @@ static duet_status_t on_job_done(sim_t *s, int k, double now)
     duet_status_t st = DUET_OK;
     double t0 = s->jobs[k].start;
     s->jobs[k].on = false;
+    s->jobs[k].running = false;
     if (s->slots > 0) {
         s->running--;
+        if (k >= s->A) {
+            s->exp_running--;
+            if ((st = exp_rerate(s, now))) /* the others speed up */
+                return st;
+        }
         if (s->wn > 0) { /* the next waiting computation takes the core */
             int w = s->waitq[s->wh];
             s->wh = (s->wh + 1) % (s->A + s->S);
             s->wn--;
             s->running++;
-            s->jobs[w].start = now;
-            if ((st = heap_push(&s->h, now + s->jobs[w].work / s->speed, EV_JOB_DONE, w, 0, 0)))
+            if ((st = job_run(s, w, now)))
                 return st;
         }
     }
@@ -501,6 +617,60 @@ static void sim_free(sim_t *s)
     free(s->waitq);
     free(s->h.v);
     free(s->tr.v);
+    free(s->frac);
+    free(s->grows);
+}
+
+/* With recorded routes: which share of each expert's rows each shard runs. */
+static duet_status_t routes_init(sim_t *s)
+{
+    const duet_sim_cfg_t *c = s->c;
+    int E = c->n_experts, S = s->S;
+    if (!c->routes)
+        return DUET_OK;
+    if (c->route_seqs < 1 || c->route_steps < 1 || c->requests < 1 || E < 1 ||
+        (size_t)S * (size_t)E > ((size_t)1 << 22))
+        return duet_errorf(DUET_ERR_INVALID,
+                           "simulate: recorded routes need sequences, steps, requests and "
+                           "experts (%d, %d, %d, %d; at most 4M shard x expert pairs)",
+                           c->route_seqs, c->route_steps, c->requests, E);
+    s->frac = calloc((size_t)S * (size_t)E, sizeof(double));
+    s->grows = calloc((size_t)E, sizeof(double));
+    int *copies = calloc((size_t)E, sizeof(int));
+    if (!s->frac || !s->grows || !copies) {
+        free(copies);
+        return DUET_ERR_NOMEM;
+    }
+    for (int e = 0; e < S; e++) {
+        int n = c->shard_experts ? c->shard_n_experts[e] : 0;
+        if (!c->shard_experts)
+            for (int x = e; x < E; x += S)
+                s->frac[(size_t)e * E + x] = 1;
+        for (int k = 0; k < n; k++) {
+            int x = c->shard_experts[e][k];
+            if (x < 0 || x >= E) {
+                free(copies);
+                return duet_errorf(DUET_ERR_INVALID, "simulate: shard %d holds expert %d of %d",
+                                   e, x, E);
+            }
+            s->frac[(size_t)e * E + x] = 1;
+        }
+    }
+    for (int e = 0; e < S; e++)
+        for (int x = 0; x < E; x++)
+            copies[x] += s->frac[(size_t)e * E + x] > 0;
+    for (int e = 0; e < S; e++)
+        for (int x = 0; x < E; x++)
+            if (s->frac[(size_t)e * E + x] > 0)
+                s->frac[(size_t)e * E + x] = 1.0 / copies[x];
+    for (long t = 0; t < (long)c->route_seqs * c->route_steps * s->L * c->top_k; t++)
+        if (c->routes[t] < 0 || c->routes[t] >= E) {
+            free(copies);
+            return duet_errorf(DUET_ERR_INVALID, "simulate: recorded route %ld names expert %d of %d",
+                               t, c->routes[t], E);
+        }
+    free(copies);
+    return DUET_OK;
 }
 
 duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out)
@@ -538,6 +708,8 @@ duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out)
         st = DUET_ERR_NOMEM;
         goto out;
     }
+    if ((st = routes_init(&s)))
+        goto out;
     for (int a = 0; a < s.A; a++) {
         ashard_t *x = &s.as[a];
         x->queue = calloc((size_t)s.m, sizeof(int));
@@ -565,7 +737,10 @@ duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out)
         now = ev.t;
         events++;
         switch (ev.type) {
-        case EV_JOB_DONE: st = on_job_done(&s, ev.who, now); break;
+        case EV_JOB_DONE:
+            if (ev.round == s.jobs[ev.who].ver && s.jobs[ev.who].on) /* else re-timed */
+                st = on_job_done(&s, ev.who, now);
+            break;
         case EV_DISP_ARRIVE:
             s.es[ev.who].arrived[ev.round]++;
             st = start_exp(&s, ev.who, now);
@@ -755,6 +930,14 @@ duet_status_t duet_sim_profile(const duet_profile_t *p, const duet_plan_run_t *r
         .t_step = p->t_step,
         .row_bytes = 4.0 * p->hidden,
         .cores = p->parallel > 0 ? p->parallel : p->cores,
+        .contention = p->contention,
+        .n_contention = p->n_contention,
+        .routes = p->route_seqs > 0 ? p->routes : NULL,
+        .route_seqs = p->route_seqs,
+        .route_steps = p->route_steps,
+        .requests = r->requests,
+        .shard_experts = r->shard_experts,
+        .shard_n_experts = r->shard_n_experts,
         .t_c_core = p->t_c_typ > 0 && p->t_c_typ < p->t_c ? p->t_c_typ : p->t_c,
         .trace_path = trace_path,
     };

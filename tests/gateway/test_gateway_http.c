@@ -948,6 +948,47 @@ static void test_disconnect_blocking(void **state)
     disconnect_case(false);
 }
 
+/* A client that leaves while its stream waits for a first token that is
+ * seconds away: the connection sits suspended (nothing to write), so only
+ * the gateway's watcher can see the hang-up. The request must be canceled
+ * before the engine produces anything, and its KV freed. */
+static void test_disconnect_silent_stream(void **state)
+{
+    (void)state;
+    fake_engine_set_delays(g_eng, 4000, 10);
+    fake_engine_counts_t before = fake_engine_counts(g_eng);
+    double d0 = metric(M("duet_gateway_disconnect_cancels_total"));
+    int fd = http_connect(g_port);
+    assert_true(fd >= 0);
+    const char *body = "{\"prompt\":[600],\"max_tokens\":100,\"stream\":true}";
+    assert_true(http_send_request(fd, "POST", "/v1/completions", KEY, body, strlen(body)));
+    char buf[2048];
+    size_t got = 0;
+    while (got < sizeof(buf) - 1) { /* the response head: the stream is open */
+        ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+        assert_true(n > 0);
+        got += (size_t)n;
+        buf[got] = '\0';
+        if (strstr(buf, "\r\n\r\n"))
+            break;
+    }
+    assert_non_null(strstr(buf, "200"));
+    for (int i = 0; i < 100 && fake_engine_counts(g_eng).active == before.active; i++)
+        usleep(10 * 1000);
+    close(fd);
+    assert_true(fake_engine_wait_idle(g_eng, 8000));
+    fake_engine_counts_t after = fake_engine_counts(g_eng);
+    assert_int_equal(after.canceled, before.canceled + 1);
+    assert_int_equal(after.tokens, before.tokens); /* canceled before the first token */
+    double d1 = -1;
+    for (int i = 0; i < 100 && (d1 = metric(M("duet_gateway_disconnect_cancels_total"))) != d0 + 1;
+         i++)
+        usleep(20 * 1000);
+    assert_true(d1 == d0 + 1);
+    assert_true(metric(M("duet_kv_blocks_used")) == 0);
+    fake_engine_set_delays(g_eng, 0, 0);
+}
+
 typedef struct inflight {
     uint16_t port;
     int status;
@@ -1094,6 +1135,7 @@ int main(void)
         cmocka_unit_test(test_health_models),
         cmocka_unit_test(test_metrics),           cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_disconnect_stream), cmocka_unit_test(test_disconnect_blocking),
+        cmocka_unit_test(test_disconnect_silent_stream),
         cmocka_unit_test(test_shutdown_inflight), cmocka_unit_test(test_engine_faults),
         cmocka_unit_test(test_timeouts),
     };

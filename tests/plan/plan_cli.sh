@@ -16,6 +16,8 @@ trap 'rm -rf "$tmp"' EXIT
 cat "$tmp/prof.txt"
 grep -q '"k1"' "$tmp/profile.json" || { echo "profile has no k1"; exit 1; }
 grep -q '"calibrated": true' "$tmp/profile.json" || { echo "profile not calibrated"; exit 1; }
+grep -q '"expert_contention"' "$tmp/profile.json" || { echo "profile has no contention table"; exit 1; }
+grep -q '"routing"' "$tmp/profile.json" || { echo "profile has no recorded routes"; exit 1; }
 cat >"$tmp/hw.yaml" <<YAML
 hardware:
   - name: this-host-cpu
@@ -39,6 +41,29 @@ echo "1 2 x" >"$tmp/bad.txt"
 if "$duet" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt 100 --loads "$tmp/bad.txt" \
     --out "$tmp/x.yaml" 2>"$tmp/err"; then echo "bad loads accepted"; exit 1; fi
 grep -q "byte 4" "$tmp/err" || { cat "$tmp/err"; exit 1; }
+# bad option values are refused (exit 2) with the option and the value named
+refuse() {
+    want=$1
+    shift
+    set +e
+    "$duet" "$@" >/dev/null 2>"$tmp/err"
+    rc=$?
+    set -e
+    [ "$rc" = 2 ] || { echo "duet $*: exit $rc, not 2"; cat "$tmp/err"; exit 1; }
+    grep -qF -- "$want" "$tmp/err" || { echo "duet $*: no \"$want\" in:"; cat "$tmp/err"; exit 1; }
+}
+refuse "--slo-tbt 'abc': expected a number" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt abc
+refuse "--slo-tbt '-5'" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt -5
+refuse "--ctx '64x'" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt 100 --ctx 64x
+refuse "--m (MAX) '9x'" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt 100 --m 1-9x
+refuse "--m '0': expected a whole number in 1..16" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt 100 --m 0
+refuse "--top '-1'" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt 100 --top -1
+refuse "--replicas '2.5'" plan --model "$model" --hardware "$tmp/hw.yaml" --slo-tbt 100 --replicas 2.5
+refuse "--tokens '2': expected a whole number in 3.." simulate x.yaml --profile "$tmp/profile.json" --tokens 2
+refuse "--requests '12abc'" simulate x.yaml --profile "$tmp/profile.json" --requests 12abc
+refuse "--prompt-len ''" simulate x.yaml --profile "$tmp/profile.json" --prompt-len ""
+refuse "--threads '0'" profile --threads 0
+refuse "--repeats '99999999999999999999'" profile --repeats 99999999999999999999
 # loads and validates (topology loader), simulates, draws a trace
 "$duet" simulate "$tmp/plan.yaml" --profile "$tmp/profile.json" --requests 8 --tokens 8 \
     --trace "$tmp/sim.json" | tee "$tmp/sim.txt"

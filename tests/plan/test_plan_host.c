@@ -54,6 +54,10 @@ static void test_sim_vs_measured(void **state)
            "disp %.1f us/shard scales attn %.2f exp %.2f logits %.2f comb +%.1f us\n",
            p.k1 * 1e6, p.k2 * 1e6, p.k3 * 1e6, p.k4 * 1e6, p.t_c * 1e6, p.t_step * 1e6,
            p.disp_per_shard * 1e6, p.attn_scale, p.exp_scale, p.logit_scale, p.comb_fix * 1e6);
+    printf("memory contention of concurrent expert rounds (CPU time against alone):");
+    for (int k = 1; k <= p.n_contention; k++)
+        printf(" %d: x%.3f", k, duet_profile_contention(&p, k));
+    printf("; routes recorded: %d sequences x %d steps\n", p.route_seqs, p.route_steps);
     /* A timing comparison needs a host whose timings repeat: three runs of
      * the same deployment must agree within 25 %, or the check is skipped
      * (a loaded machine, not the simulator, would decide it; DUET_PLAN_FORCE=1

@@ -196,6 +196,201 @@ static void test_bad_config(void **state)
     assert_int_equal(duet_sim_run(&c, &r), DUET_ERR_INVALID);
 }
 
+/* Memory contention on shared cores: two expert rounds on the two cores at
+ * once each run contention[1] times slower; when one ends, the other goes
+ * on at full speed with what it has left. Dedicated devices (cores = 0,
+ * the paper's deployments) ignore the table. */
+static void test_contention(void **state)
+{
+    (void)state;
+    k_t k = {1.0, 1.0};
+    static const double f[2] = {1.0, 1.6};
+    duet_sim_cfg_t c = base(&k, 1, 2, 1, 3, 0.0);
+    c.cores = 2;
+    c.contention = f;
+    c.n_contention = 2;
+    duet_sim_result_t r;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    /* per layer: attention alone, then both rounds together at 1/1.6 */
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 1.6 * 1.0), 1e-9);
+    /* unequal rounds (shard 1 runs two expert groups: 2 T_e) with factor 2:
+     * both at half speed until shard 0 is done at 2, then shard 1's last
+     * unit alone: a layer is T_a + 3 */
+    static const double f2[2] = {1.0, 2.0};
+    static const int groups[2] = {1, 2};
+    c.contention = f2;
+    c.shard_groups = groups;
+    c.n_experts = 3;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 3.0), 1e-9);
+    /* no table: the rounds overlap freely */
+    c.contention = NULL;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 2.0), 1e-9);
+    /* dedicated devices: the table does not apply */
+    c.contention = f2;
+    c.cores = 0;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 2.0), 1e-9);
+}
+
+static double c_exp_rows(void *u, double rows)
+{
+    return ((k_t *)u)->te * rows;
+}
+
+/* Recorded routes: the round waits for the shard that got the most rows. */
+static void test_routes(void **state)
+{
+    (void)state;
+    k_t k = {1.0, 1.0};
+    duet_sim_cfg_t c = base(&k, 1, 2, 1, 1, 0.0);
+    c.t_expert = c_exp_rows;
+    c.top_k = 1;
+    c.n_experts = 2;
+    c.tokens_ub = 4;
+    duet_sim_result_t r;
+    /* even shares: 2 rows each */
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 1.0 + 2.0, 1e-9);
+    /* 4 sequences x 2 steps x 1 layer x top-1: step 0 sends three tokens to
+     * expert 0 (shard 0), step 1 all four to expert 1 (shard 1) */
+    static const int16_t routes[8] = {0, 1, 0, 1, 0, 1, 1, 1};
+    c.routes = routes;
+    c.route_seqs = 4;
+    c.route_steps = 2;
+    c.requests = 4;
+    c.iterations = 3; /* steps 0, 1, 0: step-to-step times 4 (step 1), 3 */
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 1.0 + 3.0, 1e-9);
+    assert_float_equal(r.tbt_p99, 1.0 + 4.0, 1e-9);
+    /* expert 0 on both shards: its rows split; step 0: shard 0 runs 1.5 of
+     * expert 0 + 1 of expert 1, shard 1 1.5; step 1: 4 of expert 1 on shard 0 */
+    static const int s0[2] = {0, 1}, s1[1] = {0};
+    static const int *const sh[2] = {s0, s1};
+    static const int nsh[2] = {2, 1};
+    c.shard_experts = sh;
+    c.shard_n_experts = nsh;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 1.0 + 2.5, 1e-9);
+    assert_float_equal(r.tbt_p99, 1.0 + 4.0, 1e-9);
+    /* a route naming an expert the model does not have is refused */
+    static const int16_t bad[8] = {0, 1, 0, 1, 0, 1, 1, 2};
+    c.routes = bad;
+    assert_int_not_equal(duet_sim_run(&c, &r), DUET_OK);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *b = calloc(1, 1 << 20);
+    assert_non_null(b);
+    size_t n = fread(b, 1, (1 << 20) - 1, f);
+    fclose(f);
+    b[n] = 0;
+    return b;
+}
+
+static void spit(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Replace the first `from` in b with `to` (same buffer, room to spare). */
+static void subst(char *b, const char *from, const char *to)
+{
+    char *at = strstr(b, from);
+    assert_non_null(at);
+    size_t lf = strlen(from), lt = strlen(to);
+    memmove(at + lt, at + lf, strlen(at + lf) + 1);
+    memcpy(at, to, lt);
+}
+
+/* The profile file keeps the contention table and the recorded routes;
+ * a format-1 file (before both) still loads, without contention; a newer
+ * format or a format-2 file without its table is refused, saying why. */
+static void test_profile_file(void **state)
+{
+    (void)state;
+    duet_profile_t *p = calloc(1, sizeof(*p)), *q = calloc(1, sizeof(*q));
+    assert_non_null(p);
+    assert_non_null(q);
+    snprintf(p->host, sizeof(p->host), "test");
+    snprintf(p->backend, sizeof(p->backend), "cpu");
+    p->cores = 2;
+    p->threads = 1;
+    p->hidden = 64;
+    p->n_layers = 2;
+    p->n_sparse = 2;
+    p->n_experts = 4;
+    p->top_k = 2;
+    p->n_contention = 2;
+    p->contention[0] = 1;
+    p->contention[1] = 1.25;
+    p->route_seqs = 3;
+    p->route_steps = 2;
+    for (int i = 0; i < 3 * 2 * 2 * 2; i++)
+        p->routes[i] = (int16_t)(i % 2 ? 1 : 3 - i % 3);
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/duet-prof-test-%d.json", (int)getpid());
+    assert_int_equal(duet_profile_save(p, path), DUET_OK);
+    assert_int_equal(duet_profile_load(path, q), DUET_OK);
+    assert_int_equal(q->n_contention, 2);
+    assert_float_equal(duet_profile_contention(q, 2), 1.25, 1e-12);
+    assert_float_equal(duet_profile_contention(q, 5), 1.25, 1e-12); /* beyond: the last */
+    assert_float_equal(duet_profile_contention(q, 1), 1.0, 1e-12);
+    assert_int_equal(q->route_seqs, 3);
+    assert_int_equal(q->route_steps, 2);
+    assert_memory_equal(q->routes, p->routes, sizeof(int16_t) * 24);
+    char *text = slurp(path);
+    /* format 1: no contention table (read as none) */
+    char *old = strdup(text);
+    subst(old, "\"duet_profile\": 2", "\"duet_profile\": 1");
+    spit(path, old);
+    assert_int_equal(duet_profile_load(path, q), DUET_OK);
+    assert_int_equal(q->n_contention, 0);
+    assert_float_equal(duet_profile_contention(q, 2), 1.0, 1e-12);
+    /* a newer format: refused with the versions this build reads */
+    char *newer = strdup(text);
+    subst(newer, "\"duet_profile\": 2", "\"duet_profile\": 3");
+    spit(path, newer);
+    assert_int_not_equal(duet_profile_load(path, q), DUET_OK);
+    assert_non_null(strstr(duet_error(), "formats 1..2"));
+    /* format 2 without its table */
+    char *missing = strdup(text);
+    subst(missing, "\"expert_contention\"", "\"expert_contentiox\"");
+    spit(path, missing);
+    assert_int_not_equal(duet_profile_load(path, q), DUET_OK);
+    assert_non_null(strstr(duet_error(), "expert_contention"));
+    /* a route naming an expert the model does not have (routes[0] = 3 -> 9) */
+    char *badroute = strdup(text);
+    char *at = strchr(strstr(badroute, "\"experts\": ["), '3');
+    assert_non_null(at);
+    *at = '9';
+    spit(path, badroute);
+    assert_int_not_equal(duet_profile_load(path, q), DUET_OK);
+    assert_non_null(strstr(duet_error(), "routing.experts[0]"));
+    /* one id too few */
+    char *short_ = strdup(text);
+    subst(short_, "\"sequences\": 3", "\"sequences\": 4");
+    spit(path, short_);
+    assert_int_not_equal(duet_profile_load(path, q), DUET_OK);
+    assert_non_null(strstr(duet_error(), "found 24"));
+    free(short_);
+    remove(path);
+    free(text);
+    free(old);
+    free(newer);
+    free(missing);
+    free(badroute);
+    free(p);
+    free(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +401,9 @@ int main(void)
         cmocka_unit_test(test_one_core_serialises),
         cmocka_unit_test(test_trace_names),
         cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_contention),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_profile_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
