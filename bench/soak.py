@@ -32,7 +32,7 @@ Progress every minute on stderr. --json FILE writes the figures.
 
 usage: soak.py DUET MODELS_DIR [--duration S] [--baseline S] [--interval S]
                [--concurrency N] [--max-tokens N] [--window S] [--json FILE]
-               [--logs DIR]
+               [--kinds LIST] [--logs DIR]
 """
 import argparse
 import http.client
@@ -56,11 +56,17 @@ ap.add_argument("--max-tokens", type=int, default=32, help="tokens per request (
 ap.add_argument("--window", type=float, default=5,
                 help="seconds after a fault that count as its window (default 5)")
 ap.add_argument("--json", help="write the figures to this file")
+ap.add_argument("--kinds", default="kill-expert,kill-attention,stop-expert",
+                help="faults to rotate through (default kill-expert,kill-attention,stop-expert)")
 ap.add_argument("--logs", help="keep each process's stderr in this directory (N.log)")
 args = ap.parse_args()
 for k in ("duration", "baseline", "interval", "window"):
     if getattr(args, k) <= 0:
         sys.exit(f"soak.py: --{k} must be > 0 (got {getattr(args, k)})")
+KINDS = args.kinds.split(",")
+for k in KINDS:
+    if k not in ("kill-expert", "kill-attention", "stop-expert"):
+        sys.exit(f"soak.py: --kinds: unknown fault '{k}' (kill-expert, kill-attention, stop-expert)")
 if args.concurrency < 1 or args.max_tokens < 1:
     sys.exit("soak.py: --concurrency and --max-tokens must be >= 1")
 
@@ -199,22 +205,23 @@ def run_phase(host, port, name, seconds, fault_fn=None):
 
 
 def fault(k):
-    kind = k % 3
-    if kind == 0:
-        node = f"e{(k // 3) % 3}"
+    kind = KINDS[k % len(KINDS)]
+    k //= len(KINDS)
+    if kind == "kill-expert":
+        node = f"e{k % 3}"
         procs[node].send_signal(signal.SIGKILL)
         procs[node].wait()
         time.sleep(0.4)
         start_node(node)
         return "kill -9 expert shard", node
-    if kind == 1:
-        node = f"a{(k // 3) % 2}"
+    if kind == "kill-attention":
+        node = f"a{k % 2}"
         procs[node].send_signal(signal.SIGKILL)
         procs[node].wait()
         time.sleep(0.4)
         start_node(node)
         return "kill -9 attention shard", node
-    node = f"e{(k // 3 + 1) % 3}"
+    node = f"e{(k + 1) % 3}"
     procs[node].send_signal(signal.SIGSTOP)
     time.sleep(2.0)
     procs[node].send_signal(signal.SIGCONT)

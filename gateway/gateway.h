@@ -3,7 +3,7 @@
  * Serves, on one TCP address (127.0.0.1 unless told otherwise):
  *   POST /v1/completions, POST /v1/chat/completions  (JSON or SSE stream)
  *   GET  /v1/models, /v1/models/{id}, /health, /metrics
- * over HTTP/1.1 (libmicrohttpd: one event-loop thread writes every
+ * over HTTP/1.1 (libmicrohttpd: a few event-loop threads write every
  * connection; streams wait suspended, and a token resumes its connection —
  * see server.c). Each accepted
  * completion is tokenized here, submitted to a duet_gw_engine_t (engine.h) as
@@ -52,7 +52,7 @@
 extern "C" {
 #endif
 
-/* Scheduling of the gateway's event-loop thread (see gateway/server.c). */
+/* Scheduling of the gateway's event-loop threads (see gateway/server.c). */
 typedef enum duet_gateway_sched {
     /* raise it where the process may: SCHED_FIFO 1, else nice -10, else a
      * short EEVDF slice; the environment variable DUET_GATEWAY_SCHED=normal
@@ -72,7 +72,9 @@ typedef struct duet_gateway_opts {
     unsigned conn_timeout_s;         /* idle connection timeout; 0: 60 */
     unsigned request_timeout_s;      /* longest request; 0: 3600 */
     unsigned max_connections;        /* 0: 1000 */
-    duet_gateway_sched_t loop_sched; /* AUTO: raise the event loop's priority */
+    duet_gateway_sched_t loop_sched; /* AUTO: raise the event loops' priority */
+    unsigned loop_threads;           /* event-loop threads; 0: 2 (1 on one CPU);
+                                      * DUET_GATEWAY_LOOPS=N overrides */
 } duet_gateway_opts_t;
 
 typedef struct duet_gateway duet_gateway_t;

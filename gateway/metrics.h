@@ -43,7 +43,6 @@ typedef struct duet__gw_metrics {
     /* gateway overhead: a token's on_token -> its SSE bytes handed to the
      * socket (streaming only) */
     duet__gw_hist_t emit;
-    duet__gw_hist_t dbg[3];
 } duet__gw_metrics_t;
 
 void duet__gw_metrics_init(duet__gw_metrics_t *m);

@@ -1,8 +1,9 @@
 /* server — HTTP handling of the gateway (see gateway.h for the contract).
  *
- * Threading: one event loop writes every response. libmicrohttpd runs one
- * internal thread on epoll; every connection's HTTP parsing, request
- * handling (parse, tokenize, submit) and SSE writing happens there, so the
+ * Threading: event loops write every response. libmicrohttpd runs a few
+ * internal threads (opts.loop_threads, default 2), each an epoll loop that
+ * owns its connections: a connection's HTTP parsing, request handling
+ * (parse, tokenize, submit) and SSE writing all happen on its loop, so the
  * detokenizers never cross threads. A completion that has nothing to send
  * suspends its connection (MHD_suspend_connection, from the access handler
  * or the stream's content reader). The engine's callbacks (any thread) only
@@ -11,6 +12,8 @@
  * burst of tokens and writes each stream's bytes in the same pass, with no
  * per-connection thread hand-off (one thread per connection made the token
  * -> socket time a scheduler wake-up of hundreds of threads on few cores).
+ * The loops ask for real-time priority where allowed (loop_thread_tune):
+ * their wake-up latency is every token's latency.
  *
  * A watcher thread ticks every GW_WATCH_MS: it polls the sockets of live
  * completions for the client going away (POLLRDHUP / POLLHUP / POLLERR) and
@@ -142,8 +145,11 @@ struct gw_job {
     bool first_token_seen; /* under mu */
     size_t prompt_tokens;
     size_t max_stop_len;
-    /* streaming output, connection thread only */
+    /* streaming output, event loop only */
     duet_buf_t out;
+    /* `data: {"id":...,"model":...,"choices":[{"index":` of every text
+     * chunk, made once (NULL until the first, or if it could not be) */
+    char *chunk_prefix;
     size_t out_off;
     bool stream_ended; /* [DONE] queued */
     bool finished_metrics;
@@ -153,15 +159,7 @@ struct gw_job {
      * handed to libmicrohttpd did (observed at the reader's next call,
      * which libmicrohttpd makes once those bytes are written) */
     double pump_t, emit_pending_t, emit_inflight_t;
-    double dbg_wake, dbg_ret;
 };
-
-typedef enum gw_wait {
-    GW_WAIT_EVENT = 0,
-    GW_WAIT_DISCONNECT,
-    GW_WAIT_SHUTDOWN,
-    GW_WAIT_TIMEOUT,
-} gw_wait_t;
 
 static void live_add(duet_gateway_t *gw, int d)
 {
@@ -185,6 +183,7 @@ static void job_unref(gw_job_t *job)
     duet_free(job->choices);
     duet_gw_request_cleanup(&job->req);
     duet_buf_cleanup(&job->out);
+    free(job->chunk_prefix);
     pthread_mutex_destroy(&job->mu);
     duet_free(job);
     live_add(gw, -1);
@@ -496,12 +495,93 @@ static json_t *chunk_head(gw_job_t *job)
     return o;
 }
 
+/* Append `s` as the inside of a JSON string, escaped as jansson does
+ * (JSON_COMPACT: '"', '\\' and control characters; UTF-8 as is). */
+static duet_status_t json_escape_into(duet_buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        if (duet_buf_append(b, s + run, i - run))
+            return DUET_ERR_NOMEM;
+        run = i + 1;
+        char e[6] = {'\\', 0};
+        size_t el = 2;
+        switch (ch) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            memcpy(e + 1, "u00", 3);
+            e[4] = hex[ch >> 4];
+            e[5] = hex[ch & 15];
+            el = 6;
+        }
+        if (duet_buf_append(b, e, el))
+            return DUET_ERR_NOMEM;
+    }
+    return duet_buf_append(b, s + run, n - run);
+}
+
+/* A text chunk's bytes written straight into job->out: the same JSON as
+ * the general path below (same keys, same order) without building a tree
+ * per token — the event loop formats every stream's tokens one after the
+ * other, so this is most of the gateway's work per token. Returns false
+ * (nothing appended) where it cannot, and the caller takes the general
+ * path. */
+static bool sse_text_chunk_fast(gw_job_t *job, gw_choice_t *c, const char *text, size_t len)
+{
+    bool chat = job->req.kind == DUET_GW_CHAT;
+    if (!job->chunk_prefix) {
+        json_t *o = chunk_head(job);
+        char *h = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        size_t hl = h ? strlen(h) : 0;
+        if (hl < 2 || h[hl - 1] != '}') {
+            free(h);
+            return false;
+        }
+        h[hl - 1] = '\0'; /* drop the closing brace */
+        static const char tail[] = ",\"choices\":[{\"index\":";
+        char *p = malloc(6 + hl + sizeof(tail));
+        if (!p) {
+            free(h);
+            return false;
+        }
+        snprintf(p, 6 + hl + sizeof(tail), "data: %s%s", h, tail);
+        free(h);
+        job->chunk_prefix = p;
+    }
+    size_t mark = job->out.len;
+    char idx[16];
+    snprintf(idx, sizeof(idx), "%u", c->index);
+    if (duet_buf_append(&job->out, job->chunk_prefix, strlen(job->chunk_prefix)) ||
+        duet_buf_append(&job->out, idx, strlen(idx)) ||
+        duet_buf_printf(&job->out, chat ? ",\"delta\":{\"content\":\"" : ",\"text\":\"") ||
+        json_escape_into(&job->out, text, len) ||
+        duet_buf_printf(&job->out, "\"%s,\"logprobs\":null,\"finish_reason\":null}]%s}\n\n",
+                        chat ? "}" : "", job->req.include_usage ? ",\"usage\":null" : "")) {
+        job->out.len = mark;
+        return false;
+    }
+    return true;
+}
+
 /* One chunk for choice `c`: delta text and, when final, the finish reason.
  * `role` only on a chat stream's first chunk. */
 static void sse_choice_chunk(gw_job_t *job, gw_choice_t *c, const char *text, size_t len, bool role,
                              const char *finish)
 {
     bool chat = job->req.kind == DUET_GW_CHAT;
+    if (!role && !finish && len && sse_text_chunk_fast(job, c, text, len))
+        return;
     json_t *o = chunk_head(job);
     json_t *ch;
     if (chat) {
@@ -627,9 +707,11 @@ struct gw_sched_attr {
     uint64_t sched_runtime, sched_deadline, sched_period;
 };
 
-/* Make the calling thread (libmicrohttpd's event loop) run as soon as a
- * token wakes it, ahead of the engine's compute threads: one loop writes
- * every stream, so its wake-up latency is every token's latency. In order,
+/* Make the calling thread (one of libmicrohttpd's event loops) run as soon
+ * as a token wakes it, ahead of the engine's compute threads: the loops
+ * write every stream, so their wake-up latency is every token's latency
+ * (measured on 2 busy cores: p99 token -> socket 2.5-5 ms at normal
+ * priority, under 0.5 ms at SCHED_FIFO; bench/RESULTS.md). In order,
  * what the process is allowed: SCHED_FIFO priority 1 (CAP_SYS_NICE or
  * RLIMIT_RTPRIO; it only runs when a socket or a token is ready, and the
  * kernel's RT throttling bounds it), else nice -10, else a 0.1 ms EEVDF
@@ -1136,7 +1218,6 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     if (job->emit_inflight_t > 0) { /* what we returned last time is written */
         double dt = duet_now_s() - job->emit_inflight_t;
-        duet__gw_hist_observe(&cn->gw->metrics.dbg[2], duet_now_s() - job->dbg_ret);
         job->emit_inflight_t = 0;
         duet__gw_hist_observe(&cn->gw->metrics.emit, dt);
     }
@@ -1151,8 +1232,6 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
                 job->out.len = 0;
                 job->out_off = 0;
                 job->emit_inflight_t = job->emit_pending_t;
-                if (job->emit_pending_t > 0) { job->dbg_ret = duet_now_s();
-                  duet__gw_hist_observe(&cn->gw->metrics.dbg[1], job->dbg_ret - job->dbg_wake);}
                 job->emit_pending_t = 0;
             }
             return (ssize_t)n;
@@ -1169,9 +1248,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             sse_error_and_done(job, why);
             continue;
         }
-        job->dbg_wake = duet_now_s();
         bool all_done = job_pump(job);
-        if (job->pump_t > 0) duet__gw_hist_observe(&cn->gw->metrics.dbg[0], job->dbg_wake - job->pump_t);
         job_stream_emit(job, all_done);
         if (job->out.len > job->out_off)
             continue;
@@ -1565,7 +1642,15 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
         st = duet_errorf(DUET_ERR_INVALID, "gateway: host '%s' is not an IPv4 address", host);
         goto err_free;
     }
-    /* one internal thread on epoll writes every connection (see the top) */
+    /* event-loop threads on epoll write every connection (see the top) */
+    unsigned loop_threads = opts->loop_threads;
+    const char *loops_env = getenv("DUET_GATEWAY_LOOPS");
+    if (loops_env && atoi(loops_env) > 0 && atoi(loops_env) <= 64)
+        loop_threads = (unsigned)atoi(loops_env);
+    if (loop_threads == 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        loop_threads = ncpu >= 2 ? 2 : 1;
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     gw->mhd = MHD_start_daemon(
@@ -1575,7 +1660,7 @@ duet_status_t duet_gateway_create(const duet_gateway_opts_t *opts, duet_gw_engin
         (unsigned)(opts->max_connections ? opts->max_connections : 1000),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)GW_MHD_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, gw,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_THREAD_POOL_SIZE, loop_threads, MHD_OPTION_END);
     if (!gw->mhd) {
         st = duet_errorf(DUET_ERR_IO, "gateway: cannot listen on %s:%u (port in use?)", host,
                          (unsigned)opts->port);

@@ -1076,7 +1076,11 @@ static void test_engine_faults(void **state)
 static void test_timeouts(void **state)
 {
     (void)state;
-    duet_gateway_opts_t go = {.request_timeout_s = 1, .conn_timeout_s = 1};
+    /* also the other event-loop setup: one loop, left at normal priority */
+    duet_gateway_opts_t go = {.request_timeout_s = 1,
+                              .conn_timeout_s = 1,
+                              .loop_sched = DUET_GATEWAY_SCHED_NORMAL,
+                              .loop_threads = 1};
     duet_gateway_t *gw3 = NULL;
     assert_int_equal(duet_gateway_create(&go, g_eng, g_tok, &gw3), DUET_OK);
     uint16_t port = duet_gateway_port(gw3);
