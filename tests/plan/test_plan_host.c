@@ -10,7 +10,11 @@
  * repeated (its in-pipeline speeds, T_c and step gap), so the reference and
  * the deployment see the same machine — the capacity and the 1 + 1 speeds
  * are inputs, the deployment's behaviour (shards, m, overlap, sharing the
- * cores) is the simulator's. The check uses the median over five runs. */
+ * cores) is the simulator's. The check uses the median over five runs.
+ * The profile also carries the measured memory contention of concurrent
+ * expert rounds and the router's recorded choices (the simulator replays
+ * them); beside each error the test prints the model without both (even
+ * shares, no contention), for comparison only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -97,7 +101,7 @@ static void test_sim_vs_measured(void **state)
                              .requests = 24,
                              .prompt_len = 8,
                              .new_tokens = 48};
-        double meas[REPS], sim[REPS], ratio[REPS], cap[REPS], slow[REPS];
+        double meas[REPS], sim[REPS], ratio[REPS], cap[REPS], slow[REPS], ratio0[REPS];
         char tp[64], ts[64];
         snprintf(tp, sizeof(tp), "/tmp/plan-real-%d.json", k);
         snprintf(ts, sizeof(ts), "/tmp/plan-sim-%d.json", k);
@@ -115,6 +119,18 @@ static void test_sim_vs_measured(void **state)
                 fail_msg("run %d/%d/%d: %s", dep[k][0], dep[k][1], dep[k][2], duet_error());
             if (duet_sim_profile(&p, &r, tr ? ts : NULL, &sr))
                 fail_msg("simulate: %s", duet_error());
+            /* for comparison only: the model without contention and routes
+             * (every expert shard its even share, rounds never slowed) */
+            {
+                static duet_profile_t p0;
+                p0 = p;
+                p0.n_contention = 0;
+                p0.route_seqs = 0;
+                duet_sim_result_t s0;
+                if (duet_sim_profile(&p0, &r, NULL, &s0))
+                    fail_msg("simulate: %s", duet_error());
+                ratio0[q] = s0.tokens_per_s / me.decode_tps;
+            }
             meas[q] = me.decode_tps;
             sim[q] = sr.tokens_per_s;
             ratio[q] = sim[q] / meas[q];
@@ -130,8 +146,14 @@ static void test_sim_vs_measured(void **state)
         for (int q = 0; q < REPS; q++)
             if (ratio[q] == rs[REPS / 2])
                 mid = q;
-        printf("%-4d %-4d %-3d %10.1f/s %10.1f/s %+7.1f%%   (runs:", dep[k][0], dep[k][1],
-               dep[k][2], meas[mid], sim[mid], err * 100);
+        double rs0[REPS];
+        for (int q = 0; q < REPS; q++)
+            rs0[q] = ratio0[q];
+        qsort(rs0, REPS, sizeof(double), cmp_d);
+        printf("%-4d %-4d %-3d %10.1f/s %10.1f/s %+7.1f%%  [even shares, no contention: %+6.1f%%]"
+               "   (runs:",
+               dep[k][0], dep[k][1], dep[k][2], meas[mid], sim[mid], err * 100,
+               (rs0[REPS / 2] - 1) * 100);
         for (int q = 0; q < REPS; q++)
             printf(" %.0f/%.0f [%.2f cores, x%.2f]", meas[q], sim[q], cap[q], slow[q]);
         printf(")\n");
