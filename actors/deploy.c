@@ -574,9 +574,14 @@ static duet_status_t wait_ready(duet_pipe_t *p)
             if (!duet_simnet_step(p->sim))
                 break;
     } else {
-        uint64_t until = duet_now_ns() + (uint64_t)to * 1000000ull;
-        while (atomic_load(&p->counters.shards_ready) < want && duet_now_ns() < until)
+        uint64_t until = duet_now_ns() + (uint64_t)to * 1000000ull, poll = 0;
+        while (atomic_load(&p->counters.shards_ready) < want && duet_now_ns() < until) {
             usleep(2000);
+            if (p->cfg.start_poll && ++poll % 5 == 0 && !p->cfg.start_poll(p->cfg.start_poll_user))
+                return duet_errorf(DUET_ERR_CLOSED,
+                                   "deployment start: given up while waiting for the attention "
+                                   "shards (a node process ended)");
+        }
     }
     uint64_t got = atomic_load(&p->counters.shards_ready);
     if (got >= want)

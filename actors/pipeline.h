@@ -642,6 +642,11 @@ typedef struct duet_pipe_config {
     uint32_t recover_timeout_ms;
     uint32_t start_timeout_ms;
     bool no_restart;
+    /* Called about every 10 ms while duet_pipe_create waits for the
+     * attention shards (real time only); false ends the wait with an error.
+     * A launcher watches its node processes here (NULL: none). */
+    bool (*start_poll)(void *user);
+    void *start_poll_user;
     /* Compute backend per shard (duet_backend_open name; NULL array or
      * entry: "cpu"). Asking for one that is not built fails at start-up. */
     const char *const *attention_backend; /* [n_attention] */

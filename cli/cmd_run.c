@@ -58,6 +58,7 @@ typedef struct kids {
     const char *name[256];
     int n;
     int restarts_left, restarts;
+    bool died; /* a node process ended and was not restarted */
     const char *path, *model, *trace;
     sigset_t sigs; /* blocked here, unblocked in the children */
 } kids_t;
@@ -134,7 +135,13 @@ static bool kids_check(kids_t *k)
         }
         ok = false;
     }
+    k->died |= !ok;
     return ok;
+}
+
+static bool kids_poll(void *user)
+{
+    return kids_check(user);
 }
 
 /* SIGTERM to every node process still running, then wait for them, with
@@ -287,8 +294,14 @@ int duet_cmd_run(int argc, char **argv)
         }
         tp.cfg.only_node = mine;
     }
+    if (!single) { /* a node that dies during the start is restarted (or ends it) */
+        tp.cfg.start_poll = kids_poll;
+        tp.cfg.start_poll_user = &kids;
+    }
     if (duet_pipe_create(&tp.cfg, &p)) {
         fprintf(stderr, "duet run: %s: %s\n", path, duet_error());
+        if (!single && (!kids_check(&kids) || kids.died))
+            rc = RUN_NODE_DIED;
         goto out;
     }
     if (n_prompt) {
