@@ -1332,15 +1332,17 @@ static void heartbeat_tick(duet_node_t *n)
     }
 }
 
-/* Every watcher of an actor on `peer` gets DOWN/EXIT "noconnection". */
-static void node_peer_down(duet_node_t *n, const char *peer)
+/* Every local watcher of a remote actor on node `peer` (or, peer NULL, of
+ * actor `target`) gets DOWN/EXIT `reason`; the monitors are used up. */
+static void rmons_down(duet_node_t *n, const char *peer, const char *target, const char *reason)
 {
     for (;;) {
         remote_mon_t rm;
         bool found = false;
         pthread_mutex_lock(&n->lock);
         for (size_t i = 0; i < n->nrmons; i++)
-            if (strcmp(n->rmons[i].node, peer) == 0) {
+            if (peer ? strcmp(n->rmons[i].node, peer) == 0
+                     : strcmp(n->rmons[i].target, target) == 0) {
                 rm = n->rmons[i];
                 n->rmons[i] = n->rmons[--n->nrmons];
                 found = true;
@@ -1349,10 +1351,16 @@ static void node_peer_down(duet_node_t *n, const char *peer)
         pthread_mutex_unlock(&n->lock);
         if (!found)
             return;
-        duet_sys_down_t d = {rm.ref, rm.target, (char *)"noconnection"};
+        duet_sys_down_t d = {rm.ref, rm.target, (char *)reason};
         sys_send(n, rm.target, rm.watcher, rm.link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d,
                  0);
     }
+}
+
+/* Every watcher of an actor on `peer` gets DOWN/EXIT "noconnection". */
+static void node_peer_down(duet_node_t *n, const char *peer)
+{
+    rmons_down(n, peer, NULL, "noconnection");
 }
 
 /* Tell `peer` (or every node, peer == NULL) that `actor` runs here. */
@@ -1415,30 +1423,6 @@ static bool direct_ok(duet_node_t *n, const char *node, const char *direct)
     return strncmp(addr, direct, k) == 0 && strncmp(direct + k, ".L", 2) == 0;
 }
 
-/* Every watcher here of `actor` (an incarnation that is gone: a newer one
- * runs) gets DOWN/EXIT `reason`. */
-static void node_target_down(duet_node_t *n, const char *actor, const char *reason)
-{
-    for (;;) {
-        remote_mon_t rm;
-        bool found = false;
-        pthread_mutex_lock(&n->lock);
-        for (size_t i = 0; i < n->nrmons; i++)
-            if (strcmp(n->rmons[i].target, actor) == 0) {
-                rm = n->rmons[i];
-                n->rmons[i] = n->rmons[--n->nrmons];
-                found = true;
-                break;
-            }
-        pthread_mutex_unlock(&n->lock);
-        if (!found)
-            return;
-        duet_sys_down_t d = {rm.ref, rm.target, (char *)reason};
-        sys_send(n, rm.target, rm.watcher, rm.link ? &duet_msg_sys_exit : &duet_msg_sys_down, &d,
-                 0);
-    }
-}
-
 static void registry_learn(duet_node_t *n, const sys_registry_t *r)
 {
     char cur[DUET_NAME_MAX];
@@ -1451,7 +1435,7 @@ static void registry_learn(duet_node_t *n, const sys_registry_t *r)
     /* a new incarnation: the one watched here died (a restart can be faster
      * than the heartbeats that would have said so) */
     if (known && epoch && r->epoch > epoch)
-        node_target_down(n, r->actor, "restarted");
+        rmons_down(n, NULL, r->actor, "restarted");
 }
 
 static void on_frame(duet_node_t *n, const char *peer, const uint8_t *data, size_t len)

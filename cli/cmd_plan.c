@@ -13,38 +13,21 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "topology/plan.h"
 #include "topology/topology.h"
 
 #define CMD "plan"
 
-/* Checked option values: the whole string a number within [lo, hi], or a
- * message that names the option, the value and the range. */
-static bool num_opt(const char *opt, const char *v, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (end == v || *end || errno == ERANGE || !isfinite(d) || d < lo || d > hi) {
-        fprintf(stderr, "duet %s: %s '%s': expected a number in %g..%g\n", CMD, opt, v, lo, hi);
-        return false;
-    }
-    *out = d;
-    return true;
-}
-
+/* checked option values (cli/common.h) */
 static bool int_opt(const char *opt, const char *v, long lo, long hi, int *out)
 {
-    char *end = NULL;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (end == v || *end || errno == ERANGE || x < lo || x > hi) {
-        fprintf(stderr, "duet %s: %s '%s': expected a whole number in %ld..%ld\n", CMD, opt, v, lo,
-                hi);
-        return false;
-    }
-    *out = (int)x;
-    return true;
+    return duet_cli_int_opt(CMD, opt, v, lo, hi, out);
+}
+
+static bool num_opt(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    return duet_cli_num_opt(CMD, opt, v, lo, hi, out);
 }
 
 static void usage(FILE *f)

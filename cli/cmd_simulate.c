@@ -11,25 +11,16 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "topology/plan.h"
 #include "topology/topology.h"
 
 #define CMD "simulate"
 
-/* Checked option values: the whole string a number within [lo, hi], or a
- * message that names the option, the value and the range. */
+/* checked option values (cli/common.h) */
 static bool int_opt(const char *opt, const char *v, long lo, long hi, int *out)
 {
-    char *end = NULL;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (end == v || *end || errno == ERANGE || x < lo || x > hi) {
-        fprintf(stderr, "duet %s: %s '%s': expected a whole number in %ld..%ld\n", CMD, opt, v, lo,
-                hi);
-        return false;
-    }
-    *out = (int)x;
-    return true;
+    return duet_cli_int_opt(CMD, opt, v, lo, hi, out);
 }
 
 

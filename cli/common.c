@@ -1,8 +1,11 @@
 /* cli/common — helpers shared by the duet subcommands. */
 #include "cli/common.h"
 
+#include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,4 +58,32 @@ void duet_cli_progress(void *arg, size_t done, size_t total)
     if (done >= total)
         fputc('\n', stderr);
     fflush(stderr);
+}
+
+bool duet_cli_num_opt(const char *cmd, const char *opt, const char *v, double lo, double hi,
+                      double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno == ERANGE || !isfinite(d) || d < lo || d > hi) {
+        fprintf(stderr, "duet %s: %s '%s': expected a number in %g..%g\n", cmd, opt, v, lo, hi);
+        return false;
+    }
+    *out = d;
+    return true;
+}
+
+bool duet_cli_int_opt(const char *cmd, const char *opt, const char *v, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno == ERANGE || x < lo || x > hi) {
+        fprintf(stderr, "duet %s: %s '%s': expected a whole number in %ld..%ld\n", cmd, opt, v,
+                lo, hi);
+        return false;
+    }
+    *out = (int)x;
+    return true;
 }

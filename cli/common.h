@@ -14,5 +14,12 @@ bool duet_cli_is_dir(const char *path);
 /* A duet_load_opts_t progress callback that draws a one-line bar on stderr
  * when stderr is a terminal (arg: a label string). */
 void duet_cli_progress(void *arg, size_t done, size_t total);
+/* Checked option values: the whole string a number within [lo, hi]; else
+ * false after a message on stderr naming the command, the option, the
+ * value and the range ("duet plan: --m '9x': expected a whole number in
+ * 1..16"). */
+bool duet_cli_num_opt(const char *cmd, const char *opt, const char *v, double lo, double hi,
+                      double *out);
+bool duet_cli_int_opt(const char *cmd, const char *opt, const char *v, long lo, long hi, int *out);
 
 #endif
