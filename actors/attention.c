@@ -644,13 +644,9 @@ static duet_status_t combine_ready(duet_actor_t *self, attn_t *s)
             break;
         ub_state_t *u = &s->ubs[lo];
         if (duet__pipe_data_wait(self, s->a.combine, u->round, &u->data_since,
-                                 s->g->round_timeout_ms) == DUET_ERR_AGAIN) {
-            if (!s->data_armed &&
-                duet_timer_start_ns(self, DUET_PIPE_DATA_RETRY_NS, 0, DATA_TAG, NULL) == DUET_OK)
-                s->data_armed = true;
-            if (s->data_armed)
-                break;
-        }
+                                 s->g->round_timeout_ms, &s->data_armed,
+                                 DATA_TAG) == DUET_ERR_AGAIN)
+            break;
         duet_status_t st = complete(self, s, lo);
         if (st && s->busy) {
             char why[1200];

@@ -313,7 +313,7 @@ int duet__pipe_count(const uint32_t *alive, int n)
 }
 
 duet_status_t duet__pipe_data_wait(duet_actor_t *self, duet_m2n_t *g, uint64_t round,
-                                   uint64_t *since, uint32_t timeout_ms)
+                                   uint64_t *since, uint32_t timeout_ms, bool *armed, uint64_t tag)
 {
     uint64_t now = duet_actor_now_ns(self), limit = (uint64_t)timeout_ms * 1000000ull;
     if (!*since)
@@ -325,7 +325,11 @@ duet_status_t duet__pipe_data_wait(duet_actor_t *self, duet_m2n_t *g, uint64_t r
                                                                : DUET_PIPE_DATA_SLICE_NS;
     duet_status_t st = duet_m2n_recv(g, round, (int64_t)slice);
     duet_error_clear();
-    return st == DUET_ERR_TIMEOUT ? DUET_ERR_AGAIN : DUET_OK;
+    if (st != DUET_ERR_TIMEOUT)
+        return DUET_OK;
+    if (!*armed && duet_timer_start_ns(self, DUET_PIPE_DATA_RETRY_NS, 0, tag, NULL) == DUET_OK)
+        *armed = true;
+    return *armed ? DUET_ERR_AGAIN : DUET_OK; /* no timer: the caller's recv says what is missing */
 }
 
 duet_status_t duet__pipe_dp_open(const char *provider, const char *host, duet_rdma_sim_t *rsim,

@@ -493,14 +493,11 @@ static duet_status_t run_ready(duet_actor_t *self, expert_t *s, bool kicked)
         }
         /* its data may still be on the wire: come back on a timer, serving
          * the mailbox (a new epoch, a DOWN) meanwhile */
-        if (!q->error[0] && duet__pipe_data_wait(self, s->a.dispatch, q->round, &q->data_since,
-                                                 s->g->round_timeout_ms) == DUET_ERR_AGAIN) {
-            if (!s->data_armed &&
-                duet_timer_start_ns(self, DUET_PIPE_DATA_RETRY_NS, 0, DATA_TAG, NULL) == DUET_OK)
-                s->data_armed = true;
-            if (s->data_armed)
-                break;
-        }
+        if (!q->error[0] &&
+            duet__pipe_data_wait(self, s->a.dispatch, q->round, &q->data_since,
+                                 s->g->round_timeout_ms, &s->data_armed,
+                                 DATA_TAG) == DUET_ERR_AGAIN)
+            break;
         int k = pick_group(s, q, ps);
         duet_status_t st = run_round(self, s, ps, k);
         for (int i = 0; i < k; i++)

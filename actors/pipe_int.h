@@ -142,11 +142,12 @@ duet_status_t duet__pipe_dp_connect(duet_m2n_t *disp, duet_m2n_t *comb, int peer
  * then. *since (actor time; 0 = not waiting yet) keeps when the wait began
  * across calls. DUET_OK: go on (the data is in, or the wait is over and
  * the caller's duet_m2n_recv(.., 0) says what is missing); DUET_ERR_AGAIN:
- * not yet, call again after DUET_PIPE_DATA_RETRY_NS (a timer). */
+ * not yet: a sys.timer with `tag` fires after DUET_PIPE_DATA_RETRY_NS
+ * (*armed: one is pending; the caller clears it when it fires). */
 #define DUET_PIPE_DATA_SLICE_NS 2000000ull
 #define DUET_PIPE_DATA_RETRY_NS 1000000ull
 duet_status_t duet__pipe_data_wait(duet_actor_t *self, duet_m2n_t *g, uint64_t round,
-                                   uint64_t *since, uint32_t timeout_ms);
+                                   uint64_t *since, uint32_t timeout_ms, bool *armed, uint64_t tag);
 /* Answer a pipe.stats_req with this actor's counters, and the slots and
  * credits in use in its data-plane groups (disp, comb may be NULL; they get
  * a progress call first) and its round messages queued for actor credit.

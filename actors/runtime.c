@@ -2774,17 +2774,14 @@ static credit_ent_t *take_credit(duet_actor_t *a, const char *to, duet_status_t 
         *st = duet_errorf(DUET_ERR_NOMEM, "credits");
         return NULL;
     }
-    if (ce->fly_n >= n->cfg.credit_window) {
+    char rnode[DUET_NAME_MAX];
+    uint64_t inc = 0;
+    if (ce->fly_n >= n->cfg.credit_window && ce->epoch &&
+        duet_registry_find(n->reg, to, rnode, &inc) && inc && inc != ce->epoch) {
         /* a receiver that restarted never credits what its dead incarnation
          * held: once the registry knows the new one, that is all gone */
-        char rnode[DUET_NAME_MAX];
-        uint64_t inc = 0;
-        if (ce->epoch && duet_registry_find(n->reg, to, rnode, &inc) && inc && inc != ce->epoch) {
-            ce->fly_n = 0;
-            ce->epoch = inc;
-            *st = DUET_OK;
-            return ce;
-        }
+        ce->fly_n = 0;
+        ce->epoch = inc;
     }
     if (ce->fly_n >= n->cfg.credit_window) {
         if (!ce->blocked) {
