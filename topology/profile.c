@@ -1546,6 +1546,28 @@ typedef struct tx {
     long round, layer, ub, rows;
 } tx_t;
 
+/* T_c samples: a slice `consumer` (a tx_t name) on a thread of the role
+ * `is_role` that was idle when the last `producer` slice of the same round
+ * ended, and started after it, started that long after it. Appends to
+ * out[n..]; returns the new count. */
+static int handoff_gaps(const tx_t *tx, size_t ntx, int consumer, const bool *is_role,
+                        int producer, double *out, int n)
+{
+    for (size_t i = 0; i < ntx; i++) {
+        const tx_t *t = &tx[i];
+        if (t->name != consumer || !is_role[t->tid])
+            continue;
+        double last = -1;
+        for (size_t j = 0; j < ntx; j++)
+            if (tx[j].name == producer && tx[j].round == t->round && tx[j].ts + tx[j].dur > last)
+                last = tx[j].ts + tx[j].dur;
+        double prev_end = (i > 0 && tx[i - 1].tid == t->tid) ? tx[i - 1].ts + tx[i - 1].dur : 0;
+        if (last > 0 && prev_end < last && t->ts >= last)
+            out[n++] = t->ts - last;
+    }
+    return n;
+}
+
 static int cmp_tx(const void *a, const void *b)
 {
     const tx_t *x = a, *y = b;
@@ -1669,30 +1691,8 @@ duet_status_t duet_profile_calibrate(duet_profile_t *p, const duet_plan_run_t *r
     /* T_c: an expert shard idle when a round's last dispatch ended starts it
      * T_c later; an attention shard idle when a round's last result left
      * combines it T_c later. */
-    for (size_t i = 0; i < ntx; i++) {
-        const tx_t *t = &tx[i];
-        if (t->name != 2 || !is_exp[t->tid])
-            continue;
-        double last_disp = -1;
-        for (size_t j = 0; j < ntx; j++)
-            if (tx[j].name == 1 && tx[j].round == t->round && tx[j].ts + tx[j].dur > last_disp)
-                last_disp = tx[j].ts + tx[j].dur;
-        double prev_end = (i > 0 && tx[i - 1].tid == t->tid) ? tx[i - 1].ts + tx[i - 1].dur : 0;
-        if (last_disp > 0 && prev_end < last_disp && t->ts >= last_disp)
-            v6[n6++] = t->ts - last_disp;
-    }
-    for (size_t i = 0; i < ntx; i++) {
-        const tx_t *t = &tx[i];
-        if (t->name != 3 || !is_attn[t->tid])
-            continue;
-        double last_res = -1;
-        for (size_t j = 0; j < ntx; j++)
-            if (tx[j].name == 2 && tx[j].round == t->round && tx[j].ts + tx[j].dur > last_res)
-                last_res = tx[j].ts + tx[j].dur;
-        double prev_end = (i > 0 && tx[i - 1].tid == t->tid) ? tx[i - 1].ts + tx[i - 1].dur : 0;
-        if (last_res > 0 && prev_end < last_res && t->ts >= last_res)
-            v6[n6++] = t->ts - last_res;
-    }
+    n6 = handoff_gaps(tx, ntx, 2, is_exp, 1, v6, n6);
+    n6 = handoff_gaps(tx, ntx, 3, is_attn, 2, v6, n6);
     /* scheduler gap: a step's last logits to the next step's first attention */
     double *gaps = v2 + n2; /* room after the dispatch samples */
     int ng = 0;
