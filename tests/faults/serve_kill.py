@@ -27,7 +27,7 @@ duet, models = sys.argv[1], sys.argv[2]
 tag = f"fsk-{os.getpid()}"
 yaml = f"/tmp/duet-{tag}.yaml"
 NODES = ["ctl", "a0", "a1", "e0", "e1", "e2"]
-N_REQ, MAX_TOKENS = 32, 40
+N_REQ, MAX_TOKENS = 32, 96  # long enough that the streams outlast the first kill and its 0.4 s restart
 fails = []
 
 
