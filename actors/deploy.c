@@ -814,7 +814,8 @@ duet_status_t duet_pipe_create(const duet_pipe_config_t *cfg, duet_pipe_t **out)
             .rsim = p->rsim,
             .counters = &p->counters,
             .obs = &p->obs[A + s],
-            .fail_countdown = cfg->fail_round && cfg->fail_expert == s ? &p->fail_countdown : NULL};
+            .fail_countdown = cfg->fail_round && cfg->fail_expert == s ? &p->fail_countdown : NULL,
+            .fail_every = (int)DUET_MIN(cfg->fail_every, (uint32_t)INT32_MAX)};
     atomic_store(&p->fail_countdown, (int)cfg->fail_round);
     for (int a = 0; a < A; a++)
         p->aarg[a] = (duet_pipe_attn_arg_t){

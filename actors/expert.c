@@ -355,6 +355,7 @@ static duet_status_t run_round(duet_actor_t *self, expert_t *s, pend_t *const *p
         }
     if (s->a.fail_countdown && atomic_load(s->a.fail_countdown) > 0 &&
         atomic_fetch_sub(s->a.fail_countdown, 1) == 1) {
+        atomic_store(s->a.fail_countdown, s->a.fail_every);
         snprintf(err, sizeof(err), "%s: layer %d: injected compute error", duet_actor_name(self),
                  p->layer);
         goto fail_broken;

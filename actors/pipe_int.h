@@ -91,6 +91,7 @@ typedef struct duet_pipe_expert_arg {
     duet_pipe_counters_t *counters;
     duet_obs_t *obs;
     atomic_int *fail_countdown; /* injected compute error when it reaches 0 (NULL: none) */
+    int fail_every;             /* then set it to this (0: once) */
     /* set by the actor itself */
     duet_rdma_ctx_t *ctx;
     duet_m2n_t *dispatch; /* receiver */

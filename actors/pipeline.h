@@ -655,9 +655,12 @@ typedef struct duet_pipe_config {
     const int *expert_device;             /* [n_expert_shards] */
     /* Fault injection, a compute error inside a shard: expert shard
      * fail_expert's fail_round-th round (counted over the deployment's
-     * life, from 1) fails with "injected compute error" (0: none). */
+     * life, from 1) fails with "injected compute error" (0: none); with
+     * fail_every, so does every fail_every-th round after it (1: every
+     * round, a shard that can compute nothing). */
     int fail_expert;
     uint32_t fail_round;
+    uint32_t fail_every;
     /* Data-plane integrity: every bulk write carries a checksum of its rows,
      * checked on arrival (a mismatch fails the round like any data error:
      * the step is replayed). corrupt_write (fault injection): attn/0's

@@ -32,8 +32,10 @@
  * missing. The failed shard serves again once it reports ready in a newer
  * data-plane epoch (the router starts one on pipe.resync, an expert shard's
  * death or return, an attention shard's death or return).
- * A request replayed more than PIPE_MAX_REPLAYS times ends with the last
- * error; requests wait at most recover_timeout_ms while no attention shard
+ * A request replayed more than PIPE_MAX_REPLAYS times in a row, without a
+ * new token in between, ends with the last error (one that fails every
+ * time it runs must not cycle for ever; one that keeps moving through a
+ * storm of unrelated failures must not end); requests wait at most recover_timeout_ms while no attention shard
  * is ready, then end with an error that says why. A shard that reports
  * ready in a newer epoch while a step of an older one is in flight (it was
  * restarted before its death was noticed, or the step's answer was lost)
@@ -505,6 +507,7 @@ static duet_status_t on_step_done(duet_actor_t *self, sched_t *s, const duet_pip
                     continue;
                 r->prompt[r->n_prompt + r->n_gen] = tk[k];
                 r->gen[r->n_gen++] = tk[k];
+                r->replays = 0; /* it moves: only failures in a row count */
                 bool done = r->n_gen >= r->max_new || is_eos(r, tk[k]);
                 send_token(self, r, r->n_gen - 1, tk[k], done, NULL);
                 if (done) {

@@ -377,6 +377,51 @@ static void test_compute_error(void **state)
     (void)plan_none;
 }
 
+/* Compute errors in expert/1 again and again (its 40th round, then every
+ * fail_every-th), on the simulation. Each one fails the step and replays
+ * its requests; a request that keeps producing tokens between failures
+ * must not end however many it meets in all (the replay limit counts
+ * failures in a row), and one on a shard that fails every round must end
+ * with an error after the limit, not cycle until the deadline. */
+static duet_chaos_result_t run_fail_every(uint32_t every)
+{
+    placement_t pl;
+    place(&pl, 3, false);
+    duet_chaos_config_t c = base_config(&pl, 2, 3, true);
+    c.max_new = 48;
+    duet_chaos_ref_t *ref = NULL;
+    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
+    c.pipe.fail_expert = 1;
+    c.pipe.fail_round = 40;
+    c.pipe.fail_every = every;
+    duet_chaos_result_t r;
+    assert_int_equal(duet_chaos_run(&c, ref, NULL, 1, &r), DUET_OK);
+    print_message("  compute errors in expert/1's round 40 and every %u-th after it:\n", every);
+    duet_chaos_print(stdout, &r);
+    duet_chaos_ref_destroy(&ref);
+    return r;
+}
+
+static void test_compute_error_storm(void **state)
+{
+    (void)state;
+    /* every 24th round: about 20 failures per request over its life, more
+     * than the limit of 16 (counted in all, 6 of the 8 requests ended with
+     * "failed 17 times") */
+    duet_chaos_result_t r = run_fail_every(24);
+    assert_all_good(&r);
+    assert_true(r.replays > 8 * 16);
+}
+
+static void test_compute_error_always(void **state)
+{
+    (void)state;
+    duet_chaos_result_t r = run_fail_every(1);
+    assert_true(duet_chaos_ok(&r)); /* none lost or hung, nothing leaked */
+    assert_true(r.errored > 0);
+    assert_int_equal(r.completed + r.errored, r.requests);
+}
+
 /* A corrupted byte in a dispatch write, with the checksum on: caught, the
  * step is replayed, the tokens stay right. */
 static void test_corrupted_bytes(void **state)
@@ -794,6 +839,8 @@ int main(void)
         cmocka_unit_test(test_straggler),
         cmocka_unit_test(test_message_faults),
         cmocka_unit_test(test_compute_error),
+        cmocka_unit_test(test_compute_error_storm),
+        cmocka_unit_test(test_compute_error_always),
         cmocka_unit_test(test_corrupted_bytes),
         cmocka_unit_test(test_sim_campaign),
         cmocka_unit_test(test_sim_client_stream_faults),
