@@ -203,6 +203,7 @@ typedef struct loop {
     struct lpeer *lpeers;
     size_t nlpeers, caplpeers;
     size_t nbacklog; /* frames waiting in the lpeers' backlogs */
+    uint64_t service_at; /* next duet_zep_dealer_service sweep of the lpeers */
     struct rcache *rc;
     size_t nrc, caprc;
     duet_strmap_t *rcidx; /* destination actor -> index in rc */
@@ -2333,6 +2334,25 @@ static int loop_spin(loop_t *l, struct pollfd *pf, size_t nf, uint64_t since)
     }
 }
 
+/* Every LPEER_SERVICE_MS, each DEALER processes its pending connection
+ * events (duet_zep_dealer_service): without it, a DEALER to a peer that
+ * restarts while nothing is sent on it holds each dead connection's pipes
+ * and buffers, and a control node grew by tens of KiB per peer restart.
+ * Returns the ms until the next sweep. */
+#define LPEER_SERVICE_MS 1000
+
+static int loop_service_peers(loop_t *l)
+{
+    uint64_t now = duet_now_ns();
+    if (now >= l->service_at) {
+        for (size_t i = 0; i < l->nlpeers; i++)
+            duet_zep_dealer_service(l->lpeers[i].sock);
+        l->service_at = now + LPEER_SERVICE_MS * 1000000ull;
+        return LPEER_SERVICE_MS;
+    }
+    return (int)((l->service_at - now + 999999) / 1000000);
+}
+
 static void *loop_main(void *arg)
 {
     loop_t *l = arg;
@@ -2360,6 +2380,11 @@ static void *loop_main(void *arg)
             loop_flush(l);
             if (l->nbacklog && (timeout < 0 || timeout > 2))
                 timeout = 2; /* retry peers that are not connected yet */
+        }
+        if (l->nlpeers) {
+            int to = loop_service_peers(l);
+            if (timeout < 0 || timeout > to)
+                timeout = to;
         }
         if (more_in)
             timeout = 0;

@@ -291,6 +291,12 @@ DUET_API duet_status_t duet_zep_dealer_open(duet_zep_t *ep, unsigned tag, const 
                                             const char *addr, const char *server_key,
                                             void **sock_out);
 DUET_API duet_status_t duet_zep_dealer_send(void *sock, const void *data, size_t len);
+/* Let a DEALER act on what its connections did since it was last used.
+ * libzmq ends a dead connection's pipes, and attaches a reconnected one's,
+ * only when the owning thread calls into the socket; a DEALER nobody sends
+ * on keeps every dead connection's buffers (about 13 KiB per peer restart).
+ * Call it now and then on idle DEALERs, on their thread. */
+DUET_API void duet_zep_dealer_service(void *sock);
 /* Another ROUTER in ep's context with ep's options (routing id, limits,
  * CURVE server role under ep's ZAP handler and allow-list), bound to
  * `bind`: an inbound socket that a thread other than ep's owner reads.

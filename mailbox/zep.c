@@ -488,6 +488,14 @@ duet_status_t duet_zep_dealer_send(void *sock, const void *data, size_t len)
     return duet_errorf(DUET_ERR_IO, "direct send: %s", zmq_strerror(e));
 }
 
+void duet_zep_dealer_service(void *sock)
+{
+    int ev;
+    size_t sz = sizeof(ev);
+    if (sock)
+        (void)zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &sz);
+}
+
 void duet_zep_dealer_close(void **sock_p, int linger_ms)
 {
     if (!sock_p || !*sock_p)
