@@ -340,7 +340,10 @@ static duet_status_t run_pipe(const opts_t *o, int batch, int m, int32_t vocab, 
         .shard_experts = placement,
         .shard_n_experts = counts,
         .micro_batches = m,
-        .token_budget = DUET_MAX(256, batch),
+        /* every prompt in one step, so the sequences decode in lock-step
+         * as the engine's do (a smaller budget staggers them, and the last
+         * steps of the window run part of the batch) */
+        .token_budget = DUET_MAX(256, batch * o->prompt),
         .max_seqs = batch,
         .kv_blocks = 4 * batch * per_seq + 8,
         .kv_block_size = BLOCK,
@@ -377,6 +380,11 @@ static duet_status_t run_pipe(const opts_t *o, int batch, int m, int32_t vocab, 
     if ((st = duet_pipe_actor_stats(p, "attn/0", &a0, 10000)) ||
         (st = duet_pipe_actor_stats(p, "expert/0", &e0, 10000)))
         goto out;
+    /* tokens made in the window, counted per request (not batch x gen: a
+     * request ahead of the others at t0 makes fewer inside it) */
+    int64_t made = 0;
+    for (int i = 0; i < batch; i++)
+        made -= duet_pipe_result(p, (uint64_t)i + 1, gen, want1, NULL, NULL, 0);
     double t0 = duet_now_s();
     for (int i = 0; i < batch; i++)
         if ((st = duet_pipe_wait(p, (uint64_t)i + 1, want1, 600000)))
@@ -400,14 +408,16 @@ static duet_status_t run_pipe(const opts_t *o, int batch, int m, int32_t vocab, 
     }
     double dt = t1 - t0;
     r->m = m;
-    r->tps = (double)batch * o->gen / dt;
-    r->step_ms = 1e3 * dt / o->gen;
+    for (int i = 0; i < batch; i++)
+        made += duet_pipe_result(p, (uint64_t)i + 1, gen, want1, NULL, NULL, 0);
+    r->tps = (double)made / dt;
+    r->steps = a1.steps - a0.steps;
+    r->step_ms = r->steps ? 1e3 * dt / (double)r->steps : 0;
     r->busy_a = (double)(a1.busy_ns - a0.busy_ns) / (dt * 1e9);
     r->busy_e = (double)(e1.busy_ns - e0.busy_ns) / (dt * 1e9);
     uint64_t ra = a1.rounds - a0.rounds, re = e1.rounds - e0.rounds;
     r->ta_mean = ra ? (double)(a1.busy_ns - a0.busy_ns) / (double)ra / 1e3 : 0;
     r->te_mean = re ? (double)(e1.busy_ns - e0.busy_ns) / (double)re / 1e3 : 0;
-    r->steps = a1.steps - a0.steps;
     duet_pipe_destroy(&p); /* writes the trace */
     st = read_trace(trace, t0 * 1e6, t1 * 1e6, r);
 out:
