@@ -23,7 +23,8 @@ Checks, printed at the end (exit 1 when one fails):
   mismatched  completed requests whose text differs from the reference: goal 0
   errors      requests that ended with an error (reported, not a goal)
   RSS         of the long-lived process (ctl) after warm-up vs at the end:
-              growth goal <= 1 %; the shard nodes are restarted by the faults,
+              growth goal <= 1 %, printed with its anonymous (heap, stacks) and
+              file-backed (code pages first touched by recovery paths) parts; the shard nodes are restarted by the faults,
               so their RSS is reported per sample, not judged
   latency     end-to-end request latency p50/p99 of requests that overlap no
               fault window ([fault, fault + --window s]) vs the fault-free
@@ -108,11 +109,11 @@ def log_file(n):
     return open(os.path.join(args.logs, f"{n}.log"), "a")
 
 
-def rss_kib(pid):
+def rss_kib(pid, key="VmRSS"):
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -253,11 +254,13 @@ try:
         elif ref.setdefault(r.prompt, r.text) != r.text:
             fails.append(f"fault-free prompt {r.prompt} gave two different texts")
     rss0 = rss_kib(serve.pid)
+    anon0, file0 = rss_kib(serve.pid, "RssAnon"), rss_kib(serve.pid, "RssFile")
     print(f"soak phase: {args.duration:.0f} s, a fault every {args.interval:.0f} s",
           file=sys.stderr)
     soak, faults, hung1 = run_phase(host, port, name, args.duration, fault)
     time.sleep(1.0)
     rss1 = rss_kib(serve.pid)
+    anon1, file1 = rss_kib(serve.pid, "RssAnon"), rss_kib(serve.pid, "RssFile")
 
     lost = sum(1 for r in soak if r.err and r.err.startswith("lost")) + hung1
     errors = sum(1 for r in soak if r.err and not r.err.startswith("lost"))
@@ -282,7 +285,8 @@ try:
            "e2e_p50_ms_fault_free": pct(lat0, 50) * 1e3, "e2e_p99_ms_fault_free": p99_0 * 1e3,
            "e2e_p50_ms_outside": pct(lat1, 50) * 1e3, "e2e_p99_ms_outside": p99_1 * 1e3,
            "e2e_p99_ms_in_windows": pct(latw, 99) * 1e3, "requests_in_windows": len(latw),
-           "ctl_rss_kib_after_warmup": rss0, "ctl_rss_kib_end": rss1, "ctl_rss_growth_pct": growth}
+           "ctl_rss_kib_after_warmup": rss0, "ctl_rss_kib_end": rss1, "ctl_rss_growth_pct": growth,
+           "ctl_rss_anon_kib": [anon0, anon1], "ctl_rss_file_kib": [file0, file1]}
     print(f"faults: {len(faults)} ({', '.join(f'{v} {k}' for k, v in fig['fault_kinds'].items())}), "
           f"every {args.interval:.0f} s for {args.duration:.0f} s")
     print(f"requests: fault-free {len(base)}, soak {len(soak)}: lost {lost}, errors {errors}, "
@@ -291,7 +295,8 @@ try:
           f"soak outside fault windows {pct(lat1, 50) * 1e3:.0f}/{p99_1 * 1e3:.0f} ms "
           f"({(p99_1 / p99_0 - 1) * 100:+.1f} %), inside {len(latw)} requests p99 "
           f"{pct(latw, 99) * 1e3:.0f} ms")
-    print(f"ctl RSS: {rss0} KiB after warm-up, {rss1} KiB at the end ({growth:+.2f} %)")
+    print(f"ctl RSS: {rss0} KiB after warm-up, {rss1} KiB at the end ({growth:+.2f} %); "
+          f"anonymous {anon0} -> {anon1} KiB, file-backed (code and libraries) {file0} -> {file1} KiB")
     for r in [r for r in soak if r.err][:5]:
         print(f"  not completed: prompt {r.prompt} at {r.t0 - soak[0].t0:.1f} s, "
               f"{len(r.text)} chars: {r.err[:200]}")
