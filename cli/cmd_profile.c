@@ -155,6 +155,10 @@ int duet_cmd_profile(int argc, char **argv)
                "us\n",
                p.t_c * 1e6, p.t_step * 1e6, p.disp_per_shard * 1e6, p.attn_scale, p.exp_scale,
                p.logit_scale, p.comb_fix * 1e6);
+    if (p.calibrated)
+        printf("runtime    compute actors spin-wait %.0f us before sleeping (DUET_SPIN_US; 0: "
+               "never)\n",
+               p.spin_s * 1e6);
     printf("wrote %s\n", out);
     return 0;
 }

@@ -35,9 +35,10 @@ static void usage(FILE *f)
             "--prompt-len tokens (8) decoding --tokens tokens (32) each. Shards share the\n"
             "profile's CPU cores unless --dedicated (every shard on its own device: a deployment\n"
             "at a scale this host cannot run); on shared cores, expert rounds running at once\n"
-            "slow each other by the profile's measured memory contention. Expert shards get the\n"
-            "rows of the profile's recorded routes (even shares if it has none). --trace writes\n"
-            "a Chrome/Perfetto trace.\n");
+            "slow each other by the profile's measured memory contention, and an idle shard\n"
+            "keeps its core while it spin-waits (the runtime's spin time, as profiled). Expert\n"
+            "shards get the rows of the profile's recorded routes (even shares if it has none).\n"
+            "--trace writes a Chrome/Perfetto trace.\n");
 }
 
 int duet_cmd_simulate(int argc, char **argv)
@@ -142,9 +143,15 @@ int duet_cmd_simulate(int argc, char **argv)
            A, S, set->micro_batches, requests);
     printf("profile %s (%s, %d cores%s)\n", prof, p.host, p.cores,
            dedicated ? ", dedicated devices" : "");
-    if (!dedicated)
+    if (!dedicated) {
         printf("shared cores: concurrent expert rounds x%.2f slower (2 at once, measured)\n",
                duet_profile_contention(&p, 2));
+        if (p.spin_s > 0)
+            printf("shared cores: an idle shard spin-waits %.0f us on its core before it sleeps\n",
+                   p.spin_s * 1e6);
+        else
+            printf("shared cores: idle shards sleep at once (no spin-wait in the profile)\n");
+    }
     printf("expert rows per shard: %s\n",
            p.route_seqs > 0 ? "replayed from the profile's recorded routes"
                             : "even shares (the profile has no recorded routes)");

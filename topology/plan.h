@@ -83,6 +83,12 @@ typedef struct duet_profile {
      * n_contention = entries measured; 0 (a format-1 profile): none. */
     int n_contention;
     double contention[DUET_PROF_MAX_READERS];
+    /* How long the runtime's compute actors spin-wait (poll without
+     * sleeping) after their last work, in seconds, as the calibration run
+     * had it (DUET_SPIN_US or the runtime's default; 0: they sleep at
+     * once, or a profile that does not say): on shared cores a spinning
+     * actor keeps its core (duet_sim_cfg_t.spin). */
+    double spin_s;
     int hidden, n_layers, n_sparse, n_experts, top_k;
     /* attention half of one layer for b tokens at context ctx_ref:
      * k1·b + k2; extra per token per context token: k_ctx */
@@ -103,7 +109,9 @@ typedef struct duet_profile {
     double calib_tps; /* decode tokens/s of the last calibration run (not saved) */
     double disp_fix, disp_per_shard, exp_fix, t_c, t_step;
     /* in-pipeline over stand-alone time of attention, expert FFN and logits
-     * (cache and thread effects; medians of the calibration run, 1 = none),
+     * (cache and thread effects; means over the calibration run's decode
+     * rounds of the whole batch, the experts' against the routed rows the
+     * simulator charges; 1 = none),
      * and the combine's extra time there (it also gathers the N2M rows) */
     double attn_scale, exp_scale, logit_scale, comb_fix;
     int n_links;
@@ -185,8 +193,10 @@ typedef struct duet_plan_run {
     int32_t *tokens_out;    /* [requests · new_tokens] the generated tokens (NULL: not kept) */
 } duet_plan_run_t;
 
-/* Decode throughput measured: tokens generated after every request had its
- * first token, over the wall time from then to the last token. */
+/* Decode throughput measured: requests · (tokens - 2) over the mean time a
+ * request takes from its second token to its last (every request decodes
+ * throughout: the run fails if some finish before others begin); seconds:
+ * that mean time, tokens: requests · (tokens - 2). */
 typedef struct duet_plan_measured {
     double decode_tps;
     double seconds;
@@ -296,6 +306,26 @@ typedef struct duet_sim_cfg {
      * none). A round's remaining work is re-timed whenever k changes. */
     const double *contention;
     int n_contention;
+    /* Spin-waiting actors on the shared cores (only with cores > 0; 0 =
+     * none: the cores are one first-come-first-served pool). The runtime's
+     * compute actors poll for up to this long (seconds) after their last
+     * work before they sleep (actors.h, DUET_SPIN_US), and a thread keeps
+     * its core while it has work: a computation runs on the core it last
+     * ran on if that one is free, else any free one, else it waits there
+     * (the OS wakes a thread on its previous CPU when no CPU is idle); an
+     * actor that ends a computation keeps its core for its next one, and
+     * when it has none spins on it — the core is not free for a thread
+     * waiting on another core — until its next computation comes (it runs
+     * at once), the spin time passes (the core is idle: the longest-waiting
+     * thread is pulled over) or a thread waits on that same core (the
+     * spinner's sched_yield hands over at once and it sleeps). A message
+     * to a spinning actor re-arms its spin. */
+    double spin;
+    /* With spin: 0 = each actor first runs on the first free core (or the
+     * one fewest wait for); else the core each actor last ran on before
+     * the simulated run (the OS's placement of its threads, which the
+     * pipeline does not choose) is drawn from this seed. */
+    unsigned long long placement_seed;
     const char *trace_path; /* Chrome trace of the simulated run; NULL = none */
     /* Recorded routes (duet_profile_t.routes; NULL: every shard gets its
      * share of tokens_ub · top_k rows). With them, `requests` sequences
@@ -322,7 +352,11 @@ typedef struct duet_sim_result {
 
 DUET_API duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out);
 
-/* Simulation of a host deployment from a profile: r's shape, p's terms. */
+/* Simulation of a host deployment from a profile: r's shape, p's terms.
+ * When the profile's actors spin-wait on shared cores (p->spin_s > 0, not
+ * dedicated), the result is the mean over 16 placements of the threads on
+ * the cores (placement_seed 1..16; the trace is the first's): a real run
+ * gets whichever placement its start-up left. */
 DUET_API duet_status_t duet_sim_profile(const duet_profile_t *p, const duet_plan_run_t *r,
                                         const char *trace_path, duet_sim_result_t *out);
 

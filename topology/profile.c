@@ -201,6 +201,7 @@ duet_status_t duet_profile_save(const duet_profile_t *p, const char *path)
     for (int i = 0; i < p->n_contention && i < DUET_PROF_MAX_READERS; i++)
         json_array_append_new(cont, json_real(p->contention[i]));
     json_object_set_new(host, "expert_contention", cont);
+    json_object_set_new(host, "spin_us", json_real(p->spin_s * 1e6));
     json_object_set_new(r, "duet_profile", json_integer(DUET_PROFILE_FORMAT));
     json_object_set_new(r, "host", host);
     json_t *mo = json_object();
@@ -393,6 +394,17 @@ duet_status_t duet_profile_load(const char *path, duet_profile_t *out)
     p.parallel = json_number_value(json_object_get(host, "parallel"));
     p.single_rate = json_number_value(json_object_get(host, "single_rate"));
     p.slowdown = 1;
+    json_t *spin = json_object_get(host, "spin_us"); /* optional: absent = not modelled */
+    if (spin) {
+        double us = json_number_value(spin);
+        if (!json_is_number(spin) || !isfinite(us) || us < 0 || us > 1e6) {
+            st = duet_errorf(DUET_ERR_INVALID,
+                             "profile %s: host.spin_us must be a number of µs in 0..1000000",
+                             path);
+            goto out;
+        }
+        p.spin_s = us * 1e-6;
+    }
     if (!isfinite(p.parallel) || p.parallel < 0 || p.parallel > 4096 || !isfinite(p.single_rate) ||
         p.single_rate < 0) {
         st = duet_errorf(DUET_ERR_INVALID,
@@ -1395,9 +1407,19 @@ duet_status_t duet_plan_run_measure(const duet_plan_run_t *r, duet_plan_measured
                                             "overlap); use more tokens");
         goto out;
     }
-    out->seconds = (double)(t1 - t0) * 1e-9;
-    out->tokens = n;
-    out->decode_tps = (double)n / out->seconds;
+    /* Every request's own decode rate, T - 2 tokens over its time from
+     * token 1 to token T - 1, which the simulator's figure (tokens of a
+     * step over the time between steps) is; counting the tokens inside the
+     * common window instead loses part of a step at its ends (the tokens
+     * of one step reach the client one after the other), about 2 % here */
+    double span = 0;
+    for (int q = 0; q < R; q++)
+        span += (double)(lg.times[(size_t)q * (size_t)T + T - 1] -
+                         lg.times[(size_t)q * (size_t)T + 1]) *
+                1e-9;
+    out->seconds = span / R;
+    out->tokens = (long)R * (T - 2);
+    out->decode_tps = out->seconds > 0 ? (double)out->tokens / out->seconds : 0;
 out:
     duet_pipe_destroy(&pipe);
     free(prompt);
@@ -1584,8 +1606,77 @@ static double ctx_now(const tx_t *t, const duet_plan_run_t *r)
     return r->prompt_len + r->new_tokens / 2.0;
 }
 
+/* How long the runtime's compute actors spin before they sleep, as
+ * actors/runtime.c decides it for a thread actor spawned with the default
+ * option: $DUET_SPIN_US (-1: never, 0: the default; anything else that is
+ * not a number of µs in [-1, 1000000]: the default), else
+ * DUET_DEFAULT_SPIN_US. */
+static double runtime_spin_s(void)
+{
+    const char *e = getenv("DUET_SPIN_US");
+    long v = DUET_DEFAULT_SPIN_US;
+    if (e && *e) {
+        char *end;
+        long x = strtol(e, &end, 10);
+        if (!*end && x >= -1 && x <= 1000000)
+            v = x < 0 ? 0 : x > 0 ? x : DUET_DEFAULT_SPIN_US;
+    }
+    return (double)v * 1e-6;
+}
+
+/* The calibration divides each real expert round by g · T_e(rows / g)
+ * (even shares over the shard's g expert groups), while the simulator
+ * with recorded routes charges Σ T_e(rows of each expert): with the
+ * router's uneven choices and a T_e that is not linear in the rows, the
+ * two differ. Over the recorded routes of r's deployment (rounds made as
+ * the simulator makes them), Σ routed / Σ even: the expert scale is
+ * divided by it, so the simulator's rounds of r's deployment take as long
+ * as the real ones did. 1 without routes. */
+static double route_vs_even(const duet_profile_t *p, const duet_plan_run_t *r)
+{
+    int E = p->n_experts, K = p->top_k, L = p->n_sparse, S = r->n_expert_shards;
+    int am = r->n_attention * r->micro_batches, m = r->micro_batches;
+    if (p->route_seqs < 1 || p->route_steps < 1 || E < 1 || E > 4096 || S < 1 || am < 1 ||
+        r->shard_experts)
+        return 1.0;
+    double *rows = calloc((size_t)E, sizeof(double));
+    if (!rows)
+        return 1.0;
+    double routed = 0, even = 0;
+    int g = E / S > 0 ? E / S : 1;
+    for (int t = 0; t < p->route_steps; t++)
+        for (int j = 0; j < L; j++)
+            for (int i = 0; i < m; i++) {
+                memset(rows, 0, (size_t)E * sizeof(double));
+                for (int q = 0; q < r->requests; q++) {
+                    if ((q % am) % m != i)
+                        continue;
+                    const int16_t *ids =
+                        p->routes +
+                        (((size_t)(q % p->route_seqs) * (size_t)p->route_steps + (size_t)t) *
+                             (size_t)L +
+                         (size_t)j) *
+                            (size_t)K;
+                    for (int x = 0; x < K; x++)
+                        if (ids[x] >= 0 && ids[x] < E)
+                            rows[ids[x]] += 1;
+                }
+                for (int sh = 0; sh < S; sh++) {
+                    double n = 0;
+                    for (int x = sh; x < E; x += S) {
+                        n += rows[x];
+                        routed += duet_profile_t_expert(p, rows[x]);
+                    }
+                    even += g * duet_profile_t_expert(p, n / g);
+                }
+            }
+    free(rows);
+    return routed > 0 && even > 0 ? routed / even : 1.0;
+}
+
 duet_status_t duet_profile_calibrate(duet_profile_t *p, const duet_plan_run_t *r0)
 {
+    p->spin_s = runtime_spin_s();
     p->attn_scale = p->exp_scale = p->logit_scale = 1;
     p->comb_fix = 0;
     p->exp_fix = 0;
@@ -1678,7 +1769,11 @@ duet_status_t duet_profile_calibrate(duet_profile_t *p, const duet_plan_run_t *r
         else if (t->name == 4 && is_attn[t->tid] && t->rows == (long)b_dec &&
                  duet_profile_t_logits(p, (double)t->rows) > 0)
             v5[n5++] = t->dur / sl / duet_profile_t_logits(p, (double)t->rows);
-        else if (t->name == 2 && is_exp[t->tid] && t->rows > 0) {
+        else if (t->name == 2 && is_exp[t->tid] && t->rows > 0 &&
+                 (r.n_expert_shards == 1 ? t->rows == (long)b_dec * K * r.n_attention
+                                         : t->rows <= (long)b_dec * K * r.n_attention)) {
+            /* decode rounds of the whole batch (the first steps, before
+             * every request is in, have fewer rows and cold caches) */
             /* its groups: the experts of this shard (round-robin placement) */
             int g = p->n_experts / r.n_expert_shards;
             if (g < 1)
@@ -1710,7 +1805,7 @@ duet_status_t duet_profile_calibrate(duet_profile_t *p, const duet_plan_run_t *r
     p->attn_scale = mean(v1, n1);
     p->disp_fix = 0;
     p->disp_per_shard = mean(v2, n2) / r.n_expert_shards;
-    p->exp_scale = mean(v3, n3);
+    p->exp_scale = mean(v3, n3) / route_vs_even(p, &r);
     p->exp_fix = 0; /* a 1 + 1 run cannot tell it from the scale */
     p->comb_fix = n4 >= 3 ? mean(v4, n4) : 0;
     if (p->comb_fix < 0)

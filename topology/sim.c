@@ -25,7 +25,7 @@
 
 #include "topology/plan.h"
 
-enum { EV_JOB_DONE, EV_DISP_ARRIVE, EV_RES_ARRIVE, EV_STEP_START };
+enum { EV_JOB_DONE, EV_DISP_ARRIVE, EV_RES_ARRIVE, EV_STEP_START, EV_SPIN_END };
 
 typedef struct ev {
     double t;
@@ -229,6 +229,16 @@ typedef struct sim {
     double speed;
     int *waitq; /* computations waiting for a core, FIFO */
     int wh, wn;
+    /* spin-waiting actors (c->spin > 0 with shared cores): per core the
+     * actor computing on it and the actor spinning on it (-1: none); per
+     * actor the core it last ran on, the core it holds now (computing or
+     * spinning; -1: none) and the version of its spin's end event; the
+     * computations waiting for a core in arrival order, each for its own */
+    bool spin_on;
+    int *slot_job, *slot_spin;
+    int *home, *at_slot;
+    long *spin_ver;
+    int *wl, wl_n;
     heap_t h;
     tbuf_t tr;
     double share_default;
@@ -408,11 +418,114 @@ static duet_status_t job_run(sim_t *s, int k, double now)
     return job_schedule(s, k, now);
 }
 
+/* ---- spin-waiting actors on the shared cores (c->spin > 0) ---- */
+
+static duet_status_t spin_run_on(sim_t *s, int k, int h, double now)
+{
+    s->slot_job[h] = k;
+    s->at_slot[k] = h;
+    s->home[k] = h;
+    return job_run(s, k, now);
+}
+
+/* Core h is free (nothing computes or spins on it): the first computation
+ * waiting for that core, else the longest-waiting one (an idle CPU pulls
+ * a queued thread over), takes it. */
+static duet_status_t spin_give(sim_t *s, int h, double now)
+{
+    int pick = -1;
+    for (int i = 0; i < s->wl_n && pick < 0; i++)
+        if (s->home[s->wl[i]] == h)
+            pick = i;
+    if (pick < 0 && s->wl_n > 0)
+        pick = 0;
+    if (pick < 0)
+        return DUET_OK;
+    int k = s->wl[pick];
+    memmove(s->wl + pick, s->wl + pick + 1, (size_t)(s->wl_n - pick - 1) * sizeof(int));
+    s->wl_n--;
+    return spin_run_on(s, k, h, now);
+}
+
+static bool spin_waiter_for(const sim_t *s, int h)
+{
+    for (int i = 0; i < s->wl_n; i++)
+        if (s->home[s->wl[i]] == h)
+            return true;
+    return false;
+}
+
+static bool spinning(const sim_t *s, int k)
+{
+    return s->spin_on && s->at_slot[k] >= 0 && s->slot_spin[s->at_slot[k]] == k;
+}
+
+/* The actor spinning on core h stops (it sleeps); the core is free. */
+static duet_status_t spin_stop(sim_t *s, int h, double now)
+{
+    int k = s->slot_spin[h];
+    s->slot_spin[h] = -1;
+    s->at_slot[k] = -1;
+    s->spin_ver[k]++;
+    return spin_give(s, h, now);
+}
+
+/* Actor k spins (again) from now: its spin ends c->spin later unless a
+ * computation of its own or a waiting thread ends it first. */
+static duet_status_t spin_arm(sim_t *s, int k, double now)
+{
+    return heap_push(&s->h, now + s->c->spin, EV_SPIN_END, k, 0, ++s->spin_ver[k]);
+}
+
+static bool slot_free(const sim_t *s, int h)
+{
+    return s->slot_job[h] < 0 && s->slot_spin[h] < 0;
+}
+
+static duet_status_t spin_job_start(sim_t *s, int k, double now)
+{
+    int h = s->at_slot[k];
+    if (h >= 0 && s->slot_spin[h] == k) { /* awake on its core: runs at once */
+        s->slot_spin[h] = -1;
+        s->spin_ver[k]++;
+        return spin_run_on(s, k, h, now);
+    }
+    h = s->home[k];
+    if (h < 0 || !slot_free(s, h)) {
+        h = -1;
+        for (int x = 0; x < s->slots && h < 0; x++)
+            if (slot_free(s, x))
+                h = x;
+    }
+    if (h >= 0)
+        return spin_run_on(s, k, h, now);
+    if (s->home[k] < 0) { /* never ran: the core with the fewest waiting */
+        int best = 0, nb = s->wl_n + 1;
+        for (int x = 0; x < s->slots; x++) {
+            int n = 0;
+            for (int i = 0; i < s->wl_n; i++)
+                n += s->home[s->wl[i]] == x;
+            if (n < nb) {
+                nb = n;
+                best = x;
+            }
+        }
+        s->home[k] = best;
+    }
+    s->wl[s->wl_n++] = k;
+    h = s->home[k];
+    if (s->slot_spin[h] >= 0) /* the actor spinning there yields to it */
+        return spin_stop(s, h, now);
+    return DUET_OK;
+}
+
 static duet_status_t job_start(sim_t *s, int k, double work, double now)
 {
     job_t *j = &s->jobs[k];
     long ver = j->ver;
     *j = (job_t){.on = true, .work = work, .left = work, .start = now, .ver = ver};
+    if (s->spin_on)
+        return spin_job_start(s, k, now);
     if (s->slots == 0)
         return job_run(s, k, now);
     if (s->running < s->slots) {
@@ -547,6 +660,22 @@ static duet_status_t on_job_done(sim_t *s, int k, double now)
     double t0 = s->jobs[k].start;
     s->jobs[k].on = false;
     s->jobs[k].running = false;
+    if (s->spin_on) {
+        /* the thread keeps its core: for its next computation if it has
+         * one now, else it spins there */
+        int h = s->at_slot[k];
+        s->slot_job[h] = -1;
+        s->slot_spin[h] = k;
+        if (k >= s->A) {
+            s->exp_running--;
+            if ((st = exp_rerate(s, now)))
+                return st;
+        }
+        st = k < s->A ? on_attn_done(s, k, t0, now) : on_exp_done(s, k - s->A, t0, now);
+        if (!st && s->slot_spin[h] == k)
+            st = spin_waiter_for(s, h) ? spin_stop(s, h, now) : spin_arm(s, k, now);
+        return st;
+    }
     if (s->slots > 0) {
         s->running--;
         if (k >= s->A) {
@@ -619,6 +748,12 @@ static void sim_free(sim_t *s)
     free(s->tr.v);
     free(s->frac);
     free(s->grows);
+    free(s->slot_job);
+    free(s->slot_spin);
+    free(s->home);
+    free(s->at_slot);
+    free(s->spin_ver);
+    free(s->wl);
 }
 
 /* With recorded routes: which share of each expert's rows each shard runs. */
@@ -708,6 +843,32 @@ duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out)
         st = DUET_ERR_NOMEM;
         goto out;
     }
+    if (s.slots > 0 && c->spin > 0) {
+        int n = s.A + s.S;
+        s.spin_on = true;
+        s.slot_job = malloc((size_t)s.slots * sizeof(int));
+        s.slot_spin = malloc((size_t)s.slots * sizeof(int));
+        s.home = malloc((size_t)n * sizeof(int));
+        s.at_slot = malloc((size_t)n * sizeof(int));
+        s.spin_ver = calloc((size_t)n, sizeof(long));
+        s.wl = malloc((size_t)n * sizeof(int));
+        if (!s.slot_job || !s.slot_spin || !s.home || !s.at_slot || !s.spin_ver || !s.wl) {
+            st = DUET_ERR_NOMEM;
+            goto out;
+        }
+        for (int x = 0; x < s.slots; x++)
+            s.slot_job[x] = s.slot_spin[x] = -1;
+        unsigned long long x = c->placement_seed;
+        for (int k = 0; k < n; k++) {
+            s.home[k] = s.at_slot[k] = -1;
+            if (c->placement_seed) { /* splitmix64 */
+                unsigned long long z = (x += 0x9e3779b97f4a7c15ull);
+                z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+                z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+                s.home[k] = (int)((z ^ (z >> 31)) % (unsigned long long)s.slots);
+            }
+        }
+    }
     if ((st = routes_init(&s)))
         goto out;
     for (int a = 0; a < s.A; a++) {
@@ -743,10 +904,19 @@ duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out)
             break;
         case EV_DISP_ARRIVE:
             s.es[ev.who].arrived[ev.round]++;
-            st = start_exp(&s, ev.who, now);
+            if (spinning(&s, s.A + ev.who)) /* a message: the spin starts again */
+                st = spin_arm(&s, s.A + ev.who, now);
+            if (!st)
+                st = start_exp(&s, ev.who, now);
+            break;
+        case EV_SPIN_END:
+            if (ev.round == s.spin_ver[ev.who] && spinning(&s, ev.who))
+                st = spin_stop(&s, s.at_slot[ev.who], now);
             break;
         case EV_RES_ARRIVE: {
             ashard_t *x = &s.as[ev.who];
+            if (spinning(&s, ev.who) && (st = spin_arm(&s, ev.who, now)))
+                break;
             int i = (int)(ev.round % s.m);
             if (++x->got[i] == s.S) {
                 x->queue[(x->qh + x->qn++) % s.m] = i;
@@ -939,7 +1109,36 @@ duet_status_t duet_sim_profile(const duet_profile_t *p, const duet_plan_run_t *r
         .shard_experts = r->shard_experts,
         .shard_n_experts = r->shard_n_experts,
         .t_c_core = p->t_c_typ > 0 && p->t_c_typ < p->t_c ? p->t_c_typ : p->t_c,
+        .spin = p->spin_s,
         .trace_path = trace_path,
     };
-    return duet_sim_run(&c, out);
+    if (!(c.spin > 0 && c.cores > 0))
+        return duet_sim_run(&c, out);
+    /* Spinning threads keep their cores, so where the OS put each thread
+     * matters (two expert shards behind one core while an attention shard
+     * spins on the other are slower than one of each per core), and a real
+     * run gets whatever placement its threads' start-up left: the expected
+     * run over SIM_PLACEMENTS placements drawn at random, the trace of the
+     * first. */
+    enum { SIM_PLACEMENTS = 16 };
+    duet_sim_result_t sum = {0};
+    duet_status_t st = DUET_OK;
+    for (int q = 0; q < SIM_PLACEMENTS && !st; q++) {
+        duet_sim_result_t o;
+        c.placement_seed = (unsigned long long)q + 1;
+        c.trace_path = q == 0 ? trace_path : NULL;
+        if ((st = duet_sim_run(&c, &o)))
+            break;
+        sum.seconds += o.seconds / SIM_PLACEMENTS;
+        sum.tokens_per_s += o.tokens_per_s / SIM_PLACEMENTS;
+        sum.tbt_p50 += o.tbt_p50 / SIM_PLACEMENTS;
+        sum.tbt_p90 += o.tbt_p90 / SIM_PLACEMENTS;
+        sum.tbt_p99 += o.tbt_p99 / SIM_PLACEMENTS;
+        sum.util_attn += o.util_attn / SIM_PLACEMENTS;
+        sum.util_expert += o.util_expert / SIM_PLACEMENTS;
+        sum.events += o.events;
+    }
+    if (!st)
+        *out = sum;
+    return st;
 }

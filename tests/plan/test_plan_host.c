@@ -14,7 +14,11 @@
  * The profile also carries the measured memory contention of concurrent
  * expert rounds and the router's recorded choices (the simulator replays
  * them); beside each error the test prints the model without both (even
- * shares, no contention), for comparison only. */
+ * shares, no contention), for comparison only, and at the end the
+ * simulator's error on the 1 + 1 calibration runs themselves (the terms
+ * come from those runs: a check of the calibration, not of the model).
+ * Measured decode throughput is per request (duet_plan_run_measure), as
+ * the simulator's is per step. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -90,8 +94,8 @@ static void test_sim_vs_measured(void **state)
     static const int dep[][3] = {{1, 1, 1}, {1, 2, 2}, {2, 2, 2}, {1, 4, 3}, {2, 1, 4}};
     int n = (int)(sizeof(dep) / sizeof(dep[0]));
     int bad = 0;
-    double calib[5 * REPS];
-    int n_calib = 0;
+    double calib[5 * REPS], self[5 * REPS];
+    int n_calib = 0, n_self = 0;
     printf("%-4s %-4s %-3s %12s %12s %8s\n", "n_a", "S", "m", "measured", "simulated", "error");
     for (int k = 0; k < n; k++) {
         duet_plan_run_t r = {.model_dir = PYCODER,
@@ -115,6 +119,15 @@ static void test_sim_vs_measured(void **state)
                 fail_msg("capacity / calibration: %s", duet_error());
             if (n_calib < 5 * REPS)
                 calib[n_calib++] = p.calib_tps;
+            /* for comparison only: the simulator on the calibration run
+             * itself (its terms come from that run's trace) */
+            {
+                duet_sim_result_t sc;
+                if (duet_sim_profile(&p, &cal, NULL, &sc))
+                    fail_msg("simulate: %s", duet_error());
+                if (n_self < 5 * REPS)
+                    self[n_self++] = sc.tokens_per_s / p.calib_tps;
+            }
             if (duet_plan_run_measure(&r, &me))
                 fail_msg("run %d/%d/%d: %s", dep[k][0], dep[k][1], dep[k][2], duet_error());
             if (duet_sim_profile(&p, &r, tr ? ts : NULL, &sr))
@@ -169,6 +182,10 @@ static void test_sim_vs_measured(void **state)
     printf("noise during the test: the 1 + 1 reference ran at %.0f..%.0f tokens/s (10th..90th "
            "percentile, spread %.0f%%)\n",
            lo, hi, spread_all * 100);
+    qsort(self, (size_t)n_self, sizeof(double), cmp_d);
+    printf("the simulator on the 1 + 1 calibration runs themselves: %+.1f%% (median; %+.1f%%.."
+           "%+.1f%%)\n",
+           (self[n_self / 2] - 1) * 100, (self[0] - 1) * 100, (self[n_self - 1] - 1) * 100);
     fflush(stdout);
     if (spread_all > 0.25 && !getenv("DUET_PLAN_FORCE")) {
         printf("skipped: the host's speed changed by %.0f%% during the test (other load); the "

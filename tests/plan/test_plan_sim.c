@@ -6,6 +6,7 @@
  * Also: shared cores serialise the shards (one core: an iteration is the sum
  * of all work), time between tokens and utilisation are consistent, and the
  * trace uses the real pipeline's event names. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -234,6 +235,75 @@ static void test_contention(void **state)
     assert_float_equal(r.tbt_p50, 3 * (1.0 + 2.0), 1e-9);
 }
 
+/* Spin-waiting actors on shared cores (the runtime's DUET_SPIN_US): an
+ * actor with nothing to do keeps its core while it spins, a thread waits on
+ * the core it last ran on, and a spinner yields only to a thread waiting on
+ * its own core. 1 attention shard, 3 expert shards (shard 1 runs two expert
+ * groups: 2 T_e), m = 1, 2 cores, T_a = T_e = 1, T_c = 0. */
+static void test_spin_holds_core(void **state)
+{
+    (void)state;
+    k_t k = {1.0, 1.0};
+    static const int groups[3] = {1, 2, 1};
+    duet_sim_cfg_t c = base(&k, 1, 3, 1, 3, 0.0);
+    c.n_experts = 4;
+    c.shard_groups = groups;
+    c.cores = 2;
+    duet_sim_result_t r;
+    /* no spinning: shards 0 and 1 take the cores, shard 2 the one shard 0
+     * leaves after T_e; every layer is T_a + 2 T_e */
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 2.0), 1e-9);
+    /* spinning longer than a round: the attention shard spins on core 0 and
+     * yields it to shard 1 (queued there); shard 0 runs on core 1, then
+     * spins there for its next dispatch while shard 2, queued behind shard
+     * 1 on core 0, waits for it: every layer is T_a + 3 T_e */
+    c.spin = 100;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 3.0), 1e-9);
+    assert_float_equal(r.tbt_p99, 3 * (1.0 + 3.0), 1e-9);
+    /* a short spin: once shard 0's spin ends, its idle core pulls shard 2
+     * over, which from then on runs there beside shard 1: T_a + 2 T_e
+     * again after the first iteration */
+    c.spin = 0.25;
+    assert_int_equal(duet_sim_run(&c, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 3 * (1.0 + 2.0), 1e-9);
+    /* where the threads start decides the run: 2 + 2, m = 1, 2 cores. The
+     * attention shards always take one core each (both are free at the
+     * start); an expert shard whose core is the other expert shard's waits
+     * behind it while the attention shard on the other core spins: a layer
+     * is T_a + 2 T_e; with one expert shard per core T_a + T_e. Placements
+     * drawn from seeds give both, nothing else. */
+    duet_sim_cfg_t c4 = base(&k, 2, 2, 1, 3, 0.0);
+    c4.cores = 2;
+    c4.spin = 100;
+    int fast = 0, slow = 0;
+    for (unsigned long long seed = 1; seed <= 16; seed++) {
+        c4.placement_seed = seed;
+        assert_int_equal(duet_sim_run(&c4, &r), DUET_OK);
+        if (fabs(r.tbt_p50 - 3 * (1.0 + 1.0)) < 1e-9)
+            fast++;
+        else if (fabs(r.tbt_p50 - 3 * (1.0 + 2.0)) < 1e-9)
+            slow++;
+        else
+            fail_msg("seed %llu: %.6f a step, neither %g nor %g", seed, r.tbt_p50, 6.0, 9.0);
+    }
+    assert_true(fast > 0 && slow > 0);
+    /* one core: a spinner yields at once to the thread queued on its core,
+     * so spinning costs nothing: all work of a step, one after another */
+    duet_sim_cfg_t c1 = base(&k, 1, 1, 1, 4, 0.0);
+    c1.cores = 1;
+    c1.spin = 100;
+    assert_int_equal(duet_sim_run(&c1, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 4 * (1.0 + 1.0), 1e-9);
+    /* a core per actor: spinning changes nothing (the m = 1 closed form) */
+    duet_sim_cfg_t c2 = base(&k, 1, 1, 1, 4, 0.25);
+    c2.cores = 2;
+    c2.spin = 100;
+    assert_int_equal(duet_sim_run(&c2, &r), DUET_OK);
+    assert_float_equal(r.tbt_p50, 4 * (1.0 + 1.0 + 0.5), 1e-9);
+}
+
 static double c_exp_rows(void *u, double rows)
 {
     return ((k_t *)u)->te * rows;
@@ -331,6 +401,7 @@ static void test_profile_file(void **state)
     p->n_contention = 2;
     p->contention[0] = 1;
     p->contention[1] = 1.25;
+    p->spin_s = 0.001;
     p->route_seqs = 3;
     p->route_steps = 2;
     for (int i = 0; i < 3 * 2 * 2 * 2; i++)
@@ -346,7 +417,21 @@ static void test_profile_file(void **state)
     assert_int_equal(q->route_seqs, 3);
     assert_int_equal(q->route_steps, 2);
     assert_memory_equal(q->routes, p->routes, sizeof(int16_t) * 24);
+    assert_float_equal(q->spin_s, 0.001, 1e-12);
     char *text = slurp(path);
+    /* the runtime's spin is optional (absent: not modelled) and checked */
+    char *nospin = strdup(text);
+    subst(nospin, "\"spin_us\"", "\"spin_ux\"");
+    spit(path, nospin);
+    assert_int_equal(duet_profile_load(path, q), DUET_OK);
+    assert_float_equal(q->spin_s, 0.0, 1e-12);
+    char *badspin = strdup(text);
+    subst(badspin, "\"spin_us\": 1000", "\"spin_us\": -100"); /* same length */
+    spit(path, badspin);
+    assert_int_not_equal(duet_profile_load(path, q), DUET_OK);
+    assert_non_null(strstr(duet_error(), "host.spin_us"));
+    free(nospin);
+    free(badspin);
     /* format 1: no contention table (read as none) */
     char *old = strdup(text);
     subst(old, "\"duet_profile\": 2", "\"duet_profile\": 1");
@@ -402,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_trace_names),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_contention),
+        cmocka_unit_test(test_spin_holds_core),
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_profile_file),
     };
