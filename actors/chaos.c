@@ -40,14 +40,6 @@ typedef struct crun {
     uint64_t first_submit;
 } crun_t;
 
-static uint64_t mix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void on_token(void *user, const duet_pipe_token_t *t)
 {
     crun_t *c = user;
@@ -237,9 +229,9 @@ duet_status_t duet_chaos_reference(const duet_chaos_config_t *cc, duet_chaos_ref
     if (lo > hi)
         lo = hi;
     for (int i = 0; i < ref->n; i++) {
-        ref->n_prompt[i] = lo + (int32_t)(mix(&x) % (uint64_t)(hi - lo + 1));
+        ref->n_prompt[i] = lo + (int32_t)(duet_splitmix64(&x) % (uint64_t)(hi - lo + 1));
         for (int32_t k = 0; k < ref->n_prompt[i]; k++)
-            ref->prompt[i][k] = (int32_t)(mix(&x) % (uint64_t)vocab);
+            ref->prompt[i][k] = (int32_t)(duet_splitmix64(&x) % (uint64_t)vocab);
     }
     if ((st = drive(cc, ref, p, &run)))
         goto out;
@@ -460,20 +452,21 @@ void duet_chaos_random_plan(uint64_t seed, const duet_pipe_config_t *pc, double 
 {
     uint64_t x = seed * 0x9e3779b97f4a7c15ull + 7;
     int A = pc->n_attention, S = pc->n_expert_shards;
-    int nf = 1 + (int)(mix(&x) % 3);
+    int nf = 1 + (int)(duet_splitmix64(&x) % 3);
     size_t n = 0;
     buf[0] = 0;
     if (span_ms < 1)
         span_ms = 1;
     for (int f = 0; f < nf && n < cap; f++) {
-        double at = start_ms + (double)(mix(&x) % 1000) / 1000.0 * span_ms;
-        int kind = (int)(mix(&x) % 10);
-        int e = (int)(mix(&x) % (uint64_t)S), a = (int)(mix(&x) % (uint64_t)A);
-        unsigned dur = 20 + (unsigned)(mix(&x) % 300);
+        double at = start_ms + (double)(duet_splitmix64(&x) % 1000) / 1000.0 * span_ms;
+        int kind = (int)(duet_splitmix64(&x) % 10);
+        int e = (int)(duet_splitmix64(&x) % (uint64_t)S),
+            a = (int)(duet_splitmix64(&x) % (uint64_t)A);
+        unsigned dur = 20 + (unsigned)(duet_splitmix64(&x) % 300);
         /* message faults hit the rounds and the client stream alike */
         static const char *const mtypes[] = {"pipe.dispatch", "pipe.result", "pipe.token",
                                              "pipe.submit", "pipe.free", "pipe.ack"};
-        const char *rtype = mtypes[mix(&x) % 6];
+        const char *rtype = mtypes[duet_splitmix64(&x) % 6];
         int w = 0;
         switch (kind) {
         case 0:
@@ -513,7 +506,7 @@ void duet_chaos_random_plan(uint64_t seed, const duet_pipe_config_t *pc, double 
             break;
         default: { /* one shard's node cut off from every other node */
             char side[DUET_NAME_MAX], rest[1024];
-            bool exp = mix(&x) % 2;
+            bool exp = duet_splitmix64(&x) % 2;
             size_t rn = 0;
             rest[0] = 0;
             if (pc->n_nodes > 0 && pc->node_names) { /* the deployment's own nodes */

@@ -156,6 +156,16 @@ static inline uint64_t duet_hash_bytes(const void *p, size_t n)
     return h;
 }
 
+/* SplitMix64: advance *state and return its next 64 well-mixed bits
+ * (seeded streams for workloads, fault plans, sampling, placements). */
+static inline uint64_t duet_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* Peak resident set size of this process in bytes (from /proc). */
 DUET_API size_t duet_peak_rss_bytes(void);
 DUET_API size_t duet_rss_bytes(void);

@@ -240,21 +240,13 @@ uint64_t duet_mkmodel_params(const duet_mkmodel_opts_t *o)
     return es ? duet_mkmodel_bytes(o) / es : 0;
 }
 
-/* ---- random numbers ------------------------------------------------------ */
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+/* ---- random numbers (duet_splitmix64, base.h) ------------------------------ */
 
 /* Approximately standard normal: the sum of four 16-bit uniforms
  * (Irwin-Hall, variance 4/12) rescaled. Cheap enough for 1e9 draws. */
 static float approx_normal(uint64_t *s)
 {
-    uint64_t r = splitmix64(s);
+    uint64_t r = duet_splitmix64(s);
     uint32_t sum = (uint32_t)(r & 0xffff) + (uint32_t)((r >> 16) & 0xffff) +
                    (uint32_t)((r >> 32) & 0xffff) + (uint32_t)(r >> 48);
     /* mean 2 * 65535, sd sqrt(4/12) * 65536 */

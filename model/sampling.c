@@ -63,17 +63,11 @@ int32_t duet_sample_greedy(const float *logits, int32_t vocab)
     return best;
 }
 
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 double duet_sample_uniform(uint64_t seed, int64_t position)
 {
-    uint64_t h = splitmix64(splitmix64(seed) ^ ((uint64_t)position * 0xd1b54a32d192ed03ull));
+    uint64_t s = seed;
+    uint64_t h = duet_splitmix64(&s) ^ ((uint64_t)position * 0xd1b54a32d192ed03ull);
+    h = duet_splitmix64(&h);
     return (double)(h >> 11) * (1.0 / 9007199254740992.0); /* 53 bits */
 }
 

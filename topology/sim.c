@@ -858,15 +858,11 @@ duet_status_t duet_sim_run(const duet_sim_cfg_t *c, duet_sim_result_t *out)
         }
         for (int x = 0; x < s.slots; x++)
             s.slot_job[x] = s.slot_spin[x] = -1;
-        unsigned long long x = c->placement_seed;
+        uint64_t x = c->placement_seed;
         for (int k = 0; k < n; k++) {
             s.home[k] = s.at_slot[k] = -1;
-            if (c->placement_seed) { /* splitmix64 */
-                unsigned long long z = (x += 0x9e3779b97f4a7c15ull);
-                z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-                z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-                s.home[k] = (int)((z ^ (z >> 31)) % (unsigned long long)s.slots);
-            }
+            if (c->placement_seed)
+                s.home[k] = (int)(duet_splitmix64(&x) % (uint64_t)s.slots);
         }
     }
     if ((st = routes_init(&s)))
