@@ -1661,7 +1661,6 @@ static uint64_t io_timeout_ms(duet_node_t *n, uint64_t now)
  * than its whole growth. So the I/O thread trims TRIM_AFTER_NS after a peer
  * goes down or comes up, and every TRIM_EVERY_NS otherwise, where glibc is
  * the allocator (DUET_MALLOC_TRIM). */
-
 static void give_back_memory(duet_node_t *n, uint64_t now)
 {
     if (!n->trimmed_at)

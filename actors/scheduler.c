@@ -35,8 +35,9 @@
  * A request replayed more than PIPE_MAX_REPLAYS times in a row, without a
  * new token in between, ends with the last error (one that fails every
  * time it runs must not cycle for ever; one that keeps moving through a
- * storm of unrelated failures must not end); requests wait at most recover_timeout_ms while no attention shard
- * is ready, then end with an error that says why. A shard that reports
+ * storm of unrelated failures must not end); requests wait at most
+ * recover_timeout_ms while no attention shard is ready, then end with an
+ * error that says why. A shard that reports
  * ready in a newer epoch while a step of an older one is in flight (it was
  * restarted before its death was noticed, or the step's answer was lost)
  * fails that step at once.

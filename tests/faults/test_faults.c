@@ -354,41 +354,18 @@ static void plan_none(char *b, size_t cap, double s, double run)
     snprintf(b, cap, "%s", "");
 }
 
-/* A compute error inside expert/1 (its 40th round fails): the step fails,
- * the data plane moves to a new epoch and the requests are recomputed. */
-static void test_compute_error(void **state)
-{
-    (void)state;
-    placement_t pl;
-    place(&pl, 3, false);
-    duet_chaos_config_t c = base_config(&pl, 2, 3, false);
-    duet_chaos_ref_t *ref = NULL;
-    assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
-    c.pipe.fail_expert = 1;
-    c.pipe.fail_round = 40;
-    duet_chaos_result_t r;
-    assert_int_equal(duet_chaos_run(&c, ref, NULL, 1, &r), DUET_OK);
-    print_message("  a compute error in expert/1's round 40:\n");
-    duet_chaos_print(stdout, &r);
-    duet_chaos_ref_destroy(&ref);
-    assert_all_good(&r);
-    assert_true(r.replays >= 1);
-    assert_true(r.epochs >= 1);
-    (void)plan_none;
-}
-
-/* Compute errors in expert/1 again and again (its 40th round, then every
- * fail_every-th), on the simulation. Each one fails the step and replays
- * its requests; a request that keeps producing tokens between failures
- * must not end however many it meets in all (the replay limit counts
- * failures in a row), and one on a shard that fails every round must end
- * with an error after the limit, not cycle until the deadline. */
-static duet_chaos_result_t run_fail_every(uint32_t every)
+/* Compute errors inside expert/1: its 40th round fails, and with `every`
+ * so does every every-th round after it; on real threads or the
+ * simulation (`sim`), `max_new` tokens per request. Each error fails the
+ * step, the data plane moves to a new epoch and the step's requests are
+ * recomputed. */
+static duet_chaos_result_t run_compute_errors(bool sim, int max_new, uint32_t every)
 {
     placement_t pl;
     place(&pl, 3, false);
-    duet_chaos_config_t c = base_config(&pl, 2, 3, true);
-    c.max_new = 48;
+    duet_chaos_config_t c = base_config(&pl, 2, 3, sim);
+    if (max_new)
+        c.max_new = max_new;
     duet_chaos_ref_t *ref = NULL;
     assert_int_equal(duet_chaos_reference(&c, &ref), DUET_OK);
     c.pipe.fail_expert = 1;
@@ -396,19 +373,37 @@ static duet_chaos_result_t run_fail_every(uint32_t every)
     c.pipe.fail_every = every;
     duet_chaos_result_t r;
     assert_int_equal(duet_chaos_run(&c, ref, NULL, 1, &r), DUET_OK);
-    print_message("  compute errors in expert/1's round 40 and every %u-th after it:\n", every);
+    if (every)
+        print_message("  compute errors in expert/1's round 40 and every %u-th after it:\n", every);
+    else
+        print_message("  a compute error in expert/1's round 40:\n");
     duet_chaos_print(stdout, &r);
     duet_chaos_ref_destroy(&ref);
     return r;
 }
 
+static void test_compute_error(void **state)
+{
+    (void)state;
+    duet_chaos_result_t r = run_compute_errors(false, 0, 0);
+    assert_all_good(&r);
+    assert_true(r.replays >= 1);
+    assert_true(r.epochs >= 1);
+    (void)plan_none;
+}
+
+/* Again and again, on the simulation: a request that keeps producing
+ * tokens between failures must not end however many it meets in all (the
+ * replay limit counts failures in a row), and one on a shard that fails
+ * every round must end with an error after the limit, not cycle until the
+ * deadline. */
 static void test_compute_error_storm(void **state)
 {
     (void)state;
     /* every 24th round: about 20 failures per request over its life, more
      * than the limit of 16 (counted in all, 6 of the 8 requests ended with
      * "failed 17 times") */
-    duet_chaos_result_t r = run_fail_every(24);
+    duet_chaos_result_t r = run_compute_errors(true, 48, 24);
     assert_all_good(&r);
     assert_true(r.replays > 8 * 16);
 }
@@ -416,7 +411,7 @@ static void test_compute_error_storm(void **state)
 static void test_compute_error_always(void **state)
 {
     (void)state;
-    duet_chaos_result_t r = run_fail_every(1);
+    duet_chaos_result_t r = run_compute_errors(true, 48, 1);
     assert_true(duet_chaos_ok(&r)); /* none lost or hung, nothing leaked */
     assert_true(r.errored > 0);
     assert_int_equal(r.completed + r.errored, r.requests);
