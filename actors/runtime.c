@@ -27,21 +27,7 @@
  * Under simulation there are no threads: loops, timers and the network are
  * simnet events, and the same code runs in the simnet's thread. */
 #include <errno.h>
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define DUET_FOREIGN_MALLOC 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define DUET_FOREIGN_MALLOC 1
-#endif
-/* malloc_trim only where glibc's malloc is the one in use: a sanitizer
- * replaces malloc, and glibc's trim of arenas it never set up aborts at
- * thread exit */
-#if defined(__GLIBC__) && !defined(DUET_FOREIGN_MALLOC)
-#define DUET_MALLOC_TRIM 1
 #include <malloc.h>
-#endif
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -423,7 +409,7 @@ struct duet_node {
     uint64_t next_hb;
     uint64_t trim_at, trimmed_at;       /* I/O thread only: give_back_memory */
 #define TRIM_AFTER_NS 2000000000ull     /* trim this long after a peer goes down or up */
-#define TRIM_EVERY_NS 60000000000ull    /* and at least this often */
+#define TRIM_EVERY_NS 10000000000ull    /* and at least this often */
     /* sim */
     duet_simnet_t *sim;
     uint64_t hb_ev;
@@ -1660,13 +1646,13 @@ static uint64_t io_timeout_ms(duet_node_t *n, uint64_t now)
  * per peer down/up, and a malloc_trim of such a process gave back more
  * than its whole growth. So the I/O thread trims TRIM_AFTER_NS after a peer
  * goes down or comes up, and every TRIM_EVERY_NS otherwise, where glibc is
- * the allocator (DUET_MALLOC_TRIM). */
+ * the allocator (DUET_GLIBC_MALLOC, base/base.h). */
 static void give_back_memory(duet_node_t *n, uint64_t now)
 {
     if (!n->trimmed_at)
         n->trimmed_at = now;
     if ((n->trim_at && now >= n->trim_at) || now - n->trimmed_at >= TRIM_EVERY_NS) {
-#ifdef DUET_MALLOC_TRIM
+#ifdef DUET_GLIBC_MALLOC
         malloc_trim(0);
 #endif
         n->trim_at = 0;

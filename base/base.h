@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h> /* and with it <features.h>: __GLIBC__ */
 
 #define DUET_API __attribute__((visibility("default")))
 
@@ -155,6 +156,22 @@ static inline uint64_t duet_hash_bytes(const void *p, size_t n)
     }
     return h;
 }
+
+/* DUET_GLIBC_MALLOC: glibc's malloc is the allocator in use, so its
+ * malloc_trim and mallopt may be called. Not under a sanitizer, which
+ * replaces malloc (glibc's trim of arenas it never set up aborts at thread
+ * exit). */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define DUET__FOREIGN_MALLOC 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define DUET__FOREIGN_MALLOC 1
+#endif
+#if defined(__GLIBC__) && !defined(DUET__FOREIGN_MALLOC)
+#define DUET_GLIBC_MALLOC 1
+#endif
 
 /* SplitMix64: advance *state and return its next 64 well-mixed bits
  * (seeded streams for workloads, fault plans, sampling, placements). */

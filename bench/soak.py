@@ -16,26 +16,35 @@ seconds one fault, in turn: kill -9 of an expert-shard node (restarted after
 0.4 s), kill -9 of an attention-shard node (restarted after 0.4 s), SIGSTOP of
 an expert-shard node for 2 s (a stall past the failure detector: declared
 down, then back). Nodes rotate.
+Phase 3, fault-free again (--after seconds, default --baseline): the same
+load on the recovered deployment. This host's own drift is about as large as
+the goal (a run with no fault at all measured p99 104-121 ms in successive
+5-minute spans), so the fault-free reference is both fault-free phases, one
+before and one after the soak, and each is printed too.
+Between phases the load stops for --idle seconds (default 15, longer than
+the node's 10 s malloc_trim period) before ctl's RSS is read, so both
+readings are of an idle process that has given its freed pages back.
 
 Checks, printed at the end (exit 1 when one fails):
   lost        requests with no terminal state ([DONE] with a finish_reason,
               or an error event / HTTP error) within 120 s: goal 0
   mismatched  completed requests whose text differs from the reference: goal 0
   errors      requests that ended with an error (reported, not a goal)
-  RSS         of the long-lived process (ctl) after warm-up vs at the end:
+  RSS         of the long-lived process (ctl), idle, after phase 1 vs after phase 2:
               growth goal <= 1 %, printed with its anonymous (heap, stacks) and
               file-backed (code pages first touched by recovery paths) parts; the shard nodes are restarted by the faults,
               so their RSS is reported per sample, not judged
   latency     end-to-end request latency p50/p99 of requests that overlap no
               fault window ([fault, fault + --window s]) vs the fault-free
-              phase: p99 goal within 10 %
+              phases: p99 goal within 10 %
 Progress every minute on stderr. --json FILE writes the figures.
 
-usage: soak.py DUET MODELS_DIR [--duration S] [--baseline S] [--interval S]
-               [--concurrency N] [--max-tokens N] [--window S] [--json FILE]
-               [--kinds LIST] [--logs DIR]
+usage: soak.py DUET MODELS_DIR [--duration S] [--baseline S] [--after S] [--idle S]
+               [--interval S] [--concurrency N] [--max-tokens N] [--window S] [--json FILE]
+               [--kinds LIST] [--logs DIR] [--requests-out FILE]
 """
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -51,6 +60,9 @@ ap.add_argument("duet")
 ap.add_argument("models")
 ap.add_argument("--duration", type=float, default=3600, help="soak seconds (default 3600)")
 ap.add_argument("--baseline", type=float, default=300, help="fault-free seconds (default 300)")
+ap.add_argument("--after", type=float, help="fault-free seconds after the soak (default: --baseline)")
+ap.add_argument("--idle", type=float, default=15,
+                help="seconds without load before each RSS reading (default 15)")
 ap.add_argument("--interval", type=float, default=30, help="seconds between faults (default 30)")
 ap.add_argument("--concurrency", type=int, default=8, help="client threads (default 8)")
 ap.add_argument("--max-tokens", type=int, default=32, help="tokens per request (default 32)")
@@ -60,8 +72,12 @@ ap.add_argument("--json", help="write the figures to this file")
 ap.add_argument("--kinds", default="kill-expert,kill-attention,stop-expert",
                 help="faults to rotate through (default kill-expert,kill-attention,stop-expert)")
 ap.add_argument("--logs", help="keep each process's stderr in this directory (N.log)")
+ap.add_argument("--requests-out", help="write every request's phase, start and end (s) and "
+                "the fault times to this JSON file, for offline analysis")
 args = ap.parse_args()
-for k in ("duration", "baseline", "interval", "window"):
+if args.after is None:
+    args.after = args.baseline
+for k in ("duration", "baseline", "after", "interval", "window", "idle"):
     if getattr(args, k) <= 0:
         sys.exit(f"soak.py: --{k} must be > 0 (got {getattr(args, k)})")
 KINDS = args.kinds.split(",")
@@ -195,14 +211,22 @@ def run_phase(host, port, name, seconds, fault_fn=None):
         if now >= next_report:
             next_report += 60
             bad = sum(1 for r in out if r.err)
+            last = [r.t1 - r.t0 for r in out[-4000:] if r.t1 >= now - 60 and r.done and not r.err]
             print(f"  [{now - t_start:5.0f} s] {len(out)} requests, {bad} not completed, "
-                  f"{len(faults)} faults, ctl RSS {rss_kib(serve.pid)} KiB", file=sys.stderr,
-                  flush=True)
+                  f"{len(faults)} faults; last minute p50/p99 {pct(last, 50) * 1e3:.0f}/"
+                  f"{pct(last, 99) * 1e3:.0f} ms; ctl RSS {rss_kib(serve.pid)} KiB "
+                  f"(anonymous {rss_kib(serve.pid, 'RssAnon')})", file=sys.stderr, flush=True)
     stop.set()
     for t in th:
         t.join(timeout=130)
     hung = sum(1 for t in th if t.is_alive())
     return list(out), faults, hung
+
+
+def idle_rss():
+    """ctl's RSS, anonymous and file-backed parts (KiB) after --idle s without load."""
+    time.sleep(args.idle)
+    return (rss_kib(serve.pid), rss_kib(serve.pid, "RssAnon"), rss_kib(serve.pid, "RssFile"))
 
 
 def fault(k):
@@ -253,50 +277,61 @@ try:
             fails.append(f"fault-free request (prompt {r.prompt}) did not complete: {r.err}")
         elif ref.setdefault(r.prompt, r.text) != r.text:
             fails.append(f"fault-free prompt {r.prompt} gave two different texts")
-    rss0 = rss_kib(serve.pid)
-    anon0, file0 = rss_kib(serve.pid, "RssAnon"), rss_kib(serve.pid, "RssFile")
+    rss0, anon0, file0 = idle_rss()
     print(f"soak phase: {args.duration:.0f} s, a fault every {args.interval:.0f} s",
           file=sys.stderr)
     soak, faults, hung1 = run_phase(host, port, name, args.duration, fault)
-    time.sleep(1.0)
-    rss1 = rss_kib(serve.pid)
-    anon1, file1 = rss_kib(serve.pid, "RssAnon"), rss_kib(serve.pid, "RssFile")
+    rss1, anon1, file1 = idle_rss()
+    print(f"fault-free phase after the soak: {args.after:.0f} s", file=sys.stderr)
+    post, _, hung2 = run_phase(host, port, name, args.after)
+    rss2, _, _ = idle_rss()
 
-    lost = sum(1 for r in soak if r.err and r.err.startswith("lost")) + hung1
-    errors = sum(1 for r in soak if r.err and not r.err.startswith("lost"))
-    mism = sum(1 for r in soak if not r.err and r.done and r.prompt in ref
+    lost = sum(1 for r in soak + post if r.err and r.err.startswith("lost")) + hung1 + hung2
+    errors = sum(1 for r in soak + post if r.err and not r.err.startswith("lost"))
+    mism = sum(1 for r in soak + post if not r.err and r.done and r.prompt in ref
                and r.text != ref[r.prompt])
-    incomplete = sum(1 for r in soak if not r.err and not r.done)
+    incomplete = sum(1 for r in soak + post if not r.err and not r.done)
     wins = [(t, t + args.window) for t, _ in faults]
 
     def outside(r):
         return all(r.t1 < a or r.t0 > b for a, b in wins)
 
-    lat0 = [r.t1 - r.t0 for r in base if r.done and not r.err]
-    lat1 = [r.t1 - r.t0 for r in soak if r.done and not r.err and outside(r)]
-    latw = [r.t1 - r.t0 for r in soak if r.done and not r.err and not outside(r)]
+    def ok_lat(rs):
+        return [r.t1 - r.t0 for r in rs if r.done and not r.err]
+
+    lat_pre, lat_post = ok_lat(base), ok_lat(post)
+    lat0 = lat_pre + lat_post
+    lat1 = ok_lat(r for r in soak if outside(r))
+    latw = ok_lat(r for r in soak if not outside(r))
     p99_0, p99_1 = pct(lat0, 99), pct(lat1, 99)
     growth = (rss1 - rss0) / rss0 * 100 if rss0 and rss1 else float("nan")
-    fig = {"duration_s": args.duration, "baseline_s": args.baseline, "faults": len(faults),
+    fig = {"duration_s": args.duration, "baseline_s": args.baseline, "after_s": args.after,
+           "faults": len(faults),
            "fault_kinds": {k: sum(1 for _, f in faults if f[0] == k)
                            for k in sorted({f[0] for _, f in faults})},
-           "requests_baseline": len(base), "requests_soak": len(soak), "lost": lost,
+           "requests_baseline": len(base), "requests_soak": len(soak),
+           "requests_after": len(post), "lost": lost,
            "errors": errors, "mismatched": mism, "incomplete": incomplete,
            "e2e_p50_ms_fault_free": pct(lat0, 50) * 1e3, "e2e_p99_ms_fault_free": p99_0 * 1e3,
+           "e2e_p99_ms_before": pct(lat_pre, 99) * 1e3, "e2e_p99_ms_after": pct(lat_post, 99) * 1e3,
            "e2e_p50_ms_outside": pct(lat1, 50) * 1e3, "e2e_p99_ms_outside": p99_1 * 1e3,
            "e2e_p99_ms_in_windows": pct(latw, 99) * 1e3, "requests_in_windows": len(latw),
-           "ctl_rss_kib_after_warmup": rss0, "ctl_rss_kib_end": rss1, "ctl_rss_growth_pct": growth,
+           "ctl_rss_kib_after_warmup": rss0, "ctl_rss_kib_end": rss1,
+           "ctl_rss_kib_after_phase3": rss2, "ctl_rss_growth_pct": growth,
            "ctl_rss_anon_kib": [anon0, anon1], "ctl_rss_file_kib": [file0, file1]}
     print(f"faults: {len(faults)} ({', '.join(f'{v} {k}' for k, v in fig['fault_kinds'].items())}), "
           f"every {args.interval:.0f} s for {args.duration:.0f} s")
-    print(f"requests: fault-free {len(base)}, soak {len(soak)}: lost {lost}, errors {errors}, "
-          f"mismatched {mism}, incomplete {incomplete}")
-    print(f"e2e latency p50/p99: fault-free {pct(lat0, 50) * 1e3:.0f}/{p99_0 * 1e3:.0f} ms, "
+    print(f"requests: fault-free {len(base)} + {len(post)}, soak {len(soak)}: lost {lost}, "
+          f"errors {errors}, mismatched {mism}, incomplete {incomplete}")
+    print(f"e2e latency p50/p99: fault-free {pct(lat0, 50) * 1e3:.0f}/{p99_0 * 1e3:.0f} ms "
+          f"(before the soak {pct(lat_pre, 50) * 1e3:.0f}/{pct(lat_pre, 99) * 1e3:.0f}, after it "
+          f"{pct(lat_post, 50) * 1e3:.0f}/{pct(lat_post, 99) * 1e3:.0f}), "
           f"soak outside fault windows {pct(lat1, 50) * 1e3:.0f}/{p99_1 * 1e3:.0f} ms "
           f"({(p99_1 / p99_0 - 1) * 100:+.1f} %), inside {len(latw)} requests p99 "
           f"{pct(latw, 99) * 1e3:.0f} ms")
-    print(f"ctl RSS: {rss0} KiB after warm-up, {rss1} KiB at the end ({growth:+.2f} %); "
-          f"anonymous {anon0} -> {anon1} KiB, file-backed (code and libraries) {file0} -> {file1} KiB")
+    print(f"ctl RSS (idle): {rss0} KiB after phase 1, {rss1} KiB after the soak ({growth:+.2f} %), "
+          f"{rss2} KiB after phase 3; anonymous {anon0} -> {anon1} KiB, file-backed (code and "
+          f"libraries) {file0} -> {file1} KiB")
     for r in [r for r in soak if r.err][:5]:
         print(f"  not completed: prompt {r.prompt} at {r.t0 - soak[0].t0:.1f} s, "
               f"{len(r.text)} chars: {r.err[:200]}")
@@ -314,6 +349,12 @@ try:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(fig, f, indent=1)
+    if args.requests_out:
+        with open(args.requests_out, "w") as f:
+            json.dump({"faults": [[t, k, n] for t, (k, n) in faults],
+                       "requests": [[ph, r.prompt, r.t0, r.t1, bool(r.done and not r.err)]
+                                    for ph, rs in ((0, base), (1, soak), (2, post)) for r in rs]},
+                      f)
     rc = 0 if not fails else 1
 finally:
     if serve and serve.poll() is None:
@@ -327,9 +368,9 @@ finally:
             p.send_signal(signal.SIGCONT)
             p.kill()
             p.wait()
-    for n in NODES:
+    for f in glob.glob(f"/tmp/duet-{tag}-*"):  # node sockets and the loops' .L<k> ones
         try:
-            os.unlink(f"/tmp/duet-{tag}-{n}.sock")
+            os.unlink(f)
         except OSError:
             pass
     try:

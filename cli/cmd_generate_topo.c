@@ -6,6 +6,7 @@
  * topology -> pipeline configuration shared with `duet run` / `duet node`
  * (cli/pipe_topo.h). */
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -165,6 +166,22 @@ int duet__topo_pipe_init(duet__topo_pipe_t *tp, const char *cmd, const char *pat
         .expert_device = tp->exp_device,
     };
     return 0;
+}
+
+void duet__topo_node_malloc(const duet__topo_pipe_t *tp, const char *node)
+{
+    int ni = duet_topology_node_find(tp->topo, node);
+    if (ni < 0)
+        return;
+    for (int a = 0; a < tp->cfg.n_attention; a++)
+        if (tp->attn_node[a] == ni)
+            return;
+    for (int e = 0; e < tp->cfg.n_expert_shards; e++)
+        if (tp->exp_node[e] == ni)
+            return;
+#ifdef DUET_GLIBC_MALLOC
+    mallopt(M_ARENA_MAX, 1);
+#endif
 }
 
 /* The deployment's model directory into buf; 0 on success. */

@@ -62,6 +62,7 @@ int duet_cmd_node(int argc, char **argv)
     }
     tp.cfg.only_node = node;
     tp.cfg.trace_path = trace;
+    duet__topo_node_malloc(&tp, node);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);

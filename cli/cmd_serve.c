@@ -252,6 +252,7 @@ int duet_cmd_serve(int argc, char **argv)
                 return 2;
             }
             tp.cfg.only_node = only_node;
+            duet__topo_node_malloc(&tp, only_node);
         }
         if (!tp.cfg.model_dir) {
             fprintf(stderr, "duet serve: %s names no model; give --model\n", topo_path);
